@@ -1,0 +1,177 @@
+"""Parameter accounting from shapes alone: the paper count and the trainable count.
+
+paper count (He et al., App. B): what is stored per task, counted as the paper does — the
+  W_down / W_up (adapter), A / B (LoRA), P_k / P_v (prefix, MH PA) matrices, soft prompt
+  tokens, and for BitFit the bias vectors. Adapter biases, LayerNorms, gates, learned scales,
+  the prefix reparametrization MLP and the task head are *not* counted.
+trainable count: every parameter that requires grad for the variant (all of the above,
+  including the prefix MLP instead of the prefixes it produces), the task head excluded
+  (its size depends on the task; `realize` reports it separately).
+
+`site_instances` is the single definition of where a module goes; the realization code uses
+it too, so the analytic count and the realized model cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from spaces.registry import UnipetlError
+from spaces.shapes import ModelShape, StackShape
+from spaces.variant import Module, Variant
+
+SubLayer = Literal["self_attn", "cross_attn", "ffn"]
+DEFAULT_STACKS = ("encoder", "decoder")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInstance:
+    stack: str  # encoder | decoder
+    sublayer: SubLayer
+    layer: int
+
+
+def _stacks_for(module: Module, shape: ModelShape, where: str) -> list[StackShape]:
+    names = [s.name for s in shape.stacks]
+    if tuple(module.stacks) != DEFAULT_STACKS:
+        for s in module.stacks:
+            if s not in names:
+                raise UnipetlError(f"{where}: `stacks` names {s!r}, but model {shape.name or shape.model_type!r} has only {names}.")
+    return [s for s in shape.stacks if s.name in module.stacks]
+
+
+def site_instances(module: Module, shape: ModelShape, where: str = "module") -> list[SiteInstance]:
+    """Every (stack, sublayer, layer) a module is inserted at; raises for sites the model lacks."""
+    stacks = _stacks_for(module, shape, where)
+    out: list[SiteInstance] = []
+    for st in stacks:
+        if module.site == "ffn":
+            subs: list[SubLayer] = ["ffn"]
+        elif module.site == "self_attn":
+            subs = ["self_attn"]
+        elif module.site == "cross_attn":
+            subs = ["cross_attn"] if st.has_cross else []
+        else:  # attn: every attention kind of the stack
+            subs = ["self_attn", "cross_attn"] if st.has_cross else ["self_attn"]
+        if module.layers is None:
+            layers = list(range(st.n_layers))
+        else:
+            bad = [i for i in module.layers if i >= st.n_layers]
+            if bad:
+                raise UnipetlError(f"{where}: `layers` holds {bad[0]}, but the {st.name} of {shape.name or shape.model_type!r} has {st.n_layers} layers (0..{st.n_layers - 1}).")
+            layers = sorted(module.layers)
+        out += [SiteInstance(st.name, sub, i) for sub in subs for i in layers]
+    if not out:
+        raise UnipetlError(f"{where}: site {module.site!r} does not exist in model {shape.name or shape.model_type!r} (stacks {[s.name for s in stacks] or []}).")
+    return out
+
+
+def lora_dims(target: str, st: StackShape, d: int) -> list[tuple[int, int]]:
+    """(in, out) of every weight matrix a LoRA target adapts (gated FFNs have two W_1)."""
+    return {
+        "q": [(d, st.q_dim)],
+        "k": [(d, st.kv_dim)],
+        "v": [(d, st.kv_dim)],
+        "o": [(st.q_dim, d)],
+        "w1": [(d, st.ffn_dim)] * (2 if st.ffn_gated else 1),
+        "w2": [(st.ffn_dim, d)],
+    }[target]
+
+
+@dataclass(slots=True)
+class ModuleCount:
+    description: str
+    instances: int
+    paper: int
+    trainable: int
+
+
+@dataclass(slots=True)
+class Counts:
+    paper_params: int
+    trainable_params: int
+    base_params: int
+    denominator: str
+    modules: list[ModuleCount] = field(default_factory=list)
+
+    @property
+    def paper_percent(self) -> float:
+        return 100.0 * self.paper_params / self.base_params
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.base_params
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "paper_params": self.paper_params,
+            "trainable_params": self.trainable_params,
+            "base_params": self.base_params,
+            "paper_percent": self.paper_percent,
+            "trainable_percent": self.trainable_percent,
+            "paper_fraction": self.paper_params / self.base_params,
+            "trainable_fraction": self.trainable_params / self.base_params,
+            "denominator": self.denominator,
+            "modules": [
+                {"description": m.description, "instances": m.instances, "paper_params": m.paper, "trainable_params": m.trainable}
+                for m in self.modules
+            ],
+        }
+
+
+def _module_count(module: Module, shape: ModelShape, where: str) -> ModuleCount:
+    d = shape.d_model
+    insts = site_instances(module, shape, where)
+    stacks = {s.name: s for s in shape.stacks}
+    paper = extra = 0
+    reparam_groups: dict[tuple[str, str], int] = {}
+    for inst in insts:
+        st = stacks[inst.stack]
+        if module.kind == "adapter":
+            r = module.size
+            paper += 2 * r * d
+            extra += r + d  # down and up biases
+            if module.layernorm:
+                extra += 2 * d
+        elif module.kind == "lora":
+            for t in module.targets:
+                for din, dout in lora_dims(t, st, d):
+                    paper += module.size * (din + dout)
+        else:  # heads: P_k and P_v, l slots of the key / value width
+            paper += 2 * module.size * st.kv_dim
+            if module.reparam:
+                key = (inst.stack, inst.sublayer)
+                reparam_groups[key] = reparam_groups.get(key, 0) + 1
+        if module.composition == "gated" and module.kind != "heads":
+            extra += d + 1  # sigmoid gate from the sublayer input: W_g (d × 1) and b_g
+        if module.composition == "learned_scale":
+            extra += 1
+    if module.reparam:
+        h = module.reparam_hidden
+        trainable = extra
+        for (stack, _), n_layers in reparam_groups.items():
+            out = 2 * stacks[stack].kv_dim * n_layers
+            trainable += module.size * d + d * h + h + h * out + out  # E, Linear(d,h), Linear(h,out)
+    else:
+        trainable = paper + extra
+    return ModuleCount(module.describe(), len(insts), paper, trainable)
+
+
+def count(variant: Variant, shape: ModelShape) -> Counts:
+    """Paper and trainable counts of a variant on a model shape (no model is built)."""
+    base = shape.base_params
+    denominator = f"{shape.name or shape.model_type} backbone parameters ({base:,})"
+    if variant.full_finetune:
+        return Counts(base, base, base, denominator, [ModuleCount("full fine-tuning", 1, base, base)])
+    mods = [_module_count(m, shape, f"modules[{i}]") for i, m in enumerate(variant.modules)]
+    if variant.prompt_length:
+        n = variant.prompt_length * shape.d_model
+        mods.append(ModuleCount(f"prompt tuning l={variant.prompt_length}", 1, n, n))
+    if variant.bitfit:
+        if shape.bias_params == 0:
+            raise UnipetlError(f"`bitfit`: model {shape.name or shape.model_type!r} has no bias vectors to tune.")
+        mods.append(ModuleCount("BitFit (all backbone biases)", 1, shape.bias_params, shape.bias_params))
+    paper = sum(m.paper for m in mods)
+    trainable = sum(m.trainable for m in mods)
+    return Counts(paper, trainable, base, denominator, mods)

@@ -1,0 +1,216 @@
+"""Model shapes: the few facts about a backbone that parameter accounting needs.
+
+A `ModelShape` comes from a transformers config (`shape_from_config`) or from a built-in model
+card (`get_card`), so counting works offline for the paper's models without any weights.
+`base_params` and `bias_params` are the backbone's (`AutoModel`, e.g. `BartModel`) total and
+bias-vector parameter counts; for cards they are stored facts, for other configs they are
+counted on a meta-device instance (shapes only, no memory).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from spaces.registry import Registry, UnipetlError
+
+Family = Literal["bert", "bart", "t5", "gpt2", "llama"]
+
+# transformers model_type → family (the realization code knows one layout per family)
+FAMILY_OF: dict[str, Family] = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "electra": "bert",
+    "bart": "bart",
+    "mbart": "bart",
+    "t5": "t5",
+    "mt5": "t5",
+    "gpt2": "gpt2",
+    "llama": "llama",
+    "qwen2": "llama",
+    "mistral": "llama",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StackShape:
+    """One stack of layers (the encoder or the decoder)."""
+
+    name: Literal["encoder", "decoder"]
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    ffn_gated: bool  # gated FFN (LLaMA, T5 gated-gelu): W_1 is two matrices (gate and up)
+    has_cross: bool  # decoder of an encoder-decoder model
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    model_type: str
+    family: Family
+    d_model: int
+    vocab_size: int
+    stacks: tuple[StackShape, ...]
+    base_params: int
+    bias_params: int
+    name: str = ""
+
+    def stack(self, name: str) -> StackShape | None:
+        for s in self.stacks:
+            if s.name == name:
+                return s
+        return None
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return len(self.stacks) == 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _family(model_type: str) -> Family:
+    if model_type not in FAMILY_OF:
+        raise UnipetlError(f"model type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILY_OF))}.")
+    return FAMILY_OF[model_type]
+
+
+def _stacks_from_config(cfg: Any, family: Family) -> tuple[StackShape, ...]:
+    if family == "bert":
+        h = cfg.num_attention_heads
+        return (StackShape("encoder", cfg.num_hidden_layers, h, h, cfg.hidden_size // h, cfg.intermediate_size, False, False),)
+    if family == "bart":
+        d = cfg.d_model
+        eh, dh = cfg.encoder_attention_heads, cfg.decoder_attention_heads
+        return (
+            StackShape("encoder", cfg.encoder_layers, eh, eh, d // eh, cfg.encoder_ffn_dim, False, False),
+            StackShape("decoder", cfg.decoder_layers, dh, dh, d // dh, cfg.decoder_ffn_dim, False, True),
+        )
+    if family == "t5":
+        gated = bool(getattr(cfg, "is_gated_act", False)) or str(cfg.feed_forward_proj).startswith("gated")
+        n_dec = cfg.num_decoder_layers if cfg.num_decoder_layers is not None else cfg.num_layers
+        return (
+            StackShape("encoder", cfg.num_layers, cfg.num_heads, cfg.num_heads, cfg.d_kv, cfg.d_ff, gated, False),
+            StackShape("decoder", n_dec, cfg.num_heads, cfg.num_heads, cfg.d_kv, cfg.d_ff, gated, True),
+        )
+    if family == "gpt2":
+        inner = cfg.n_inner if cfg.n_inner is not None else 4 * cfg.n_embd
+        return (StackShape("decoder", cfg.n_layer, cfg.n_head, cfg.n_head, cfg.n_embd // cfg.n_head, inner, False, False),)
+    # llama family: llama, qwen2, mistral
+    h = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or h
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // h
+    return (StackShape("decoder", cfg.num_hidden_layers, h, kv, head_dim, cfg.intermediate_size, True, False),)
+
+
+_D_MODEL_KEY = {"bert": "hidden_size", "bart": "d_model", "t5": "d_model", "gpt2": "n_embd", "llama": "hidden_size"}
+
+
+def _d_model(cfg: Any, family: Family) -> int:
+    return int(getattr(cfg, _D_MODEL_KEY[family]))
+
+
+def count_backbone(cfg: Any) -> tuple[int, int]:
+    """(total, bias) parameter counts of `AutoModel.from_config(cfg)`, built on the meta device."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    bias = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias") or n == "bias")
+    return total, bias
+
+
+def shape_from_config(cfg: Any, *, base_params: int | None = None, bias_params: int | None = None, name: str = "") -> ModelShape:
+    family = _family(cfg.model_type)
+    if base_params is None or bias_params is None:
+        base_params, bias_params = count_backbone(cfg)
+    return ModelShape(
+        model_type=cfg.model_type,
+        family=family,
+        d_model=_d_model(cfg, family),
+        vocab_size=cfg.vocab_size,
+        stacks=_stacks_from_config(cfg, family),
+        base_params=base_params,
+        bias_params=bias_params,
+        name=name or getattr(cfg, "_name_or_path", "") or cfg.model_type,
+    )
+
+
+# --- built-in model cards -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """Offline facts about a public model: its config and its backbone's parameter counts."""
+
+    name: str
+    hub_id: str
+    config: dict[str, Any]
+    base_params: int
+    bias_params: int
+
+    def to_config(self) -> Any:
+        from transformers import AutoConfig
+
+        cfg = dict(self.config)
+        return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+
+    def shape(self) -> ModelShape:
+        return shape_from_config(self.to_config(), base_params=self.base_params, bias_params=self.bias_params, name=self.name)
+
+
+CARDS: Registry[ModelCard] = Registry("model card")
+
+
+def _load_cards() -> None:
+    data = json.loads((Path(__file__).with_name("cards.json")).read_text())
+    for entry in data:
+        aliases = tuple(entry.pop("aliases", ()))
+        CARDS.register(entry["name"], ModelCard(**entry), aliases=aliases)
+
+
+_load_cards()
+
+
+def get_card(name: str) -> ModelCard:
+    return CARDS.get(name)
+
+
+@lru_cache(maxsize=64)
+def resolve_shape(model: str) -> ModelShape:
+    """A card name / alias, a local model directory, or a hub id (when a hub is reachable)."""
+    if model in CARDS:
+        return get_card(model).shape()
+    path = Path(model)
+    if path.is_dir():
+        from transformers import AutoConfig
+
+        if not (path / "config.json").is_file():
+            raise UnipetlError(f"model directory {model!r} has no config.json.")
+        return shape_from_config(AutoConfig.from_pretrained(str(path)), name=model)
+    if "/" in model:
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(model)
+        except Exception as err:  # noqa: BLE001 - offline or unknown id: one clear line
+            raise UnipetlError(f"model {model!r} is neither a built-in card nor a local directory, and the hub lookup failed ({type(err).__name__}).") from None
+        return shape_from_config(cfg, name=model)
+    CARDS.get(model)  # raises "Unknown model card ... Did you mean"
+    raise AssertionError("unreachable")

@@ -1,0 +1,296 @@
+"""The variant spec: one point of the unified-view design space (He et al., ICLR 2022).
+
+A `Variant` is a set of `Module`s, each placed at a *site* of every transformer layer, plus
+whole-model extras (BitFit, prompt tuning, full fine-tuning). A `Module` states the four
+design dimensions explicitly:
+
+- functional form   `function`:    identity | relu | gelu | softmax
+- insertion form    `insertion`:   sequential | parallel
+- representation    `site` + `kind`: attention output (`kind="adapter"` at an attention site),
+                    attention heads (`kind="heads"`: prefix tuning with softmax, MH PA with relu),
+                    attention / FFN weight matrices (`kind="lora"` with `targets`),
+                    FFN output (`kind="adapter"` at `site="ffn"`)
+- composition       `composition`: add | scaled (fixed s) | learned_scale | gated
+
+Sites: `attn` is every attention sublayer the model has (encoder self, decoder self and decoder
+cross attention); `self_attn` and `cross_attn` pick one kind; `ffn` is every FFN sublayer.
+`stacks` restricts a module to the encoder or decoder stack; `layers` to some layer indices.
+
+Specs are frozen, validated on construction, and round-trip losslessly through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from spaces.registry import UnipetlError, did_you_mean
+
+Site = Literal["attn", "self_attn", "cross_attn", "ffn"]
+Kind = Literal["adapter", "heads", "lora"]
+Function = Literal["identity", "relu", "gelu", "softmax"]
+Insertion = Literal["sequential", "parallel"]
+Composition = Literal["add", "scaled", "learned_scale", "gated"]
+Init = Literal["bert", "lora"]
+Stack = Literal["encoder", "decoder"]
+Target = Literal["q", "k", "v", "o", "w1", "w2"]
+
+ATTN_SITES = ("attn", "self_attn", "cross_attn")
+ATTN_TARGETS = ("q", "k", "v", "o")
+FFN_TARGETS = ("w1", "w2")
+
+
+def _choice(field_name: str, value: Any, literal: Any) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise UnipetlError(f"`{field_name}` must be one of {list(choices)}, got {value!r}.{did_you_mean(str(value), choices)}")
+
+
+def _positive_int(field_name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UnipetlError(f"`{field_name}` should be a positive integer, got {value!r}.")
+
+
+def _check_keys(cls: type, data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise UnipetlError(f"{where} must be a JSON object, got {type(data).__name__}.")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            raise UnipetlError(f"Unknown key {key!r} in {where}.{did_you_mean(str(key), known)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Module:
+    """One modification Δh inserted at one site of (some) layers."""
+
+    site: Site
+    kind: Kind
+    size: int  # bottleneck r (adapter, LoRA) or number of slots l (heads: prefix / MH PA)
+    function: Function = "relu"
+    insertion: Insertion = "parallel"
+    composition: Composition = "add"
+    scale: float = 1.0  # s for `scaled`; the initial s for `learned_scale`
+    targets: tuple[Target, ...] = ()  # LoRA: which weight matrices (q, k, v, o / w1, w2)
+    init: Init = "bert"  # bert: W_down ~ N(0, 0.02); lora: kaiming-uniform W_down. W_up = 0 always.
+    layernorm: bool = False  # LayerNorm on the adapter input
+    layers: tuple[int, ...] | None = None  # None: every layer of the selected stacks
+    stacks: tuple[Stack, ...] = ("encoder", "decoder")  # those the model has
+    reparam: bool = False  # heads only: P = MLP(E) during training (Li & Liang)
+    reparam_hidden: int = 512
+    dropout: float = 0.0  # on the adapter / LoRA input
+
+    def __post_init__(self) -> None:
+        _choice("site", self.site, Site)
+        _choice("kind", self.kind, Kind)
+        _choice("function", self.function, Function)
+        _choice("insertion", self.insertion, Insertion)
+        _choice("composition", self.composition, Composition)
+        _choice("init", self.init, Init)
+        _positive_int("size", self.size)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) or self.scale <= 0:
+            raise UnipetlError(f"`scale` should be a positive finite number, got {self.scale!r}.")
+        object.__setattr__(self, "scale", float(self.scale))
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise UnipetlError(f"`dropout` should be in [0, 1), got {self.dropout!r}.")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "stacks", tuple(self.stacks))
+        for t in self.targets:
+            _choice("targets", t, Target)
+        if len(set(self.targets)) != len(self.targets):
+            raise UnipetlError(f"`targets` has duplicates: {list(self.targets)}.")
+        if not self.stacks:
+            raise UnipetlError("`stacks` must name at least one of ['encoder', 'decoder'], got [].")
+        for s in self.stacks:
+            _choice("stacks", s, Stack)
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            object.__setattr__(self, "layers", layers)
+            for i in layers:
+                if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                    raise UnipetlError(f"`layers` must hold non-negative layer indices, got {i!r}.")
+            if len(set(layers)) != len(layers) or not layers:
+                raise UnipetlError(f"`layers` must be a non-empty list of distinct indices, got {list(layers)}.")
+        if self.reparam:
+            _positive_int("reparam_hidden", self.reparam_hidden)
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        attn = self.site in ATTN_SITES
+        if self.kind == "heads":
+            if not attn:
+                raise UnipetlError(f"`kind` 'heads' (prefix / MH PA) modifies attention heads; `site` must be one of {list(ATTN_SITES)}, got {self.site!r}.")
+            if self.insertion != "parallel":
+                raise UnipetlError(f"`insertion` of a head-wise module is always 'parallel', got {self.insertion!r}.")
+            if (self.function == "softmax") != (self.composition == "gated"):
+                raise UnipetlError(
+                    "head-wise modules: `function` 'softmax' goes with `composition` 'gated' (prefix tuning) and only with it; "
+                    f"got function={self.function!r}, composition={self.composition!r}."
+                )
+            if self.targets:
+                raise UnipetlError(f"`targets` is for LoRA modules only, got {list(self.targets)} on kind 'heads'.")
+        else:
+            if self.reparam:
+                raise UnipetlError(f"`reparam` (prefix MLP) is for kind 'heads' only, got kind {self.kind!r}.")
+            if self.function == "softmax":
+                raise UnipetlError(f"`function` 'softmax' is the prefix form; use kind 'heads', got kind {self.kind!r}.")
+        if self.kind == "lora":
+            if self.function != "identity":
+                raise UnipetlError(f"`function` of LoRA is 'identity', got {self.function!r}.")
+            if self.insertion != "parallel":
+                raise UnipetlError(f"`insertion` of LoRA is 'parallel', got {self.insertion!r}.")
+            allowed = ATTN_TARGETS if attn else FFN_TARGETS
+            if not self.targets:
+                object.__setattr__(self, "targets", ("q", "v") if attn else ("w1", "w2"))
+            for t in self.targets:
+                if t not in allowed:
+                    raise UnipetlError(f"`targets` at site {self.site!r} must be among {list(allowed)}, got {t!r}.")
+        elif self.kind == "adapter" and self.targets:
+            raise UnipetlError(f"`targets` is for LoRA modules only, got {list(self.targets)} on kind 'adapter'.")
+
+    # --- description -------------------------------------------------------------------
+    @property
+    def s(self) -> float:
+        """The fixed scale applied to Δh (1 for add and gated)."""
+        return self.scale if self.composition in ("scaled", "learned_scale") else 1.0
+
+    def describe(self) -> str:
+        """Unified-view words, e.g. 'scaled parallel adapter r=512 s=4 @ffn'."""
+        comp = {"add": "", "scaled": "scaled ", "learned_scale": "learned-scale ", "gated": "gated "}[self.composition]
+        if self.kind == "heads":
+            what = f"prefix l={self.size}" if self.function == "softmax" else f"{comp}MH PA ({self.function}) l={self.size}"
+        elif self.kind == "lora":
+            what = f"{comp if self.composition != 'scaled' else ''}LoRA r={self.size} [{','.join(self.targets)}]"
+        else:
+            fn = "" if self.function == "relu" else f" ({self.function})"
+            what = f"{comp}{self.insertion} adapter{fn} r={self.size}"
+        if self.composition in ("scaled", "learned_scale") and self.kind != "heads" or (self.kind == "heads" and self.composition == "scaled"):
+            what += f" s={self.scale:g}" if self.composition == "scaled" else f" s0={self.scale:g}"
+        where = f"@{self.site}"
+        if self.layers is not None:
+            where += f"[layers {','.join(map(str, self.layers))}]"
+        if tuple(self.stacks) != ("encoder", "decoder"):
+            where += f"[{'+'.join(self.stacks)}]"
+        return f"{what} {where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["targets"] = list(self.targets)
+        d["stacks"] = list(self.stacks)
+        d["layers"] = None if self.layers is None else list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "module") -> Module:
+        _check_keys(cls, data, where)
+        kw = dict(data)
+        for key in ("targets", "stacks", "layers"):
+            if kw.get(key) is not None:
+                if not isinstance(kw[key], (list, tuple)):
+                    raise UnipetlError(f"`{key}` in {where} must be a list, got {kw[key]!r}.")
+                kw[key] = tuple(kw[key])
+        for key in ("site", "kind", "size"):
+            if key not in kw:
+                raise UnipetlError(f"{where} is missing the required key {key!r}.")
+        try:
+            return cls(**kw)
+        except TypeError as err:  # pragma: no cover - keys were checked above
+            raise UnipetlError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Variant:
+    """A point of the design space: modules per site plus whole-model extras.
+
+    The empty variant is the linear probe (only the task head trains). `full_finetune=True`
+    trains every parameter and is the 100 % reference point.
+    """
+
+    modules: tuple[Module, ...] = ()
+    bitfit: bool = False  # train every bias vector of the backbone
+    prompt_length: int = 0  # prompt tuning: soft tokens prepended to the input embeddings
+    full_finetune: bool = False
+    name: str | None = None  # the preset string this variant came from, if any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modules", tuple(self.modules))
+        for m in self.modules:
+            if not isinstance(m, Module):
+                raise UnipetlError(f"`modules` must hold Module objects, got {type(m).__name__}.")
+        if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int) or self.prompt_length < 0:
+            raise UnipetlError(f"`prompt_length` should be a non-negative integer, got {self.prompt_length!r}.")
+        for flag in ("bitfit", "full_finetune"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UnipetlError(f"`{flag}` should be true or false, got {getattr(self, flag)!r}.")
+        if self.full_finetune and (self.modules or self.bitfit or self.prompt_length):
+            raise UnipetlError("`full_finetune` trains every weight; it cannot be combined with modules, bitfit or prompt_length.")
+        if self.name is not None and not isinstance(self.name, str):
+            raise UnipetlError(f"`name` should be a string, got {self.name!r}.")
+
+    @property
+    def is_probe(self) -> bool:
+        return not (self.modules or self.bitfit or self.prompt_length or self.full_finetune)
+
+    def describe(self) -> str:
+        """The variant in unified-view terms, e.g. 'prefix l=30 @attn + scaled parallel adapter r=512 s=4 @ffn'."""
+        if self.full_finetune:
+            return "full fine-tuning"
+        parts = [m.describe() for m in self.modules]
+        if self.bitfit:
+            parts.append("BitFit")
+        if self.prompt_length:
+            parts.append(f"prompt tuning l={self.prompt_length}")
+        return " + ".join(parts) if parts else "linear probe (head only)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modules": [m.to_dict() for m in self.modules],
+            "bitfit": self.bitfit,
+            "prompt_length": self.prompt_length,
+            "full_finetune": self.full_finetune,
+        }
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Variant:
+        _check_keys(cls, data, "variant")
+        kw = dict(data)
+        mods = kw.pop("modules", [])
+        if not isinstance(mods, list):
+            raise UnipetlError(f"`modules` in variant must be a list, got {mods!r}.")
+        kw["modules"] = tuple(Module.from_dict(m, where=f"modules[{i}]") for i, m in enumerate(mods))
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> Variant:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UnipetlError(f"variant JSON is malformed: {err.msg} at line {err.lineno} column {err.colno}.") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str) -> Variant:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(4_000_000)
+        except OSError as err:
+            raise UnipetlError(f"cannot read variant file {path!r}: {err.strerror}.") from None
+        return cls.from_json(text)
+
+    def replace(self, **changes: Any) -> Variant:
+        return dataclasses.replace(self, **changes)
+
+
+def module_defaults() -> dict[str, Any]:
+    """Default value of every optional Module field (used by reports and the search space)."""
+    return {f.name: f.default for f in dataclasses.fields(Module) if f.default is not dataclasses.MISSING}
+
+
+__all__ = ["Module", "Variant", "Site", "Kind", "Function", "Insertion", "Composition", "Init", "Stack", "Target", "field"]

@@ -1,0 +1,212 @@
+"""The fine-tuning loop: one function that reads top to bottom.
+
+AdamW over the trainable parameters only (the frozen backbone costs no optimizer state),
+linear / polynomial decay after warmup (`transformers.get_scheduler`), gradient clipping and
+accumulation, label smoothing for generation, bf16 autocast on CUDA. Every `eval_every`
+optimizer steps (default: once per epoch) and at the end it evaluates, appends to the curve,
+keeps the best evaluation, and calls `report(step, value)`; True means "stop" (the search
+prunes the trial). A loss that becomes NaN / inf ends the run as failed with that reason
+instead of raising, so a search worker carries on with the next trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from evaluators.metrics import compute_metrics
+from evaluators.tasks import Task
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[int, float], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 32
+    lr: float = 1e-4
+    scheduler: str = "linear"  # linear | polynomial | constant_with_warmup | cosine
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    label_smoothing: float = 0.0  # seq2seq only
+    eval_every: int | None = None  # optimizer steps; None → every epoch
+    eval_batch_size: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class LoopResult:
+    status: str = "ok"  # ok | failed | pruned
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # at the best evaluation
+    metric: float | None = None
+    best_step: int | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    peak_memory_bytes: int = 0
+
+
+def _collator(task: Task, tokenizer: Any, model: Any) -> Any:
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if task.kind == "seq2seq":  # the model builds decoder_input_ids from the labels (shift right)
+        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=None)
+    return DataCollatorWithPadding(tokenizer)
+
+
+def _loss(task: Task, model: Any, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
+    labels = batch.pop("labels")
+    logits = model(**batch).logits.float()
+    if task.kind == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    if task.kind == "classification":
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> dict[str, float]:
+    """The task's metrics on one tokenized split (generation for seq2seq)."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    preds: list[Any] = []
+    refs: list[Any] = []
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if task.kind == "seq2seq":
+        gen = task.generation
+        assert gen is not None
+        refs = list(ds[task.target_field])
+        from transformers import DataCollatorWithPadding
+
+        loader = DataLoader(ds.remove_columns([task.target_field, "labels"]), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with amp:
+                out = model.generate(**batch, num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens,
+                                     no_repeat_ngram_size=gen.no_repeat_ngram_size, length_penalty=gen.length_penalty, early_stopping=True)
+            preds += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    else:
+        loader = DataLoader(ds, batch_size=batch_size, collate_fn=_collator(task, tokenizer, None))
+        for batch in loader:
+            labels = batch.pop("labels")
+            with amp:
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            preds += (logits.squeeze(-1) if task.kind == "regression" else logits.argmax(-1)).tolist()
+            refs += labels.tolist()
+    return compute_metrics(task.metrics, preds, refs)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # process peak RSS (Linux: KiB)
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norms (the usual BERT recipe); frozen parameters left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, eval_sets: dict[str, Any], s: LoopSettings, *,
+                       device: torch.device, report: Report | None = None, progress: bool = False) -> LoopResult:
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler, set_seed
+
+    set_seed(s.seed)
+    res = LoopResult()
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr)
+    loader = DataLoader(train_ds.remove_columns([c for c in (task.target_field,) if c and c in train_ds.column_names]),
+                        batch_size=s.batch_size, shuffle=True, collate_fn=_collator(task, tokenizer, model),
+                        generator=torch.Generator().manual_seed(s.seed))
+    steps_per_epoch = max(1, len(loader) // s.grad_accum)
+    total = s.max_steps or max(1, math.ceil(s.epochs * steps_per_epoch))
+    scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=int(s.warmup_ratio * total), num_training_steps=total)
+    eval_every = s.eval_every or steps_per_epoch
+    eval_bs = s.eval_batch_size or (s.batch_size if task.kind == "seq2seq" else 2 * s.batch_size)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=total, desc=f"{task.name}", unit="step", disable=None if progress else True)
+
+    step = micro = 0
+    running: list[float] = []
+    t_start, t_eval = time.perf_counter(), 0.0
+    while step < total and res.status == "ok":
+        model.train()
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            res.train_tokens += int(batch["attention_mask"].sum()) + (int((batch["labels"] != -100).sum()) if task.kind == "seq2seq" else 0)
+            with amp:
+                loss = _loss(task, model, batch, s.label_smoothing)
+            if not torch.isfinite(loss):
+                res.status, res.error = "failed", f"loss became {loss.item()} at step {step + 1}"
+                log.warning("%s: %s", task.name, res.error)
+                break
+            (loss / s.grad_accum).backward()
+            running.append(loss.item())
+            micro += 1
+            if micro % s.grad_accum:
+                continue
+            if s.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % eval_every == 0 or step == total:
+                t0 = time.perf_counter()
+                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, report):
+                    res.status = "pruned"
+                t_eval += time.perf_counter() - t0
+                bar.set_postfix({task.main_metric: f"{res.metric:.4f}" if res.metric is not None else "-"})
+                running = []
+                model.train()
+            if step >= total or res.status != "ok":
+                break
+    res.train_seconds = time.perf_counter() - t_start - t_eval
+    bar.close()
+    res.steps = step
+    res.peak_memory_bytes = _peak_memory(device)
+    return res
+
+
+def _evaluate(task: Task, model: Any, tokenizer: Any, eval_sets: dict[str, Any], step: int, running: list[float], res: LoopResult,
+              batch_size: int, device: torch.device, report: Report | None) -> bool:
+    """Evaluate every eval split, update the curve and the best; returns True to stop."""
+    metrics: dict[str, float] = {}
+    for name, ds in eval_sets.items():
+        out = evaluate_split(task, model, tokenizer, ds, batch_size=batch_size, device=device)
+        metrics.update(out if name == "eval" else {f"{name}_{k}": v for k, v in out.items()})
+    value = metrics[task.main_metric]
+    res.curve.append({"step": step, "loss": sum(running) / max(len(running), 1), "metrics": metrics})
+    better = res.metric is None or (value > res.metric if task.higher_is_better else value < res.metric)
+    if better:
+        res.metric, res.best_step, res.metrics = value, step, metrics
+    log.info("%s step %d: %s = %.4f", task.name, step, task.main_metric, value)
+    return bool(report(step, value)) if report is not None else False

@@ -1,0 +1,186 @@
+"""One trial: task data → model + variant → fine-tune → metric + costs → the trial record.
+
+`run_trial` is what `unipetl run` and every search worker call. Bad user input (unknown task or
+model, missing data, a variant the model cannot take) raises UnipetlError *before* training,
+so nothing is recorded for a trial that never ran; anything that goes wrong *during* training
+(NaN loss, an exception) comes back as a record with status "failed" and the reason, so a
+search worker survives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluators.record import make_record
+from evaluators.tasks import get_task
+from spaces.registry import UnipetlError, did_you_mean
+from spaces.variant import Variant
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "variant.safetensors"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialConfig:
+    task: str
+    model: str
+    variant: Variant
+    data_dir: str | None = None  # else env UNIPETL_DATA_DIR, else the hub
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 32
+    lr: float = 1e-4  # the paper's GLUE lr; LoRA on MiniLM likes 3e-4..1e-3
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    label_smoothing: float | None = None  # None: 0.1 for seq2seq (the paper's XSum set-up), 0 otherwise
+    eval_every: int | None = None  # optimizer steps; None: once per epoch and at the end
+    seed: int = 0
+    max_length: int | None = None  # None: the task's (128 for GLUE; source limit for seq2seq)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    scheduler: str = "linear"  # linear | polynomial | cosine | constant_with_warmup
+
+    def __post_init__(self) -> None:
+        if isinstance(self.variant, dict):
+            object.__setattr__(self, "variant", Variant.from_dict(self.variant))
+        if not isinstance(self.variant, Variant):
+            raise UnipetlError(f"`variant` must be a Variant, got {type(self.variant).__name__}.")
+        for name in ("max_train_examples", "max_eval_examples", "max_steps", "eval_every", "max_length"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise UnipetlError(f"`{name}` should be a positive integer, got {v!r}.")
+        for name in ("batch_size", "grad_accum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise UnipetlError(f"`{name}` should be a positive integer, got {v!r}.")
+        for name in ("epochs", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise UnipetlError(f"`{name}` should be a positive number, got {v!r}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UnipetlError(f"`warmup_ratio` should be in [0, 1), got {self.warmup_ratio!r}.")
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            raise UnipetlError(f"`label_smoothing` should be in [0, 1), got {self.label_smoothing!r}.")
+        schedulers = ("linear", "polynomial", "cosine", "constant_with_warmup", "constant")
+        if self.scheduler not in schedulers:
+            raise UnipetlError(f"`scheduler` must be one of {list(schedulers)}, got {self.scheduler!r}.{did_you_mean(self.scheduler, schedulers)}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise UnipetlError(f"`device` must be auto, cpu or cuda[:N], got {self.device!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["variant"] = self.variant.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise UnipetlError(f"Unknown key {key!r} in trial config.{did_you_mean(str(key), known)}")
+        return cls(**data)
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UnipetlError(f"`device` {name!r} asked for, but no CUDA device is available.")
+    return torch.device(name)
+
+
+def _length_limit(model: Any, wanted: int) -> int:
+    """The tokenization limit, capped at the model's positions (tiny models have 128)."""
+    cfg = model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if limit is None:
+        return wanted
+    if cfg.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # positions start after the padding index
+    return min(wanted, int(limit))
+
+
+def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | None = None, out_dir: str | Path | None = None,
+              progress: bool = False) -> dict[str, Any]:
+    """Fine-tune `config.variant` on `config.task` and return the trial record (also written to out_dir)."""
+    from evaluators.data import prepare
+    from evaluators.models import load_model
+    from evaluators.train import LoopSettings, train_and_evaluate
+    from spaces.realize import apply_variant
+
+    t_start = time.perf_counter()
+    task = get_task(config.task)
+    device = _device(config.device)
+    loaded = load_model(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
+    wanted = config.max_length or (task.generation.max_source_length if task.generation else task.max_length)
+    max_length = _length_limit(loaded.model, wanted)
+    if task.generation is not None:  # reference and generated lengths must fit the decoder's positions too
+        gen = task.generation
+        task = dataclasses.replace(task, generation=dataclasses.replace(
+            gen, max_target_length=_length_limit(loaded.model, gen.max_target_length), max_new_tokens=_length_limit(loaded.model, gen.max_new_tokens) - 1,
+            min_new_tokens=min(gen.min_new_tokens, _length_limit(loaded.model, gen.max_new_tokens) - 1)))
+    data = prepare(task, loaded.tokenizer, data_dir=config.data_dir, max_train=config.max_train_examples, max_eval=config.max_eval_examples,
+                   max_length=max_length, model_key=loaded.key)
+    realized = apply_variant(loaded.model, config.variant)  # UnipetlError for a variant the model cannot take
+    counts = realized.counts
+    label_smoothing = config.label_smoothing if config.label_smoothing is not None else (0.1 if task.kind == "seq2seq" else 0.0)
+    settings = LoopSettings(epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, lr=config.lr, scheduler=config.scheduler,
+                            warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay, grad_accum=config.grad_accum,
+                            max_grad_norm=config.max_grad_norm, label_smoothing=label_smoothing, eval_every=config.eval_every, seed=config.seed)
+    log.info("trial %s / %s / %s: paper %d (%.4f %%), trainable %d + head %d", task.name, loaded.name, config.variant.describe(),
+             counts.paper_params, counts.paper_percent, counts.trainable_params, realized.head_params)
+    try:
+        res = train_and_evaluate(task, realized.model, loaded.tokenizer, data.train, data.eval, settings, device=device, report=report, progress=progress)
+        status, error = res.status, res.error
+    except Exception as err:  # noqa: BLE001 - a failed trial is a result, not a crash of the worker
+        log.exception("trial failed")
+        from evaluators.train import LoopResult
+
+        res, status, error = LoopResult(), "failed", f"{type(err).__name__}: {err}"
+    train_settings = {k: v for k, v in config.to_dict().items() if k not in ("task", "model", "variant")}
+    train_settings.update(label_smoothing=label_smoothing, max_length=max_length, steps=res.steps, train_examples=len(data.train),
+                          eval_examples={k: len(v) for k, v in data.eval.items()}, data_sources=data.sources,
+                          generation=dataclasses.asdict(task.generation) if task.generation else None, task_note=task.note or None)
+    record = make_record(
+        status=status, error=error, task=task.name, model=loaded.name, variant=config.variant.to_dict(),
+        variant_description=config.variant.describe(), preset=config.variant.name,
+        paper_params=counts.paper_params, trainable_params=counts.trainable_params, head_params=realized.head_params, base_params=counts.base_params,
+        paper_percent=counts.paper_percent, paper_fraction=counts.paper_params / counts.base_params,
+        trainable_percent=counts.trainable_percent, trainable_fraction=counts.trainable_params / counts.base_params,
+        metrics=res.metrics, main_metric=task.main_metric, higher_is_better=task.higher_is_better, metric=res.metric, best_step=res.best_step,
+        curve=res.curve, wall_seconds=time.perf_counter() - t_start,
+        train_tokens_per_second=res.train_tokens / res.train_seconds if res.train_seconds > 0 else 0.0,
+        step_seconds=res.train_seconds / res.steps if res.steps else 0.0, peak_memory_bytes=res.peak_memory_bytes,
+        device=str(device), seed=config.seed, train_settings=train_settings, fidelity="final" if status == "ok" else "partial",
+    )
+    if out_dir is not None:
+        write_outputs(record, realized.model if status != "failed" else None, out_dir)
+    return record
+
+
+def write_outputs(record: dict[str, Any], model: Any | None, out_dir: str | Path) -> None:
+    """DIR/record.json and, when training ran, DIR/variant.safetensors (variant + head tensors only)."""
+    from safetensors.torch import save_file
+
+    from spaces.realize import variant_state_dict
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in variant_state_dict(model).items()}
+        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"variant": json.dumps(record["variant"]), "model": record["model"], "task": record["task"]})
+    (out / "record.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,93 @@
+"""Build a whole report from the trials table: sections per (task, model), then files on disk.
+
+`build_sections` is the computation (frontier, hypervolume history, effects, plots); `write_report`
+writes report.html, frontier.csv, trials.parquet and, when plotly is importable,
+report_interactive.html; it returns the Markdown summary that the CLI prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from reports import effects as fx
+from reports import plots
+from reports.frontier import GROUP, _higher, group_summary, hypervolume_history
+from reports.html import render
+from reports.summary import markdown
+
+logger = logging.getLogger(__name__)
+
+FRONTIER_COLUMNS = ["task", "model", "study", "trial", "paper_fraction", "paper_params", "trainable_fraction", "main_metric", "metric",
+                    "description", "attn_method", "ffn_method", "preset", "nearest", "nearest_distance", "like", "gap_to_full", "variant_json"]
+
+
+def build_sections(df: pl.DataFrame, *, with_plots: bool = True) -> list[dict[str, Any]]:
+    """One section per (task, model) group, in order of first appearance."""
+    sections = []
+    known = df.filter(pl.col("task").is_not_null() & pl.col("model").is_not_null())
+    if known.height < df.height:
+        logger.warning("%d trials carry no task/model (no record and no study attributes); they are left out", df.height - known.height)
+    for _, group in known.group_by(list(GROUP), maintain_order=True):
+        higher = _higher(group)
+        summary = group_summary(group)
+        eff = fx.effects(group)
+        sec: dict[str, Any] = {"summary": summary, "group": group, "effects": eff, "findings": fx.findings(eff, higher),
+                               "hv_history": hypervolume_history(group, higher, summary["hv_reference"][1])}
+        if with_plots:
+            title = f"{summary['task']} / {summary['model']}"
+            sec["png_frontier"] = plots.frontier_plot(group, summary["frontier_rows"], summary["full_ft"], title, summary["main_metric"],
+                                                      summary["budget_fraction"])
+            sec["png_hv"] = plots.hypervolume_plot(sec["hv_history"], title)
+            sec["png_effects"] = plots.effects_plot(eff, title, summary["main_metric"])
+        sections.append(sec)
+    return sections
+
+
+def frontier_csv_frame(sections: list[dict[str, Any]]) -> pl.DataFrame:
+    parts = [s["summary"]["frontier_rows"].select(FRONTIER_COLUMNS) for s in sections if not s["summary"]["frontier_rows"].is_empty()]
+    if parts:
+        return pl.concat(parts, how="vertical_relaxed")
+    return pl.DataFrame(schema=dict.fromkeys(FRONTIER_COLUMNS, pl.Utf8))
+
+
+def _plotly(sections: list[dict[str, Any]], path: Path) -> bool:
+    """An interactive scatter per group (hover shows the variant); skipped without plotly."""
+    if importlib.util.find_spec("plotly") is None:
+        return False
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=max(len(sections), 1), cols=1, subplot_titles=[f"{s['summary']['task']} / {s['summary']['model']}" for s in sections])
+    for i, sec in enumerate(sections, 1):
+        g = sec["group"].filter(pl.col("metric").is_not_null() & pl.col("paper_fraction").is_not_null())
+        fig.add_trace(go.Scatter(x=g["paper_fraction"].to_list(), y=g["metric"].to_list(), mode="markers", name=f"trials {i}",
+                                 text=[f"#{t} {d} [{s}]" for t, d, s in zip(g["trial"], g["description"], g["state"], strict=True)]), row=i, col=1)
+        f = sec["summary"]["frontier_rows"]
+        fig.add_trace(go.Scatter(x=f["paper_fraction"].to_list(), y=f["metric"].to_list(), mode="lines+markers", line_shape="hv",
+                                 name=f"frontier {i}", text=f["description"].to_list()), row=i, col=1)
+        fig.update_xaxes(type="log", title_text="paper fraction", row=i, col=1)
+    fig.update_layout(height=420 * max(len(sections), 1))
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return True
+
+
+def write_report(df: pl.DataFrame, out_dir: str | Path, sources: list[str]) -> tuple[str, dict[str, Path]]:
+    """Write every output file into `out_dir`; return (Markdown summary, name → path)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = build_sections(df)
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    files = {"report.html": out / "report.html", "frontier.csv": out / "frontier.csv", "trials.parquet": out / "trials.parquet"}
+    files["report.html"].write_text(render(sections, sources, generated), encoding="utf-8")
+    frontier_csv_frame(sections).write_csv(files["frontier.csv"])
+    df.write_parquet(files["trials.parquet"])
+    if _plotly(sections, out / "report_interactive.html"):
+        files["report_interactive.html"] = out / "report_interactive.html"
+    logger.info("report written to %s (%d sections)", out, len(sections))
+    return markdown(sections, sources), files

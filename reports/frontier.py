@@ -1,0 +1,233 @@
+"""The efficiency frontier per (task, model): Pareto set, hypervolume, nearest named method.
+
+Objectives: paper fraction (minimize) and the task's main metric (maximize, or minimize when the
+metric says `higher_is_better: false`). Non-dominated sorting and hypervolume come from
+`moocore` (public, documented, O(n log n) in 2-D); Optuna's equivalents live in private
+modules (`optuna._hypervolume`, `optuna.study._multi_objective`) that may change without notice.
+
+Hypervolume reference point (fixed, stated in every report): paper fraction 1.0 (100 % of the
+backbone, what full fine-tuning stores) and metric 0 for higher-is-better metrics (accuracy,
+BLEU, ROUGE all start at 0). The fraction axis is log10 with fractions floored at 1e-6, so that
+every decade of budget weighs the same; HV / 6 is then the best metric reachable, averaged over
+budgets spread log-uniformly between 1e-6 and 1 (a budget below the cheapest trial reaches 0).
+Lower-is-better metrics have no natural worst value; their reference is the worst completed
+value of the group, and the report says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import moocore
+import numpy as np
+import polars as pl
+
+from spaces.presets import PRESETS
+from spaces.variant import ATTN_SITES, Module, Variant
+
+logger = logging.getLogger(__name__)
+
+FRACTION_FLOOR = 1e-6
+REF_FRACTION = 1.0
+REF_METRIC_HIGHER = 0.0
+DECADES = math.log10(REF_FRACTION / FRACTION_FLOOR)
+GROUP = ("task", "model")
+# how named methods are written in reports
+DISPLAY = {"mam": "MAM", "lora": "LoRA", "lora-ffn": "LoRA (FFN)", "unipelt": "UniPELT", "bitfit": "BitFit", "houlsby": "Houlsby adapter",
+           "pfeiffer": "Pfeiffer adapter", "prefix": "prefix tuning", "prompt": "prompt tuning", "pa-attn": "PA (attn)", "pa-ffn": "PA (FFN)",
+           "sa-attn": "SA (attn)", "sa-ffn": "SA (FFN)", "mh-pa": "MH PA", "scaled-pa": "scaled PA", "full": "full fine-tuning", "probe": "linear probe"}
+
+
+# --- eligibility -------------------------------------------------------------------------------
+def eligible(df: pl.DataFrame) -> pl.DataFrame:
+    """Trials that may enter a frontier: complete, status ok, final fidelity, a metric, within budget.
+
+    Full fine-tuning is the 100 % reference line, not a frontier point. A trial over its
+    study's budget (infeasible; normally never trained) is excluded too.
+    """
+    return df.filter(
+        (pl.col("state") == "COMPLETE")
+        & (pl.col("status") == "ok")
+        & (pl.col("fidelity").is_null() | (pl.col("fidelity") == "final"))
+        & pl.col("metric").is_not_null()
+        & pl.col("metric").is_finite()
+        & pl.col("paper_fraction").is_not_null()
+        & ~pl.col("full_finetune")
+        & (pl.col("budget_fraction").is_null() | (pl.col("paper_fraction") <= pl.col("budget_fraction") * (1 + 1e-9)))
+    )
+
+
+def full_reference(df: pl.DataFrame, higher: bool = True) -> float | None:
+    """Best metric of full fine-tuning among the group's finished trials (None when there is none)."""
+    full = df.filter((pl.col("state") == "COMPLETE") & (pl.col("status") == "ok") & pl.col("full_finetune") & pl.col("metric").is_not_null())
+    if full.is_empty():
+        return None
+    return float(full["metric"].max() if higher else full["metric"].min())
+
+
+# --- Pareto set and hypervolume ---------------------------------------------------------------------
+def pareto_mask(fractions: Any, metrics: Any, higher: bool = True) -> np.ndarray:
+    """True for points not dominated in (fraction ↓, metric ↑/↓); exact duplicates keep the first."""
+    pts = np.column_stack([np.asarray(fractions, dtype=float), np.asarray(metrics, dtype=float)])
+    if len(pts) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(moocore.is_nondominated(pts, maximise=[False, higher], keep_weakly=False), dtype=bool)
+
+
+def reference_metric(metrics: Any, higher: bool = True) -> float:
+    if higher:
+        return REF_METRIC_HIGHER
+    vals = np.asarray(metrics, dtype=float)
+    return float(vals.max()) if len(vals) else 0.0
+
+
+def hypervolume(fractions: Any, metrics: Any, higher: bool = True, ref_metric: float | None = None) -> float:
+    """Area dominated in (log10 fraction, metric) up to the reference point (log10 1.0, ref_metric)."""
+    f = np.asarray(fractions, dtype=float)
+    m = np.asarray(metrics, dtype=float)
+    if len(f) == 0:
+        return 0.0
+    ref = reference_metric(m, higher) if ref_metric is None else ref_metric
+    x = np.log10(np.clip(f, FRACTION_FLOOR, None))
+    keep = (x < math.log10(REF_FRACTION)) & ((m > ref) if higher else (m < ref))
+    if not keep.any():
+        return 0.0
+    pts = np.column_stack([x[keep], m[keep]])
+    return float(moocore.hypervolume(pts, ref=[math.log10(REF_FRACTION), ref], maximise=[False, higher]))
+
+
+def hypervolume_history(group: pl.DataFrame, higher: bool = True, ref_metric: float | None = None) -> list[tuple[int, float]]:
+    """(trial count, hypervolume of the eligible trials among the first n) for n = 1 … all trials."""
+    g = group.with_row_index("_order").sort(["trial", "_order"], nulls_last=True)
+    ok = eligible(g)
+    ref = reference_metric(ok["metric"].to_numpy(), higher) if ref_metric is None else ref_metric
+    ok_orders = set(ok["_order"].to_list())
+    out: list[tuple[int, float]] = []
+    fr: list[float] = []
+    me: list[float] = []
+    for n, row in enumerate(g.iter_rows(named=True), 1):
+        if row["_order"] in ok_orders:
+            fr.append(row["paper_fraction"])
+            me.append(row["metric"])
+        out.append((n, hypervolume(fr, me, higher, ref)))
+    return out
+
+
+# --- nearest named method ------------------------------------------------------------------------
+def _signature(m: Module) -> tuple[str, str, str, str, str]:
+    comp = "scaled" if m.composition == "learned_scale" else m.composition
+    return ("attn" if m.site in ATTN_SITES else "ffn", m.kind, m.function, m.insertion, comp)
+
+
+MODULE_COST = 5  # an unmatched module differs in all five dimensions
+
+
+def design_distance(a: Variant, b: Variant) -> int:
+    """Distance between two variants over the design dimensions, sizes ignored.
+
+    Each module is (site, kind, function, insertion, composition); modules of the two variants
+    are paired to minimize the number of differing dimensions, an unpaired module costs 5, and
+    BitFit, prompt tuning or full fine-tuning present in one variant only cost 5 each.
+    """
+    if a.full_finetune or b.full_finetune:
+        return 0 if a.full_finetune == b.full_finetune else 100
+    sa, sb = [_signature(m) for m in a.modules], [_signature(m) for m in b.modules]
+    if len(sa) < len(sb):
+        sa, sb = sb, sa
+    best = MODULE_COST * len(sa)
+    for perm in itertools.permutations(range(len(sa)), len(sb)):
+        cost = sum(sum(x != y for x, y in zip(sa[i], sb[j], strict=True)) for j, i in enumerate(perm))
+        cost += MODULE_COST * (len(sa) - len(sb))
+        best = min(best, cost)
+    extras = (a.bitfit != b.bitfit) + (bool(a.prompt_length) != bool(b.prompt_length))
+    return best + MODULE_COST * extras
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    preset: str
+    distance: int
+
+    @property
+    def label(self) -> str:
+        name = DISPLAY.get(self.preset, self.preset)
+        return name if self.distance == 0 else f"{name}-like (distance {self.distance})"
+
+
+_NAMED: list[tuple[str, Variant]] = []
+
+
+def named_methods() -> list[tuple[str, Variant]]:
+    """Each registered preset at its default sizes (sizes do not enter the distance)."""
+    if not _NAMED:
+        _NAMED.extend((name, p.build()) for name, p in PRESETS.items())
+    return _NAMED
+
+
+def nearest_named(variant: Variant) -> Match:
+    """The registered named method closest in design (ties: the earlier registered preset)."""
+    best: Match | None = None
+    for name, v in named_methods():
+        d = design_distance(variant, v)
+        if best is None or d < best.distance:
+            best = Match(name, d)
+    assert best is not None
+    return best
+
+
+# --- frontier tables ---------------------------------------------------------------------------------
+def _higher(group: pl.DataFrame) -> bool:
+    vals = group["higher_is_better"].drop_nulls()
+    return bool(vals[0]) if len(vals) else True
+
+
+def frontier_of(group: pl.DataFrame) -> pl.DataFrame:
+    """The frontier rows of one (task, model) group, cheapest first, with match and gap columns."""
+    higher = _higher(group)
+    ok = eligible(group)
+    if ok.is_empty():
+        return ok.with_columns(pl.lit(None, pl.Utf8).alias("nearest"), pl.lit(None, pl.Int64).alias("nearest_distance"),
+                               pl.lit(None, pl.Utf8).alias("like"), pl.lit(None, pl.Float64).alias("gap_to_full"))
+    front = ok.filter(pl.Series(pareto_mask(ok["paper_fraction"], ok["metric"], higher))).sort("paper_fraction")
+    matches = [nearest_named(Variant.from_json(v)) if v else None for v in front["variant_json"].to_list()]
+    full = full_reference(group, higher)
+    sign = 1.0 if higher else -1.0
+    return front.with_columns(
+        pl.Series("nearest", [m.preset if m else None for m in matches], pl.Utf8),
+        pl.Series("nearest_distance", [m.distance if m else None for m in matches], pl.Int64),
+        pl.Series("like", [m.label if m else None for m in matches], pl.Utf8),
+        pl.Series("gap_to_full", [None if full is None else sign * (x - full) for x in front["metric"].to_list()], pl.Float64),
+    )
+
+
+def frontiers(df: pl.DataFrame) -> pl.DataFrame:
+    """Frontier rows of every (task, model) group in one table."""
+    parts = [frontier_of(g) for _, g in df.group_by(list(GROUP), maintain_order=True)]
+    parts = [p for p in parts if not p.is_empty()]
+    return pl.concat(parts, how="vertical_relaxed") if parts else frontier_of(df.clear())
+
+
+def group_summary(group: pl.DataFrame) -> dict[str, Any]:
+    """Counts, hypervolume, best point, full-FT reference and best named method of one group."""
+    higher = _higher(group)
+    ok = eligible(group)
+    front = frontier_of(group)
+    ref = reference_metric(ok["metric"].to_numpy(), higher)
+    states = {s: int(n) for s, n in group.group_by("state").len().iter_rows()}
+    best = ok.sort("metric", descending=higher).row(0, named=True) if not ok.is_empty() else None
+    named = ok.filter(pl.col("named"))
+    best_named = named.sort("metric", descending=higher).row(0, named=True) if not named.is_empty() else None
+    return {
+        "task": group["task"][0], "model": group["model"][0],
+        "studies": sorted({s for s in group["study"].to_list() if s}),
+        "main_metric": (group["main_metric"].drop_nulls().to_list() or ["metric"])[0], "higher_is_better": higher,
+        "trials": group.height, "states": states, "eligible": ok.height, "frontier": front.height,
+        "budget_fraction": (group["budget_fraction"].drop_nulls().to_list() or [None])[0],
+        "hypervolume": hypervolume(ok["paper_fraction"], ok["metric"], higher, ref), "hv_reference": (REF_FRACTION, ref),
+        "best": best, "best_named": best_named, "full_ft": full_reference(group, higher),
+        "frontier_rows": front,
+    }

@@ -1,0 +1,288 @@
+"""Load trial records from Optuna studies or record files into one polars table.
+
+Reports read the trial record of the shared contract (the search stores it in each Optuna
+trial's user attribute "record"; `unipetl run` writes it as record.json) and nothing else, so
+this module never imports torch. Trials without a record (running, waiting, or failed before
+the evaluator wrote one) still get a row: the report shows every state of a partial study.
+
+The variant is flattened into one column per design dimension (see `variant_columns`) so that
+frontier and effect tables are plain polars group-bys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from spaces.registry import UnipetlError
+from spaces.variant import ATTN_SITES, Variant
+
+logger = logging.getLogger(__name__)
+
+# the table's columns, in order, with their polars types (rows from any source fill all of them)
+SCHEMA: dict[str, Any] = {
+    "task": pl.Utf8, "model": pl.Utf8, "study": pl.Utf8, "source": pl.Utf8, "trial": pl.Int64,
+    "state": pl.Utf8, "status": pl.Utf8, "error": pl.Utf8, "fidelity": pl.Utf8,
+    "preset": pl.Utf8, "named": pl.Boolean, "full_finetune": pl.Boolean, "description": pl.Utf8,
+    "attn_method": pl.Utf8, "ffn_method": pl.Utf8, "kind": pl.Utf8, "site": pl.Utf8,
+    "insertion": pl.Utf8, "function": pl.Utf8, "composition": pl.Utf8, "sizes": pl.Utf8,
+    "attn_size": pl.Int64, "ffn_size": pl.Int64, "scale": pl.Float64, "bitfit": pl.Boolean,
+    "prompt_length": pl.Int64, "paper_params": pl.Int64, "trainable_params": pl.Int64,
+    "head_params": pl.Int64, "base_params": pl.Int64, "paper_fraction": pl.Float64,
+    "trainable_fraction": pl.Float64, "budget_fraction": pl.Float64, "mode": pl.Utf8,
+    "main_metric": pl.Utf8, "higher_is_better": pl.Boolean, "metric": pl.Float64,
+    "best_step": pl.Int64, "metrics_json": pl.Utf8, "wall_seconds": pl.Float64,
+    "train_tokens_per_second": pl.Float64, "step_seconds": pl.Float64,
+    "peak_memory_bytes": pl.Int64, "device": pl.Utf8, "seed": pl.Int64, "variant_json": pl.Utf8,
+}
+
+STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+def mask_url(url: str) -> str:
+    """The storage URL with any password replaced by *** (safe to print or write to HTML)."""
+    return re.sub(r"(//[^:/@\s]+:)[^@/\s]*@", r"\1***@", str(url))
+
+
+def _mixed(values: Iterable[str]) -> str | None:
+    vals = sorted(set(values))
+    if not vals:
+        return None
+    return vals[0] if len(vals) == 1 else "mixed"
+
+
+def variant_columns(variant: Variant) -> dict[str, Any]:
+    """Flatten a variant into one value per design dimension.
+
+    A dimension whose modules disagree (e.g. MAM: gated prefix + scaled adapter) is "mixed";
+    one that does not apply is null. `insertion` looks at adapter modules only: prefix, MH PA
+    and LoRA are parallel by construction, so counting them would confound insertion with the
+    kind of module (the paper's comparison is sequential vs parallel *adapters*).
+    """
+    attn = [m for m in variant.modules if m.site in ATTN_SITES]
+    ffn = [m for m in variant.modules if m.site == "ffn"]
+    comp = {"add": "add", "scaled": "scaled", "learned_scale": "scaled", "gated": "gated"}
+    site = None
+    if attn or ffn:
+        site = "both" if attn and ffn else ("attention" if attn else "ffn")
+    sizes = [f"{'l' if m.kind == 'heads' else 'r'}={m.size}@{'attn' if m.site in ATTN_SITES else 'ffn'}" for m in variant.modules]
+    if variant.prompt_length:
+        sizes.append(f"prompt={variant.prompt_length}")
+    scaled = [m.scale for m in variant.modules if m.composition in ("scaled", "learned_scale")]
+    return {
+        "full_finetune": variant.full_finetune,
+        "description": variant.describe(),
+        "attn_method": " + ".join(m.describe() for m in attn) or None,
+        "ffn_method": " + ".join(m.describe() for m in ffn) or None,
+        "kind": _mixed(m.kind for m in variant.modules),
+        "site": site,
+        "insertion": _mixed(m.insertion for m in variant.modules if m.kind == "adapter"),
+        "function": _mixed(m.function for m in variant.modules),
+        "composition": _mixed(comp[m.composition] for m in variant.modules),
+        "sizes": ", ".join(sizes) or None,
+        "attn_size": max((m.size for m in attn), default=None),
+        "ffn_size": max((m.size for m in ffn), default=None),
+        "scale": max(scaled) if scaled else None,
+        "bitfit": variant.bitfit,
+        "prompt_length": variant.prompt_length,
+        "variant_json": variant.to_json(sort_keys=True),
+    }
+
+
+def record_row(record: dict[str, Any], *, study: str | None = None, source: str = "", trial: int | None = None,
+               state: str = "COMPLETE", preset: str | None = None, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One table row from one trial record (the contract's dict); unknown keys are ignored."""
+    if not isinstance(record, dict):
+        raise UnipetlError(f"trial record in {source or 'input'} must be a JSON object, got {type(record).__name__}.")
+    attrs = study_attrs or {}
+    row: dict[str, Any] = dict.fromkeys(SCHEMA)
+    row.update(study=study, source=source, trial=trial, state=state, mode=attrs.get("mode"), budget_fraction=attrs.get("budget_fraction"))
+    for key in ("task", "model", "status", "error", "fidelity", "paper_params", "trainable_params", "head_params", "base_params",
+                "paper_fraction", "trainable_fraction", "main_metric", "higher_is_better", "metric", "best_step", "wall_seconds",
+                "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "device", "seed"):
+        row[key] = record.get(key)
+    row["task"] = row["task"] or attrs.get("task")
+    row["model"] = row["model"] or attrs.get("model")
+    row["main_metric"] = row["main_metric"] or attrs.get("main_metric")
+    if row["higher_is_better"] is None:
+        row["higher_is_better"] = attrs.get("higher_is_better", True)
+    if row["paper_fraction"] is None and record.get("paper_percent") is not None:
+        row["paper_fraction"] = float(record["paper_percent"]) / 100.0
+    row["preset"] = preset or record.get("preset")
+    if isinstance(record.get("metrics"), dict):
+        row["metrics_json"] = json.dumps(record["metrics"], sort_keys=True, default=str)
+    variant_data = record.get("variant")
+    if isinstance(variant_data, dict):
+        try:
+            variant = Variant.from_dict(variant_data)
+        except UnipetlError as err:
+            logger.warning("trial %s of %s: unreadable variant (%s)", trial, study or source, err)
+        else:
+            row.update(variant_columns(variant))
+            row["preset"] = row["preset"] or variant.name
+    if not row["description"] and record.get("variant_description"):
+        row["description"] = str(record["variant_description"])
+    row["named"] = row["preset"] is not None
+    if row["full_finetune"] is None:
+        row["full_finetune"] = False
+    return row
+
+
+def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows → the typed table (values that do not fit their column type become null)."""
+    clean = []
+    for r in rows:
+        out = {}
+        for key, dtype in SCHEMA.items():
+            v = r.get(key)
+            if v is not None:
+                try:
+                    v = {pl.Utf8: str, pl.Int64: int, pl.Float64: float, pl.Boolean: bool}[dtype](v)
+                except (TypeError, ValueError):
+                    v = None
+            out[key] = v
+        clean.append(out)
+    return pl.DataFrame(clean, schema=SCHEMA)
+
+
+# --- Optuna studies ---------------------------------------------------------------------------
+def open_storage(url: str) -> Any:
+    """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql) or journal:///PATH."""
+    import optuna
+
+    scheme = str(url).split(":", 1)[0].split("+", 1)[0].lower() if ":" in str(url) else ""
+    if scheme == "journal":
+        path = re.sub(r"^journal:(//)?", "", url)
+        if not Path(path).is_file():
+            raise UnipetlError(f"`--storage`: journal file {path!r} does not exist.")
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if scheme not in RDB_SCHEMES:
+        raise UnipetlError(f"`--storage`: unknown storage scheme {scheme or url!r} in {mask_url(url)!r}; use sqlite:///FILE, postgresql://…, mysql://… or journal:///FILE.")
+    if scheme == "sqlite":
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise UnipetlError(f"`--storage`: SQLite file {path!r} does not exist.")
+    url = _with_driver(url)
+    try:
+        return optuna.storages.RDBStorage(url, skip_compatibility_check=False)
+    except Exception as err:  # noqa: BLE001 - driver errors vary by backend; one line for the user
+        msg = mask_url(str(err).splitlines()[0]) if str(err) else type(err).__name__
+        raise UnipetlError(f"`--storage`: cannot open {mask_url(url)!r}: {msg}") from None
+
+
+def _with_driver(url: str) -> str:
+    """postgresql://… → postgresql+psycopg2://… when only psycopg2 is installed.
+
+    SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project depends on psycopg2-binary.
+    """
+    import importlib.util
+
+    if re.match(r"postgres(ql)?://", url) and importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
+    return url
+
+
+def study_names(storage: Any) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_studies(url: str, names: list[str] | None = None) -> tuple[pl.DataFrame, dict[str, dict[str, Any]]]:
+    """Every trial of the named studies (default: all studies in the storage) → (table, study attrs)."""
+    import optuna
+
+    storage = open_storage(url)
+    available = study_names(storage)
+    wanted = names or available
+    for name in wanted:
+        if name not in available:
+            from spaces.registry import did_you_mean
+
+            raise UnipetlError(f"`--study`: no study {name!r} in {mask_url(url)}.{did_you_mean(name, available) if available else ' The storage has no studies.'}")
+    rows: list[dict[str, Any]] = []
+    attrs_by_study: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        study = optuna.load_study(study_name=name, storage=storage)
+        attrs = dict(study.user_attrs)
+        attrs_by_study[name] = attrs
+        for t in study.get_trials(deepcopy=False):
+            state = t.state.name
+            record = t.user_attrs.get("record")
+            preset = t.user_attrs.get("preset")
+            if isinstance(record, str):
+                try:
+                    record = json.loads(record)
+                except json.JSONDecodeError:
+                    record = None
+            if isinstance(record, dict):
+                row = record_row(record, study=name, source=mask_url(url), trial=t.number, state=state, preset=preset, study_attrs=attrs)
+                # a failed trial's record may be partial; the search set the counts on the trial before training
+                for key in ("paper_fraction", "paper_params"):
+                    if row[key] is None:
+                        row[key] = t.user_attrs.get(key)
+                row["description"] = row["description"] or t.user_attrs.get("variant_description")
+            else:  # running / waiting / failed before a record existed
+                row = record_row({}, study=name, source=mask_url(url), trial=t.number, state=state, preset=preset, study_attrs=attrs)
+                row["status"] = {"FAIL": "failed", "PRUNED": "pruned"}.get(state)
+                row["error"] = t.user_attrs.get("error") or t.system_attrs.get("fail_reason")
+                row["paper_fraction"] = t.user_attrs.get("paper_fraction")
+                row["paper_params"] = t.user_attrs.get("paper_params")
+                row["description"] = t.user_attrs.get("variant_description")
+            rows.append(row)
+    logger.info("loaded %d trials from %d studies in %s", len(rows), len(wanted), mask_url(url))
+    return frame(rows), attrs_by_study
+
+
+# --- record files -----------------------------------------------------------------------------
+def _records_in(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UnipetlError(f"`--records`: cannot read {str(path)!r}: {getattr(err, 'strerror', None) or err}.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UnipetlError(f"`--records`: {str(path)!r} line {i} is not JSON ({err.msg}).") from None
+    records = data if isinstance(data, list) else [data]
+    for r in records:
+        if not isinstance(r, dict) or "status" not in r:
+            raise UnipetlError(f"`--records`: {str(path)!r} holds something that is not a trial record (no 'status').")
+    return records
+
+
+def load_records(paths: list[str]) -> pl.DataFrame:
+    """record.json files, JSONL / JSON-list files, or directories searched for record.json."""
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files = sorted(path.rglob("record.json"))
+            if not files:
+                raise UnipetlError(f"`--records`: directory {p!r} holds no record.json.")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise UnipetlError(f"`--records`: {p!r} does not exist.")
+        for f in files:
+            for i, rec in enumerate(_records_in(f)):
+                status = rec.get("status")
+                state = {"ok": "COMPLETE", "failed": "FAIL", "pruned": "PRUNED"}.get(status, "COMPLETE")
+                rows.append(record_row(rec, study=rec.get("study"), source=str(f), trial=rec.get("trial", i), state=state))
+    return frame(rows)

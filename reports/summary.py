@@ -1,0 +1,103 @@
+"""Written summaries of a report: a few sentences per (task, model) and the terminal Markdown.
+
+The same sentences go into report.html (escaped there) and the Markdown printed by
+`unipetl report`, so what the user reads in the terminal and in the browser agrees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reports.frontier import DECADES, FRACTION_FLOOR, REF_FRACTION
+
+
+def pct(fraction: float | None) -> str:
+    """A paper fraction as a percentage with sensible digits ('0.47%', '0.0012%')."""
+    if fraction is None:
+        return "–"
+    return f"{fraction * 100:.3g}%"
+
+
+def num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4g}"
+
+
+def states_text(states: dict[str, int]) -> str:
+    order = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    words = {"FAIL": "failed"}
+    parts = [f"{states[s]} {words.get(s, s.lower())}" for s in order if states.get(s)]
+    parts += [f"{n} {s.lower()}" for s, n in states.items() if s not in order]
+    return ", ".join(parts) or "none"
+
+
+def hv_reference_text(section: dict[str, Any]) -> str:
+    s = section["summary"]
+    ref = s["hv_reference"][1]
+    how = "metric 0" if s["higher_is_better"] else f"the worst completed {s['main_metric']} ({num(ref)}), as it is lower-is-better"
+    return (f"hypervolume over (log10 paper fraction ↓, {s['main_metric']} {'↑' if s['higher_is_better'] else '↓'}) against the "
+            f"reference point (fraction {REF_FRACTION:g} = 100 %, {how}); fractions below {FRACTION_FLOOR:g} count as {FRACTION_FLOOR:g}, "
+            f"so HV / {DECADES:g} is the best {s['main_metric']} averaged over log-uniform budgets")
+
+
+def sentences(section: dict[str, Any]) -> list[str]:
+    """The written summary of one (task, model) section."""
+    s = section["summary"]
+    m = s["main_metric"]
+    out = [f"{s['trials']} trials ({states_text(s['states'])}); {s['eligible']} eligible for the frontier "
+           "(complete, status ok, final fidelity, within budget, not full fine-tuning)."]
+    if s["budget_fraction"] is not None:
+        out.append(f"Budget: {pct(s['budget_fraction'])} of the backbone (paper count).")
+    front = s["frontier_rows"]
+    if front.is_empty():
+        out.append("No frontier yet: no eligible trial has finished.")
+        return out
+    out.append(f"The frontier has {front.height} point{'s' if front.height != 1 else ''} from {pct(front['paper_fraction'].min())} "
+               f"to {pct(front['paper_fraction'].max())} of the backbone.")
+    b = s["best"]
+    best_row = front.filter(front["trial"] == b["trial"]) if b["trial"] is not None else front.clear()
+    like = f" ({best_row['like'][0]})" if not best_row.is_empty() and best_row["like"][0] else ""
+    out.append(f"Best {m}: {num(b['metric'])} at {pct(b['paper_fraction'])} with {b['description']}{like}.")
+    if s["full_ft"] is not None:
+        gap = (b["metric"] - s["full_ft"]) * (1 if s["higher_is_better"] else -1)
+        out.append(f"Full fine-tuning reaches {num(s['full_ft'])}; the best PETL point is {num(abs(gap))} "
+                   f"{'above' if gap >= 0 else 'below'} it.")
+    else:
+        out.append("No full fine-tuning trial in this group, so no gap to it.")
+    bn = s["best_named"]
+    if bn is not None:
+        out.append(f"Best named method: {bn['preset']} with {num(bn['metric'])} at {pct(bn['paper_fraction'])}.")
+    out.append(f"Hypervolume {s['hypervolume']:.4g} (see the reference point below).")
+    for f in section["findings"]:
+        if f["bins"]:
+            out.append(f"Lesson '{f['lesson']}': {f['verdict']} ({f['wins']} of {f['bins']} matched budget bins, {f['trials']} trials).")
+        else:
+            out.append(f"Lesson '{f['lesson']}': {f['verdict']}.")
+    return out
+
+
+def _md_escape(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(sections: list[dict[str, Any]], sources: list[str]) -> str:
+    """The terminal summary: overview table, then per group the sentences and the frontier."""
+    lines = ["# unipetl report", "", f"Sources: {', '.join(sources) or '–'}", "",
+             "| task | model | trials | states | frontier | best metric | at fraction | hypervolume | full FT |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for sec in sections:
+        s = sec["summary"]
+        best = s["best"]
+        lines.append(f"| {_md_escape(s['task'])} | {_md_escape(s['model'])} | {s['trials']} | {_md_escape(states_text(s['states']))} | "
+                     f"{s['frontier']} | {num(best['metric']) if best else '–'} {_md_escape(s['main_metric'])} | "
+                     f"{pct(best['paper_fraction']) if best else '–'} | {s['hypervolume']:.4g} | {num(s['full_ft'])} |")
+    for sec in sections:
+        s = sec["summary"]
+        lines += ["", f"## {_md_escape(s['task'])} / {_md_escape(s['model'])}", ""]
+        lines += [f"- {_md_escape(x)}" for x in sentences(sec)]
+        front = s["frontier_rows"]
+        if not front.is_empty():
+            lines += ["", "| fraction | " + _md_escape(s["main_metric"]) + " | variant | nearest named | gap to full FT |", "|---|---|---|---|---|"]
+            for r in front.iter_rows(named=True):
+                lines.append(f"| {pct(r['paper_fraction'])} | {num(r['metric'])} | {_md_escape(r['description'])} | {_md_escape(r['like'])} | "
+                             f"{num(r['gap_to_full'])} |")
+    return "\n".join(lines) + "\n"

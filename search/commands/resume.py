@@ -1,0 +1,45 @@
+"""`unipetl resume`: continue a study to its trial budget (after a crash, Ctrl-C or failures)."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import optuna
+
+from search.commands.search import add_worker_arguments, check_workers, drive
+
+NAME = "resume"
+HELP = "continue a study to its trial budget with fresh workers"
+EPILOG = """examples:
+  unipetl resume --study sst2-minilm-budget-0.5pct
+  unipetl resume --storage postgresql+psycopg2://user@db/unipetl --study mnli-05 --workers 4
+Trials of dead workers are failed once their heartbeat is older than the grace period and
+re-queued with the same parameters; failed tickets are replaced so the study ends with exactly
+its --trials COMPLETE + PRUNED trials."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from search.study import DEFAULT_STORAGE
+
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="database URL (default sqlite:///runs/unipetl.db)")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--trials", type=int, default=None, help="raise the trial budget to this many")
+    add_worker_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search import study as studies
+    from spaces.registry import UnipetlError
+
+    check_workers(args)
+    if args.trials is not None and args.trials <= 0:
+        raise UnipetlError(f"`trials` should be a positive integer, got {args.trials}.")
+    study = studies.load(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+    if args.trials is not None and args.trials > study.user_attrs["trials"]:
+        study.set_user_attr("trials", args.trials)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # re-queue what dead workers left RUNNING
+    studies.top_up(study)
+    return drive(args.storage, args.study, args)

@@ -1,0 +1,209 @@
+"""`unipetl search`: create (or continue) a study and run its trials with local or Ray workers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from spaces.registry import UnipetlError
+
+logger = logging.getLogger(__name__)
+
+NAME = "search"
+HELP = "search the design space under a parameter budget (an Optuna study; resumable)"
+EPILOG = """examples:
+  unipetl search --task sst2 --model minilm --budget 0.5% --trials 12 --data-dir ../shared/data
+  unipetl search --study-file studies/sst2-minilm.yaml --data-dir ../shared/data --mode frontier --workers 2
+  unipetl search --task mnli --model roberta-base --budget 0.5% --trials 64 \\
+      --storage postgresql+psycopg2://user@db/unipetl --study mnli-05 --ray-address auto --gpus-per-trial 1
+budgets: 0.5% | 0.005 (a fraction) | 50000 (paper parameters). Storage defaults to sqlite:///runs/unipetl.db.
+Studies in studies/{task}-{model}.yaml supply defaults (training caps) when task and model match."""
+
+_TRAIN_FLAGS: list[tuple[str, type]] = [
+    ("max_train_examples", int), ("max_eval_examples", int), ("epochs", float), ("max_steps", int), ("batch_size", int),
+    ("lr", float), ("warmup_ratio", float), ("weight_decay", float), ("grad_accum", int), ("max_grad_norm", float),
+    ("label_smoothing", float), ("eval_every", int), ("seed", int), ("max_length", int), ("device", str),
+]
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workers")
+    g.add_argument("--workers", type=int, default=1, help="worker processes (or Ray tasks) on the study (default 1)")
+    g.add_argument("--ray-address", default=None, help="run workers as Ray tasks: 'local' starts Ray here, 'auto' / host:port joins a cluster")
+    g.add_argument("--ray", dest="ray_address", action="store_const", const="local", help="same as --ray-address local")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each Ray worker task holds")
+    g.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between worker heartbeats")
+    g.add_argument("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is failed and re-queued (default 3 × interval)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study-file", help="YAML study file (studies/*.yaml); flags override its values")
+    p.add_argument("--task", help="task name (sst2, mnli, xsum, wmt16-en-ro, …) or a task file")
+    p.add_argument("--model", help="model name (minilm, roberta-base, tiny-bert, …) or a local directory")
+    p.add_argument("--budget", help="paper-parameter budget: 0.5%%, 0.005 or 50000 (default 0.5%%)")
+    p.add_argument("--mode", choices=["budget", "frontier"], help="budget: best metric at <= budget (pruned); frontier: metric vs parameters")
+    p.add_argument("--trials", type=int, help="trial budget: COMPLETE + PRUNED trials the study ends with (default 12)")
+    p.add_argument("--storage", help="database URL (default sqlite:///runs/unipetl.db)")
+    p.add_argument("--study", help="study name (default TASK-MODEL-MODE-BUDGET)")
+    p.add_argument("--data-dir", help="directory with the task data (e.g. ../shared/data)")
+    p.add_argument("--with-full", action="store_true", default=None, help="also run full fine-tuning once (the 100 %% reference)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], help="pruner in budget mode (default median)")
+    p.add_argument("--sampler", choices=["tpe", "random"], help="sampler (default tpe)")
+    t = p.add_argument_group("training (TrialConfig fields)")
+    for key, typ in _TRAIN_FLAGS:
+        t.add_argument("--" + key.replace("_", "-"), type=typ, default=None, dest=key)
+    add_worker_arguments(p)
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    from search.study import StudySpec, bundled_study_file, load_study_file
+
+    data: dict[str, Any] = load_study_file(args.study_file) if args.study_file else {}
+    task, model = args.task or data.get("task"), args.model or data.get("model")
+    if not task or not model:
+        raise UnipetlError("give --task and --model (or a --study-file that names them).")
+    if not args.study_file and (bundled := bundled_study_file(task, model)):
+        data = load_study_file(bundled)  # its training caps are the defaults of this task / model pair
+    data.update(task=task, model=model)
+    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    train = dict(data.get("train") or {})
+    train.update({k: getattr(args, k) for k, _ in _TRAIN_FLAGS if getattr(args, k, None) is not None})
+    data["train"] = train
+    if data.get("data_dir"):
+        data["data_dir"] = os.path.abspath(str(data["data_dir"]))
+    return StudySpec(**data)
+
+
+def check_workers(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise UnipetlError(f"`workers` should be a positive integer, got {args.workers}.")
+    if args.heartbeat_interval < 1:
+        raise UnipetlError(f"`heartbeat-interval` should be a positive integer, got {args.heartbeat_interval}.")
+
+
+def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
+    """Run the workers to the trial budget with a progress bar; Ctrl-C leaves the study resumable."""
+    from search import study as studies
+    from search.worker import run_worker
+
+    hb = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
+    study = studies.load(storage_url, study_name, **hb)
+    bar = _Progress(study, disable=args.no_progress)
+    t0 = time.time()
+    try:
+        if args.ray_address:
+            from search.ray_backend import run_ray_workers
+
+            run_ray_workers(storage_url, study_name, workers=args.workers, address=args.ray_address, gpus_per_trial=args.gpus_per_trial, **hb)
+        elif args.workers == 1:
+            run_worker(storage_url, study_name, on_trial=lambda s, _state: bar.update(), **hb)
+        else:
+            _local_processes(storage_url, study_name, args, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: study {study_name!r} is resumable with `unipetl resume --storage {_safe(storage_url)} --study {study_name}`", file=sys.stderr)
+        return 130
+    bar.update()
+    bar.close()
+    c = studies.state_counts(study)
+    print(f"study {study_name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
+          f"storage {_safe(storage_url)}")
+    best = _best_line(study)
+    if best:
+        print(best)
+    return 0 if c["COMPLETE"] + c["PRUNED"] >= study.user_attrs["trials"] else 1
+
+
+def _local_processes(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "search.worker", "--storage", storage_url, "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
+    if args.grace_period:
+        cmd += ["--grace-period", str(args.grace_period)]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
+    try:
+        while any(p.poll() is None for p in procs):
+            bar.update()
+            time.sleep(2)
+    except KeyboardInterrupt:
+        for p in procs:  # the workers got the terminal's SIGINT too; make sure, then wait for their clean exit
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(timeout=60)
+        raise
+
+
+class _Progress:
+    """tqdm bar of finished trials with running count and best value (quiet when not a TTY)."""
+
+    def __init__(self, study: Any, *, disable: bool) -> None:
+        from tqdm import tqdm
+
+        self.study = study
+        self.bar = tqdm(total=study.user_attrs["trials"], desc=study.study_name, unit="trial", disable=disable or not sys.stderr.isatty())
+        self.update()
+
+    def update(self) -> None:
+        from search.study import state_counts
+
+        c = state_counts(self.study)
+        self.bar.n = c["COMPLETE"] + c["PRUNED"]
+        best = _best_value(self.study)
+        self.bar.set_postfix(running=c["RUNNING"], failed=c["FAIL"], best="-" if best is None else f"{best:.4g}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _best_value(study: Any) -> float | None:
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not done:
+        return None
+    pick = max if study.user_attrs.get("higher_is_better", True) else min
+    return pick(t.values[0] for t in done)
+
+
+def _best_line(study: Any) -> str | None:
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not done:
+        return None
+    pick = max if study.user_attrs.get("higher_is_better", True) else min
+    t = pick(done, key=lambda tr: tr.values[0])
+    return (f"best: trial {t.number} {study.user_attrs['main_metric']}={t.values[0]:.4f} "
+            f"{t.user_attrs.get('variant_description', '')} ({100 * t.user_attrs.get('paper_fraction', 0):.3f} % paper params)")
+
+
+def _safe(url: str) -> str:
+    """The URL with any password masked (never print credentials)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "<storage>"
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search import study as studies
+
+    if not getattr(args, "verbose", False):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_workers(args)
+    spec = build_spec(args)
+    study = studies.create_or_check(spec, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+    return drive(spec.storage, study.study_name, args)

@@ -1,0 +1,321 @@
+"""Studies: the study spec (study file + flags), Optuna storage, creation checks, trial tickets.
+
+One Optuna study in an RDB storage is the single source of truth (SQLite under `runs/` by
+default, PostgreSQL on a cluster). Everything a worker needs to run a trial lives in the study's
+user attrs (task, model, budget, space, training settings), so workers are stateless and a
+study can be resumed from its storage URL and name alone.
+
+The trial budget is exact because it is held as *tickets*: `--trials N` puts N WAITING trials
+into the study (the named methods first, then empty ones that the sampler fills in when a worker
+claims them). Claiming a WAITING trial is an atomic state change in the storage, so two workers
+never run the same ticket and no worker ever creates a trial of its own. A ticket ends as
+COMPLETE / PRUNED (it counts) or FAIL; a failed ticket is replaced (a dead worker's trial by the
+heartbeat's `RetryFailedTrialCallback` with the same parameters, an evaluator failure by a fresh
+ticket), so COMPLETE + PRUNED reaches N exactly and never passes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+
+from spaces.registry import UnipetlError, did_you_mean
+from spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
+from spaces.shapes import ModelShape, resolve_shape, shape_from_config
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["budget", "frontier"]
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
+# TrialConfig fields a study file / flags may set (task, model, variant and data_dir come from elsewhere)
+TRAIN_KEYS = ("max_train_examples", "max_eval_examples", "epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay",
+              "grad_accum", "max_grad_norm", "label_smoothing", "eval_every", "seed", "max_length", "device", "scheduler")
+FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train")
+SCHEMES = ("sqlite", "postgresql", "mysql")
+STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
+# the attrs that make two studies "the same search": a study name that exists with other values is refused
+IDENTITY = ("task", "model", "mode", "budget_fraction", "space")
+
+
+@dataclass(kw_only=True)
+class StudySpec:
+    task: str
+    model: str
+    budget: str = "0.5%"
+    mode: Mode = "budget"
+    trials: int = 12
+    study: str | None = None
+    storage: str = DEFAULT_STORAGE
+    data_dir: str | None = None
+    with_full: bool = False
+    pruner: str = "median"  # median | hyperband | none (budget mode only)
+    sampler: str = "tpe"  # tpe | random
+    max_failures: int | None = None  # replacement tickets for failed trials (default: trials)
+    space: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.mode not in ("budget", "frontier"):
+            raise UnipetlError(f"`mode` must be 'budget' or 'frontier', got {self.mode!r}.{did_you_mean(str(self.mode), ['budget', 'frontier'])}")
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials <= 0:
+            raise UnipetlError(f"`trials` should be a positive integer, got {self.trials!r}.")
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise UnipetlError(f"`pruner` must be median, hyperband or none, got {self.pruner!r}.")
+        if self.sampler not in ("tpe", "random"):
+            raise UnipetlError(f"`sampler` must be tpe or random, got {self.sampler!r}.")
+        if not isinstance(self.train, dict):
+            raise UnipetlError(f"`train` must be a mapping, got {type(self.train).__name__}.")
+        for key in self.train:
+            if key not in TRAIN_KEYS:
+                raise UnipetlError(f"Unknown key {key!r} in train.{did_you_mean(str(key), TRAIN_KEYS)}")
+        check_storage_url(self.storage)
+
+
+def load_study_file(path: str | Path) -> dict[str, Any]:
+    """A YAML study file → a dict of StudySpec fields (safe loader; unknown keys refused)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UnipetlError(f"cannot read study file {str(path)!r}: {err.strerror}.") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UnipetlError(f"study file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise UnipetlError(f"study file {str(path)!r} must hold a mapping, got {type(data).__name__}.")
+    for key in data:
+        if key not in FILE_KEYS:
+            raise UnipetlError(f"Unknown key {key!r} in study file {str(path)!r}.{did_you_mean(str(key), FILE_KEYS)}")
+    if "budget" in data:
+        data["budget"] = str(data["budget"])
+    return data
+
+
+def bundled_study_file(task: str, model: str) -> Path | None:
+    """studies/{task}-{model}.yaml, whose defaults (train caps) apply when no file is given."""
+    path = STUDIES_DIR / f"{task}-{model}.yaml"
+    return path if path.is_file() else None
+
+
+# --- storage ------------------------------------------------------------------------------
+
+
+def check_storage_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        scheme = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise UnipetlError(f"`storage` must be a database URL like sqlite:///runs/unipetl.db or postgresql://host/db, got {url!r}.") from None
+    if scheme not in SCHEMES:
+        raise UnipetlError(f"`storage` scheme {scheme!r} is not supported; use one of {list(SCHEMES)}.{did_you_mean(scheme, SCHEMES)}")
+    return scheme
+
+
+def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a trial whose worker stops beating for `grace_period`
+    seconds is marked FAIL and re-queued with the same parameters (RetryFailedTrialCallback)."""
+    scheme = check_storage_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    if scheme == "sqlite":
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs["connect_args"] = {"timeout": 120}  # writers wait for the file lock instead of failing
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
+
+
+def _rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period or 3 * heartbeat_interval,
+        heartbeat_stale_trial_callback=retry_callback(),
+    )
+
+
+def retry_callback(max_retry: int | None = 3) -> Any:
+    """Re-queue a trial with the same parameters and user attrs (Optuna's heartbeat retry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+# --- study creation ----------------------------------------------------------------------
+
+
+def model_shape(model: str) -> ModelShape:
+    """The shape used for budgets: the card for packaged / hub models, the config for tiny ones."""
+    from evaluators.models import resolve
+
+    spec = resolve(model)
+    if spec.source == "tiny":
+        from spaces.testing import tiny_config
+
+        return shape_from_config(tiny_config(spec.ref), name=spec.name)
+    if spec.source == "packaged":
+        return resolve_shape(spec.name)
+    return resolve_shape(spec.ref.split("/")[-1] if spec.ref.split("/")[-1] in _card_names() else spec.ref)
+
+
+def _card_names() -> list[str]:
+    from spaces.shapes import CARDS
+
+    return CARDS.names(aliases=True)
+
+
+def study_attrs(spec: StudySpec) -> dict[str, Any]:
+    """Validate everything (no storage touched) and return the study's user attrs."""
+    from evaluators.tasks import get_task
+
+    spec.validate()
+    task = get_task(spec.task)
+    shape = model_shape(spec.model)
+    fraction = parse_budget(spec.budget, shape)
+    space = SpaceConfig.from_dict(spec.space)
+    if spec.mode == "frontier" and "budget_use" not in spec.space:
+        space = dataclasses.replace(space, budget_use=(0.02, 1.0))  # spread the front over [2 %, 100 %] of the budget
+    feasible_methods(shape, fraction, space)  # raises when the budget fits no non-empty variant
+    from evaluators.trial import TrialConfig
+    from spaces.variant import Variant
+
+    TrialConfig.from_dict({**spec.train, "task": spec.task, "model": spec.model, "variant": Variant(), "data_dir": spec.data_dir})  # checks train values
+    return {
+        "task": spec.task, "model": spec.model, "mode": spec.mode, "budget_fraction": fraction, "budget": spec.budget,
+        "budget_params": shape.base_params and int(round(fraction * shape.base_params)), "space": space.to_dict(),
+        "main_metric": task.main_metric, "higher_is_better": bool(task.higher_is_better), "trials": spec.trials,
+        "train": dict(spec.train), "data_dir": spec.data_dir, "with_full": spec.with_full, "pruner": spec.pruner,
+        "sampler": spec.sampler, "max_failures": spec.max_failures if spec.max_failures is not None else spec.trials,
+    }
+
+
+def directions(attrs: dict[str, Any]) -> list[str]:
+    metric_dir = "maximize" if attrs["higher_is_better"] else "minimize"
+    return [metric_dir] if attrs["mode"] == "budget" else [metric_dir, "minimize"]
+
+
+def make_sampler(attrs: dict[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
+    if attrs.get("sampler") == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: parallel workers do not all sample the same point while trials run
+    return optuna.samplers.TPESampler(n_startup_trials=max(3, min(10, attrs["trials"] // 3)), constant_liar=True, seed=seed)
+
+
+def make_pruner(attrs: dict[str, Any]) -> optuna.pruners.BasePruner:
+    if attrs["mode"] != "budget" or attrs.get("pruner") == "none":
+        return optuna.pruners.NopPruner()  # Optuna does not prune multi-objective studies
+    if attrs.get("pruner") == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def load(storage_url: str, name: str, *, heartbeat_interval: int = 10, grace_period: int | None = None, seed: int | None = None) -> optuna.Study:
+    storage = make_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    if name not in study_names(storage):
+        raise UnipetlError(f"`study` {name!r} does not exist in the storage.{did_you_mean(name, study_names(storage)) if study_names(storage) else ''}")
+    probe = optuna.load_study(study_name=name, storage=storage)
+    attrs = probe.user_attrs
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(attrs, seed), pruner=make_pruner(attrs))
+
+
+def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_period: int | None = None) -> optuna.Study:
+    """Create the study with its tickets, or continue an existing one with the same search.
+
+    Every check runs before anything is written, so a refused study stays untouched."""
+    attrs = study_attrs(spec)
+    name = spec.study or default_study_name(spec)
+    storage = make_storage(spec.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    if name in study_names(storage):
+        existing = optuna.load_study(study_name=name, storage=storage).user_attrs
+        for key in IDENTITY:
+            if existing.get(key) != attrs[key]:
+                raise UnipetlError(
+                    f"study {name!r} exists with {key}={_short(existing.get(key))}, not {_short(attrs[key])}; "
+                    "choose another --study name (the existing study was not changed)."
+                )
+        study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        if spec.trials > existing.get("trials", 0):
+            study.set_user_attr("trials", spec.trials)
+        top_up(study)
+        return study
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions(attrs), sampler=make_sampler(attrs), pruner=make_pruner(attrs))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    enqueue_presets(study, attrs)
+    top_up(study)
+    logger.info("created study %s with %d tickets", name, attrs["trials"])
+    return study
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def default_study_name(spec: StudySpec) -> str:
+    return f"{spec.task}-{spec.model.replace('/', '_')}-{spec.mode}-{spec.budget.replace('%', 'pct')}"
+
+
+def enqueue_presets(study: optuna.Study, attrs: dict[str, Any]) -> list[str]:
+    """The named methods, each at the largest size within the budget, as the first tickets;
+    full fine-tuning once when asked (it counts in the trial budget too)."""
+    shape = model_shape(attrs["model"])
+    presets: list[str] = []
+    for name in attrs["space"]["presets"]:
+        variant = size_preset(name, shape, attrs["budget_fraction"])
+        if variant is None:
+            logger.warning("preset %s does not fit a budget of %s; not enqueued", name, attrs["budget"])
+            continue
+        presets.append(variant.name or name)
+    if attrs.get("with_full"):
+        presets.append("full")
+    presets = presets[: attrs["trials"]]
+    for p in presets:
+        study.enqueue_trial({}, user_attrs={"preset": p})
+    return presets
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    out = dict.fromkeys(STATES, 0)
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def top_up(study: optuna.Study) -> int:
+    """Add empty tickets so COMPLETE + PRUNED + RUNNING + WAITING equals the trial budget.
+
+    Called by the driver only (search / resume), never by workers, so it cannot race itself."""
+    c = state_counts(study)
+    missing = study.user_attrs["trials"] - (c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] + c["WAITING"])
+    for _ in range(max(0, missing)):
+        study.enqueue_trial({})
+    return max(0, missing)
+
+
+def finished(study: optuna.Study) -> int:
+    c = state_counts(study)
+    return c["COMPLETE"] + c["PRUNED"]
+
+
+__all__ = ["StudySpec", "TrialState", "load_study_file", "make_storage", "create_or_check", "load", "state_counts", "top_up", "finished"]

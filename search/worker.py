@@ -1,0 +1,202 @@
+"""A worker: claim a ticket (WAITING trial), suggest a variant inside the budget, train, store.
+
+Workers are stateless: everything comes from the study's user attrs. Run in-process
+(`run_worker`), as local processes (`python -m search.worker --storage URL --study NAME`,
+spawned by `unipetl search --workers N`), or as Ray tasks (`search.ray_backend`).
+
+While a trial trains, a heartbeat thread writes to the storage every `heartbeat_interval`
+seconds; a worker killed mid-trial stops beating, and any other worker (or a later `resume`)
+marks its trial FAIL and re-queues it with the same parameters (`fail_stale_trials`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search import study as studies
+from spaces.presets import parse_preset
+from spaces.search_space import SpaceConfig, suggest_variant
+from spaces.variant import Variant
+
+logger = logging.getLogger(__name__)
+POLL_SECONDS = 2.0
+
+
+class _Heartbeat:
+    """Beats for one trial until stopped (Optuna's own heartbeat runs only inside optimize())."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self._storage, self._trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        interval = self._storage.get_heartbeat_interval() or 10
+        while not self._stop.is_set():
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
+                logger.warning("heartbeat for trial %d failed", self._trial_id, exc_info=True)
+            self._stop.wait(interval)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically move one WAITING trial to RUNNING (the storage refuses a second claimer)."""
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, t._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def variant_for(trial: optuna.Trial, attrs: dict[str, Any]) -> Variant:
+    shape = studies.model_shape(attrs["model"])
+    preset = trial.user_attrs.get("preset")
+    if preset:
+        return parse_preset(preset)
+    return suggest_variant(trial, shape, attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+
+
+def _failed_record(attrs: dict[str, Any], variant: Variant | None, error: str) -> dict[str, Any]:
+    return {"schema": 1, "status": "failed", "error": error, "task": attrs["task"], "model": attrs["model"],
+            "variant": variant.to_dict() if variant else None, "metric": None, "main_metric": attrs["main_metric"],
+            "higher_is_better": attrs["higher_is_better"]}
+
+
+def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Callable[..., dict[str, Any]] | None = None) -> TrialState:
+    """Train one claimed trial and tell the study its outcome; returns the final state."""
+    from spaces.accounting import count
+
+    attrs = study.user_attrs
+    runner = runner or _run_trial
+    variant: Variant | None = None
+    try:
+        variant = variant_for(trial, attrs)
+        counts = count(variant, studies.model_shape(attrs["model"]))
+        trial.set_user_attr("paper_params", counts.paper_params)
+        trial.set_user_attr("paper_fraction", counts.paper_params / counts.base_params)
+        trial.set_user_attr("variant_description", variant.describe())
+        prunable = attrs["mode"] == "budget"
+
+        def report(step: int, value: float) -> bool:
+            if not prunable or value is None or not math.isfinite(value):
+                return False
+            trial.report(float(value), int(step))
+            return trial.should_prune()
+
+        with _Heartbeat(study._storage, trial._trial_id):
+            record = runner(attrs, variant, report, trial.user_attrs.get("preset"))
+    except KeyboardInterrupt:
+        # leave the study resumable: this ticket fails and an identical one is queued again
+        study.tell(trial, state=TrialState.FAIL)
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        studies.retry_callback(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+        raise
+    except Exception as err:  # noqa: BLE001 - one bad variant must not stop the search
+        logger.error("trial %d raised: %s", trial.number, err)
+        record = _failed_record(attrs, variant, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+    trial.set_user_attr("record", record)
+    status = record.get("status")
+    metric = record.get("metric")
+    if status == "ok" and metric is not None and math.isfinite(metric):
+        values = [metric] if attrs["mode"] == "budget" else [metric, record.get("paper_fraction", trial.user_attrs.get("paper_fraction"))]
+        study.tell(trial, values)
+        return TrialState.COMPLETE
+    if status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    study.tell(trial, state=TrialState.FAIL)
+    _replace_failed(study)
+    return TrialState.FAIL
+
+
+def _replace_failed(study: optuna.Study) -> None:
+    """A fresh ticket for a failed trial, up to `max_failures` in the study's life."""
+    failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "interrupted" not in t.user_attrs)
+    if failed <= study.user_attrs.get("max_failures", study.user_attrs["trials"]):
+        study.enqueue_trial({})
+    else:
+        logger.warning("study %s: %d failed trials, no more replacement tickets", study.study_name, failed)
+
+
+def _run_trial(attrs: dict[str, Any], variant: Variant, report: Callable[[int, float], bool], preset: str | None) -> dict[str, Any]:
+    from evaluators.trial import TrialConfig, run_trial
+
+    cfg = TrialConfig.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs["data_dir"]})
+    record = run_trial(cfg, report=report)
+    if preset and record.get("preset") is None:
+        record["preset"] = preset
+    return record
+
+
+def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 10, grace_period: int | None = None,
+               runner: Callable[..., dict[str, Any]] | None = None, on_trial: Callable[[optuna.Study, TrialState], None] | None = None,
+               poll_seconds: float = POLL_SECONDS) -> int:
+    """Run tickets until the study holds its budget of COMPLETE + PRUNED trials; returns trials run.
+
+    With no ticket left but trials still RUNNING elsewhere, the worker waits: if one of those
+    workers died, its trial turns stale and comes back as a WAITING retry that this worker runs."""
+    study = studies.load(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    ran = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        c = studies.state_counts(study)
+        if c["COMPLETE"] + c["PRUNED"] >= study.user_attrs["trials"]:
+            break
+        trial = claim(study)
+        if trial is None:
+            if c["RUNNING"] == 0 and c["WAITING"] == 0:
+                break  # tickets exhausted by failures: `unipetl resume` tops up
+            time.sleep(poll_seconds)
+            continue
+        state = run_one(study, trial, runner=runner)
+        ran += 1
+        if on_trial:
+            on_trial(study, state)
+    return ran
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m search.worker", description="one unipetl worker process")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--heartbeat-interval", type=int, default=10)
+    p.add_argument("--grace-period", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("UNIPETL_LOG", "WARNING"), format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run_worker(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

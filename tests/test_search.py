@@ -1,0 +1,232 @@
+"""Studies, tickets, workers and the search / resume / status CLI on SQLite with a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from search import study as studies
+from search.cli import main
+from search.worker import run_worker
+from spaces.search_space import DEFAULT_PRESETS, budget_params, size_preset
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+POS, NEG = ["good", "great", "fine", "lovely", "superb"], ["bad", "awful", "poor", "dull", "boring"]
+FAST = ["--max-train-examples", "48", "--max-eval-examples", "24", "--max-steps", "2", "--batch-size", "8", "--eval-every", "1", "--max-length", "16"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small SST-2 layout (sst2/train.jsonl, sst2/dev.jsonl) with a learnable signal."""
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    (root / "sst2").mkdir()
+    for split, n in (("train", 64), ("dev", 32)):
+        with open(root / "sst2" / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                label = i % 2
+                words = rng.choices(POS if label else NEG, k=3) + rng.choices(["the", "movie", "was", "a", "plot"], k=3)
+                rng.shuffle(words)
+                fh.write(json.dumps({"sentence": " ".join(words), "label": label}) + "\n")
+    return str(root)
+
+
+def cli(*argv: str) -> int:
+    return main(list(argv))
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return studies.load(url, name)
+
+
+def search_args(url: str, name: str, data_dir: str, *extra: str, trials: int = 3, budget: str = "5%") -> list[str]:
+    return ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", budget, "--trials", str(trials), "--storage", url, "--study", name,
+            "--data-dir", data_dir, "--no-progress", *FAST, *extra]
+
+
+def test_budget_study_end_to_end(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert cli(*search_args(url, "b", data_dir, trials=4)) == 0
+    study = load(url, "b")
+    c = studies.state_counts(study)
+    assert c["COMPLETE"] + c["PRUNED"] == 4 and c["RUNNING"] == c["WAITING"] == 0
+    b = budget_params(study.user_attrs["budget_fraction"], studies.model_shape("tiny-bert"))
+    trials = study.get_trials(deepcopy=False)
+    presets = [t.user_attrs.get("preset") for t in trials]
+    shape = studies.model_shape("tiny-bert")
+    assert presets == [size_preset(n, shape, 0.05).name for n in DEFAULT_PRESETS[:4]]  # enqueued first, sized to 5 %
+    assert presets[0] == "mam:l=7,r=3,s=4.0,mlp=0"  # tiny BERT: d=32, 2 layers, 143,xxx params → l halved from 30
+    for t in trials:
+        rec = t.user_attrs["record"]
+        assert rec["schema"] == 1 and rec["status"] in ("ok", "pruned") and rec["task"] == "sst2"
+        assert 0 < rec["paper_params"] <= b and rec["paper_params"] == t.user_attrs["paper_params"]
+        assert rec["preset"] == t.user_attrs["preset"]
+        if t.state.name == "COMPLETE":
+            assert t.values == [rec["metric"]]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    capsys.readouterr()
+    assert cli("status", "--storage", url, "--study", "b", "--json") == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["states"]["COMPLETE"] + s["states"]["PRUNED"] == 4 and s["states"]["FAIL"] == 0
+    assert s["best"]["metric"] == max(p["metric"] for p in s["pareto"])
+
+
+def test_frontier_study_end_to_end_with_search_samples(tmp_path: Path, data_dir: str) -> None:
+    url = f"sqlite:///{tmp_path}/f.db"
+    (tmp_path / "f.yaml").write_text("space:\n  presets: [prefix]\n  attention_methods: [lora, pa]\n  ffn_methods: [none, pa]\n")
+    assert cli(*search_args(url, "f", data_dir, "--mode", "frontier", "--study-file", str(tmp_path / "f.yaml"), trials=3)) == 0
+    study = load(url, "f")
+    assert len(study.directions) == 2 and study.directions[1] == optuna.study.StudyDirection.MINIMIZE
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 3
+    assert done[0].user_attrs["preset"].startswith("prefix:")
+    b = budget_params(study.user_attrs["budget_fraction"], studies.model_shape("tiny-bert"))
+    for t in done:
+        assert t.values[1] == pytest.approx(t.user_attrs["record"]["paper_fraction"]) and t.user_attrs["record"]["paper_params"] <= b
+    for t in done[1:]:  # sampled from the restricted space
+        assert t.params["attn.method"] in ("lora", "pa")
+
+
+def _stub_runner(fail_every: int = 0) -> Any:
+    calls = {"n": 0}
+
+    def run(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+        calls["n"] += 1
+        if fail_every and calls["n"] % fail_every == 0:
+            raise RuntimeError("boom")
+        report(1, 0.5)
+        return {"schema": 1, "status": "ok", "metric": 0.5 + 0.01 * len(variant.modules), "paper_fraction": 0.01, "preset": preset}
+
+    return run
+
+
+def test_failed_trials_are_replaced_so_the_budget_is_exact(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=5, storage=url, study="x", space={"presets": ["lora"]}, pruner="none")
+    studies.create_or_check(spec)
+    ran = run_worker(url, "x", runner=_stub_runner(fail_every=3), poll_seconds=0.1)
+    study = load(url, "x")
+    c = studies.state_counts(study)
+    assert c == {"COMPLETE": 5, "FAIL": 2, "PRUNED": 0, "RUNNING": 0, "WAITING": 0} and ran == 7
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert all(t.user_attrs["record"]["error"].startswith("RuntimeError: boom") for t in failed)
+
+
+def test_same_study_name_continues_and_raises_trials(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/c.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="c", space={"presets": []})
+    studies.create_or_check(spec)
+    assert studies.state_counts(load(url, "c"))["WAITING"] == 2
+    spec.trials = 4
+    studies.create_or_check(spec)
+    assert studies.state_counts(load(url, "c"))["WAITING"] == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--budget", "0"], "budget"), (["--budget", "-1"], "budget"), (["--budget", "150%"], "budget"), (["--budget", "abc"], "budget"),
+        (["--budget", "0.00001%"], "smaller than any non-empty variant"),
+        (["--storage", "mongodb://localhost/x"], "scheme 'mongodb' is not supported"),
+        (["--task", "sst3"], "Unknown task 'sst3'"),
+        (["--lr", "-1"], "`lr`"),
+    ],
+)
+def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
+    url = f"sqlite:///{tmp_path}/u.db"
+    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", trials=2, storage=url, study="u", space={"presets": ["lora"]}))
+    before = [(t.number, t.state, t.user_attrs) for t in load(url, "u").get_trials()]
+    args = search_args(url, "u", data_dir, *extra)  # argparse: the last value of a repeated flag wins
+    capsys.readouterr()
+    assert cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert [(t.number, t.state, t.user_attrs) for t in load(url, "u").get_trials()] == before
+
+
+def test_existing_study_with_other_task_or_space_is_refused(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/e.db"
+    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="e"))
+    attrs = dict(load(url, "e").user_attrs)
+    assert cli("search", "--task", "rte", "--model", "tiny-bert", "--budget", "5%", "--storage", url, "--study", "e") == 2
+    assert "exists with task='sst2'" in capsys.readouterr().err
+    (tmp_path / "s.yaml").write_text("space:\n  attention_methods: [prefix]\n")
+    assert cli(*search_args(url, "e", data_dir, "--study-file", str(tmp_path / "s.yaml"), trials=2)) == 2
+    assert "exists with space=" in capsys.readouterr().err
+    assert load(url, "e").user_attrs == attrs and len(load(url, "e").get_trials()) == len(attrs["space"]["presets"][:2])
+
+
+def test_study_file_unknown_keys_and_bundled_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("task: sst2\nmodel: tiny-bert\nbudgett: 1%\n")
+    assert cli("search", "--study-file", str(tmp_path / "bad.yaml"), "--storage", f"sqlite:///{tmp_path}/n.db") == 2
+    err = capsys.readouterr().err
+    assert "Unknown key 'budgett'" in err and "Did you mean: budget?" in err
+    assert not (tmp_path / "n.db").exists() or studies.study_names(studies.make_storage(f"sqlite:///{tmp_path}/n.db")) == []
+    for path in sorted((ROOT / "studies").glob("*.yaml")):
+        data = studies.load_study_file(path)
+        spec = studies.StudySpec(**data)
+        spec.validate()
+        assert path.read_text().startswith("# unipetl search")
+    assert {p.stem for p in (ROOT / "studies").glob("*.yaml")} >= {"xsum-bart-large", "enro-mbart-large", "mnli-roberta-base", "sst2-roberta-base", "sst2-minilm"}
+
+
+def test_status_of_missing_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/m.db"
+    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="real"))
+    assert cli("status", "--storage", url, "--study", "reall") == 2
+    assert "Did you mean: real" in capsys.readouterr().err
+
+
+def _worker_cmd(url: str, name: str) -> list[str]:
+    return [sys.executable, "-m", "search.worker", "--storage", url, "--study", name, "--heartbeat-interval", "1", "--grace-period", "3"]
+
+
+@pytest.mark.slow
+def test_sigkill_worker_mid_trial_then_resume(tmp_path: Path, data_dir: str) -> None:
+    url = f"sqlite:///{tmp_path}/k.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study="k", data_dir=data_dir, space={"presets": ["lora"]},
+                             train={"max_train_examples": 48, "max_eval_examples": 24, "max_steps": 400, "batch_size": 8, "max_length": 16, "eval_every": 400})
+    studies.create_or_check(spec)
+    proc = subprocess.Popen(_worker_cmd(url, "k"), cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while studies.state_counts(load(url, "k"))["RUNNING"] == 0:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = load(url, "k").get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert len(killed) == 1
+    time.sleep(4)  # past the grace period
+    for t in load(url, "k").get_trials():
+        pass
+    study = load(url, "k")
+    study.set_user_attr("train", {**study.user_attrs["train"], "max_steps": 2, "eval_every": 1})  # finish fast
+    assert cli("resume", "--storage", url, "--study", "k", "--no-progress", "--heartbeat-interval", "1", "--grace-period", "3") == 0
+    c = studies.state_counts(load(url, "k"))
+    assert c["COMPLETE"] + c["PRUNED"] == 3 and c["FAIL"] == 1 and c["RUNNING"] == c["WAITING"] == 0
+    retried = [t for t in load(url, "k").get_trials() if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].user_attrs.get("preset") == killed[0].user_attrs.get("preset") and retried[0].params == killed[0].params
+
+
+@pytest.mark.slow
+def test_two_workers_one_sqlite_study(tmp_path: Path, data_dir: str) -> None:
+    url = f"sqlite:///{tmp_path}/w.db"
+    assert cli(*search_args(url, "w", data_dir, "--workers", "2", trials=6)) == 0
+    study = load(url, "w")
+    c = studies.state_counts(study)
+    assert c["COMPLETE"] + c["PRUNED"] == 6 and c["FAIL"] == c["RUNNING"] == c["WAITING"] == 0
+    assert len(study.get_trials()) == 6  # no duplicate and no lost ticket
+    assert all("record" in t.user_attrs for t in study.get_trials())

@@ -88,8 +88,13 @@ def load_split(task: Task, role: str, data_dir: str | None = None) -> tuple[Any,
     elif task.hub and not hub_offline() and role in task.hub_splits:
         import datasets
 
-        ds = datasets.load_dataset(task.hub[0], task.hub[1], split=task.hub_splits[role])
         source = f"hub:{task.hub[0]}/{task.hub[1] or ''}:{task.hub_splits[role]}"
+        try:
+            ds = datasets.load_dataset(task.hub[0], task.hub[1], split=task.hub_splits[role])
+        except Exception as err:  # noqa: BLE001 - no hub / no such dataset: say where we looked
+            where = ", ".join(looked[:6]) if looked else "no data directory given"
+            raise UnipetlError(f"task {task.name!r}: no local {role} data (looked in: {where}) and the hub dataset {source} failed: "
+                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; set --data-dir or UNIPETL_DATA_DIR.") from None
     else:
         where = ", ".join(looked[:6]) + (f" and {len(looked) - 6} more" if len(looked) > 6 else "") if looked else "no data directory given"
         hub = f"; hub dataset {task.hub[0]} not tried (HF_HUB_OFFLINE)" if task.hub and hub_offline() else ""

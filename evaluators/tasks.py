@@ -129,7 +129,7 @@ def _glue(name: str, fields: tuple[str, ...], *, metrics: tuple[str, ...] = ("ac
     )
 
 
-_glue("sst2", ("sentence",), aliases=("sst-2", "sst"))
+_glue("sst2", ("sentence",), aliases=("sst-2",))
 _glue(
     "mnli", ("premise", "hypothesis"), num_labels=3, aliases=("mnli-m", "multinli"),
     files={"train": ("train", "train_subset"), "eval": ("dev_matched", "validation_matched")},

@@ -51,13 +51,14 @@ class TrialConfig:
     max_length: int | None = None  # None: the task's (128 for GLUE; source limit for seq2seq)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     scheduler: str = "linear"  # linear | polynomial | cosine | constant_with_warmup
+    max_new_tokens: int | None = None  # seq2seq: cap the task's generation length (quick runs); None keeps the paper's
 
     def __post_init__(self) -> None:
         if isinstance(self.variant, dict):
             object.__setattr__(self, "variant", Variant.from_dict(self.variant))
         if not isinstance(self.variant, Variant):
             raise UnipetlError(f"`variant` must be a Variant, got {type(self.variant).__name__}.")
-        for name in ("max_train_examples", "max_eval_examples", "max_steps", "eval_every", "max_length"):
+        for name in ("max_train_examples", "max_eval_examples", "max_steps", "eval_every", "max_length", "max_new_tokens"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise UnipetlError(f"`{name}` should be a positive integer, got {v!r}.")
@@ -130,6 +131,8 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     max_length = _length_limit(loaded.model, wanted)
     if task.generation is not None:  # reference and generated lengths must fit the decoder's positions too
         gen = task.generation
+        if config.max_new_tokens is not None:
+            gen = dataclasses.replace(gen, max_new_tokens=min(gen.max_new_tokens, config.max_new_tokens), min_new_tokens=min(gen.min_new_tokens, config.max_new_tokens))
         task = dataclasses.replace(task, generation=dataclasses.replace(
             gen, max_target_length=_length_limit(loaded.model, gen.max_target_length), max_new_tokens=_length_limit(loaded.model, gen.max_new_tokens) - 1,
             min_new_tokens=min(gen.min_new_tokens, _length_limit(loaded.model, gen.max_new_tokens) - 1)))

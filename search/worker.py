@@ -18,8 +18,8 @@ import os
 import sys
 import threading
 import time
-import warnings
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -62,10 +62,14 @@ class _Heartbeat:
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically move one WAITING trial to RUNNING (the storage refuses a second claimer)."""
+    """Atomically move one WAITING trial to RUNNING (the storage refuses a second claimer).
+
+    The heartbeat is written *before* the claim, so a RUNNING trial always has a heartbeat
+    row: a worker killed right after claiming still leaves a trial that turns stale."""
     storage = study._storage
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
+            storage.record_heartbeat(t._trial_id)
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(study, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -88,28 +92,14 @@ def _failed_record(attrs: dict[str, Any], variant: Variant | None, error: str) -
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Callable[..., dict[str, Any]] | None = None) -> TrialState:
-    """Train one claimed trial and tell the study its outcome; returns the final state."""
-    from spaces.accounting import count
+    """Train one claimed trial and tell the study its outcome; returns the final state.
 
+    The heartbeat covers the whole trial, from the claim to the stored record."""
     attrs = study.user_attrs
-    runner = runner or _run_trial
-    variant: Variant | None = None
+    holder: dict[str, Any] = {}
     try:
-        variant = variant_for(trial, attrs)
-        counts = count(variant, studies.model_shape(attrs["model"]))
-        trial.set_user_attr("paper_params", counts.paper_params)
-        trial.set_user_attr("paper_fraction", counts.paper_params / counts.base_params)
-        trial.set_user_attr("variant_description", variant.describe())
-        prunable = attrs["mode"] == "budget"
-
-        def report(step: int, value: float) -> bool:
-            if not prunable or value is None or not math.isfinite(value):
-                return False
-            trial.report(float(value), int(step))
-            return trial.should_prune()
-
         with _Heartbeat(study._storage, trial._trial_id):
-            record = runner(attrs, variant, report, trial.user_attrs.get("preset"))
+            record = _train(trial, attrs, runner or _run_trial, holder)
     except KeyboardInterrupt:
         # leave the study resumable: this ticket fails and an identical one is queued again
         study.tell(trial, state=TrialState.FAIL)
@@ -118,7 +108,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Callable[..., d
         raise
     except Exception as err:  # noqa: BLE001 - one bad variant must not stop the search
         logger.error("trial %d raised: %s", trial.number, err)
-        record = _failed_record(attrs, variant, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        record = _failed_record(attrs, holder.get("variant"), f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
     trial.set_user_attr("record", record)
     status = record.get("status")
     metric = record.get("metric")
@@ -132,6 +122,25 @@ def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Callable[..., d
     study.tell(trial, state=TrialState.FAIL)
     _replace_failed(study)
     return TrialState.FAIL
+
+
+def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dict[str, Any]], holder: dict[str, Any]) -> dict[str, Any]:
+    from spaces.accounting import count
+
+    variant = holder["variant"] = variant_for(trial, attrs)
+    counts = count(variant, studies.model_shape(attrs["model"]))
+    trial.set_user_attr("paper_params", counts.paper_params)
+    trial.set_user_attr("paper_fraction", counts.paper_params / counts.base_params)
+    trial.set_user_attr("variant_description", variant.describe())
+    prunable = attrs["mode"] == "budget"
+
+    def report(step: int, value: float) -> bool:
+        if not prunable or value is None or not math.isfinite(value):
+            return False
+        trial.report(float(value), int(step))
+        return trial.should_prune()
+
+    return runner(attrs, variant, report, trial.user_attrs.get("preset"))
 
 
 def _replace_failed(study: optuna.Study) -> None:

@@ -232,7 +232,7 @@ def _insert_modules(model: nn.Module, variant: Variant, shape: ModelShape, reali
             hub.loras.append(lora)
             for key_, (mod, slc) in targets.items():
                 lora_hooks.setdefault(id(mod), (mod, []))[1].append((lora, key_, slc, hub))
-    for hub, refs in hubs.values():
+    for hub, _refs in hubs.values():
         hub.to(device=dev_dtype.device, dtype=dev_dtype.dtype)
     # order matters: capture x first, then LoRA on projections, then the sublayer-output hook
     for hub, refs in hubs.values():

@@ -1,5 +1,7 @@
 """Every preset × family: exact counts, only variant + head train, no-op at init, loss drops.
 
+One test per case (one tiny model build) keeps the 136-case table fast on 2 CPU cores.
+
 One table of cases like PEFT's tests; tiny random-init models (spaces.testing).
 """
 
@@ -21,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SMALL = {"l": 3, "r": 4, "lora_r": 2}
 FAMILIES = {"bert": "cls", "roberta": "cls", "bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
 NOT_NOOP = {"prefix", "mam", "unipelt", "prompt"}  # prefixes (λ > 0) and soft prompts change the output by design
-NO_BIAS = {"llama", "qwen2", "t5"}  # BitFit has nothing to tune (qwen2 has q/k/v biases)
+NO_BIAS = {"llama", "t5"}  # no bias vectors: BitFit is refused there (test_bad_inputs); qwen2 has q/k/v biases
 
 
 def small(name: str) -> str:
@@ -48,16 +50,20 @@ def out_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Ten
     return model(**{k: v for k, v in inputs.items() if k != "labels" or FAMILIES.get(model.config.model_type) == "seq2seq"}).logits
 
 
-CASES = [(p, f) for f in FAMILIES for p in PRESETS.names() if not (p == "bitfit" and f in NO_BIAS and f != "qwen2")]
+# non-default dimensions worth a case of their own: prefix reparametrization MLP, learned scale
+EXTRA = ["prefix:l=3,mlp=16", "scaled-pa:r=4,s=learned", "lora:r=4,s=learned"]
+CASES = [(small(p), f) for f in FAMILIES for p in PRESETS.names() if not (p == "bitfit" and f in NO_BIAS)]
+CASES += [(p, f) for p in EXTRA for f in ("bert", "bart", "llama")]
 
 
 @pytest.mark.parametrize(("preset", "family"), CASES)
-def test_counts_grad_noop(preset: str, family: str) -> None:
+def test_counts_noop_and_training(preset: str, family: str) -> None:
     model = tiny_model(family, FAMILIES[family])
     inputs = batch(family)
     with torch.no_grad():
         ref = out_of(model, inputs)
-    realized = apply_variant(model, parse_preset(small(preset)))
+    realized = apply_variant(model, parse_preset(preset))
+    preset = preset.partition(":")[0]
     c = realized.counts
     assert realized.realized_trainable_params() == c.trainable_params
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == c.trainable_params + realized.head_params
@@ -77,12 +83,7 @@ def test_counts_grad_noop(preset: str, family: str) -> None:
         assert out.shape == ref.shape and not torch.allclose(out, ref, atol=1e-6)
     else:
         assert (out - ref).abs().max().item() <= 1e-6
-
-
-@pytest.mark.parametrize(("preset", "family"), CASES)
-def test_training_lowers_loss(preset: str, family: str) -> None:
-    model = tiny_model(family, FAMILIES[family])
-    realized = apply_variant(model, parse_preset(small(preset)))
+    # a few AdamW steps lower the loss
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # linear probe on a tied LM head: nothing to train, by design
         assert preset == "probe" and realized.head_params == 0
@@ -91,7 +92,7 @@ def test_training_lowers_loss(preset: str, family: str) -> None:
     opt = torch.optim.AdamW(params, lr=1e-2)
     torch.manual_seed(0)
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         loss = model(**inputs).loss
         losses.append(loss.item())
         opt.zero_grad()
@@ -157,6 +158,10 @@ def test_bad_inputs() -> None:
         apply_variant(tiny_model("bert"), Variant(modules=(Module(site="cross_attn", kind="adapter", size=2),)))
     with pytest.raises(UnipetlError, match="layers"):
         apply_variant(tiny_model("bert"), Variant(modules=(Module(site="ffn", kind="adapter", size=2, layers=(5,)),)))
+    llama = tiny_model("llama")
+    with pytest.raises(UnipetlError, match="bias"):
+        apply_variant(llama, parse_preset("bitfit"))
+    assert not any(p.requires_grad is False for p in llama.parameters())  # nothing was changed
     model = tiny_model("bert")
     apply_variant(model, parse_preset("lora:r=2"))
     with pytest.raises(UnipetlError, match="already"):
@@ -184,8 +189,7 @@ def test_minilm_every_preset(preset: str) -> None:
     if preset not in NOT_NOOP:
         assert (out - ref).abs().max().item() <= 1e-6
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    model.train()
+    opt = torch.optim.AdamW(params, lr=1e-4 if preset == "full" else 1e-2)  # 1e-2 diverges on all 22.7 M weights
     labels = torch.tensor([1, 0])
     losses = []
     for _ in range(5):

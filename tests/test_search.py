@@ -210,8 +210,6 @@ def test_sigkill_worker_mid_trial_then_resume(tmp_path: Path, data_dir: str) -> 
     killed = load(url, "k").get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert len(killed) == 1
     time.sleep(4)  # past the grace period
-    for t in load(url, "k").get_trials():
-        pass
     study = load(url, "k")
     study.set_user_attr("train", {**study.user_attrs["train"], "max_steps": 2, "eval_every": 1})  # finish fast
     assert cli("resume", "--storage", url, "--study", "k", "--no-progress", "--heartbeat-interval", "1", "--grace-period", "3") == 0

@@ -1,0 +1,85 @@
+"""`unipetl run`: one trial end to end — fine-tune a variant on a task, print the metric, write the record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from spaces.registry import UnipetlError
+
+log = logging.getLogger(__name__)
+
+NAME = "run"
+HELP = "fine-tune one variant on one task and write DIR/record.json plus the variant's weights"
+EPILOG = """examples:
+  unipetl run --task sst2 --model minilm --preset mam:l=16,r=16,s=2 --data-dir ../shared/data --max-train-examples 4000 --out runs/mam
+  unipetl run --task sst2 --model minilm --preset lora:r=8 --lr 5e-4 --epochs 1 --out runs/lora
+  unipetl run --task xsum --model tiny-bart --preset prefix:l=30 --max-steps 50 --max-new-tokens 20 --out runs/xsum-smoke
+  unipetl run --task my_task.yaml --model ./my-model --variant my_variant.json --out runs/mine
+outputs: DIR/record.json (the trial record) and DIR/variant.safetensors (variant + head tensors only).
+data: --data-dir, else $UNIPETL_DATA_DIR, else the dataset hub (when reachable)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="sst2, mnli, cola, mrpc, rte, qnli, qqp, stsb, wnli, xsum, wmt16-en-ro, or a task file (.yaml / .json)")
+    p.add_argument("--model", required=True, help="minilm, tiny-bert / tiny-bart / …, a hub name (needs a hub) or a local model directory")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset", help="NAME[:key=value,...], e.g. lora:r=8, prefix:l=30, mam:l=16,r=16,s=2")
+    g.add_argument("--variant", metavar="FILE", help="a variant JSON file")
+    p.add_argument("--out", required=True, metavar="DIR", help="where record.json and variant.safetensors go")
+    p.add_argument("--data-dir", help="data directory laid out as <task>/<split>.jsonl (default: $UNIPETL_DATA_DIR)")
+    p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a fixed-seed subset of N examples")
+    p.add_argument("--max-eval-examples", type=int, metavar="N", help="evaluate on a fixed-seed subset of N examples")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
+    steps.add_argument("--max-steps", type=int, metavar="S", help="optimizer steps (instead of epochs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the paper's GLUE value)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--scheduler", default="linear", help="linear | polynomial | cosine | constant_with_warmup")
+    p.add_argument("--label-smoothing", type=float, help="seq2seq label smoothing (default 0.1 for seq2seq, 0 otherwise)")
+    p.add_argument("--eval-every", type=int, metavar="S", help="evaluate every S optimizer steps (default: every epoch)")
+    p.add_argument("--max-length", type=int, help="input token limit (default: the task's)")
+    p.add_argument("--max-new-tokens", type=int, help="seq2seq: cap the generation length (quick runs)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--json", action="store_true", help="print the record as JSON instead of a summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from evaluators.trial import WEIGHTS_FILE, TrialConfig, run_trial
+    from search.commands.count import load_variant
+
+    variant = load_variant(args)
+    if variant.name is None and args.preset:
+        variant = variant.replace(name=args.preset)
+    config = TrialConfig(
+        task=args.task, model=args.model, variant=variant, data_dir=args.data_dir, max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, grad_accum=args.grad_accum, label_smoothing=args.label_smoothing,
+        eval_every=args.eval_every, seed=args.seed, max_length=args.max_length, device=args.device, scheduler=args.scheduler,
+        max_new_tokens=args.max_new_tokens,
+    )
+    record = run_trial(config, out_dir=args.out, progress=True)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        metric = record["metric"]
+        shown = f"{metric:.4f}" if metric is not None else "none"
+        print(f"{record['task']} / {record['model']} / {record['variant_description']}")
+        print(f"status {record['status']}" + (f": {record['error']}" if record["error"] else ""))
+        print(f"{record['main_metric']} = {shown}  (best step {record['best_step']}; " + ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items()) + ")")
+        print(f"paper params {record['paper_params']:,} ({record['paper_percent']:.4f} %), trainable {record['trainable_params']:,} + head {record['head_params']:,}")
+        print(f"wall {record['wall_seconds']:.1f} s, {record['train_tokens_per_second']:.0f} train tokens/s; wrote {args.out}/record.json"
+              + ("" if record["status"] == "failed" else f" and {args.out}/{WEIGHTS_FILE}"))
+    if record["status"] == "failed":
+        print(f"unipetl run: trial failed: {record['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["NAME", "HELP", "EPILOG", "add_arguments", "run", "UnipetlError"]

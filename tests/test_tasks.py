@@ -1,0 +1,155 @@
+"""Every task builds its data from ../shared/data and runs a short trial on a tiny model of the right family."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from evaluators.data import load_split, prepare
+from evaluators.models import load_model
+from evaluators.tasks import TASKS, get_task
+from evaluators.trial import TrialConfig, run_trial
+from spaces.presets import parse_preset
+from spaces.registry import UnipetlError
+
+DATA = os.environ.get("UNIPETL_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+if not Path(DATA).is_dir():
+    DATA = "/work/shared/data"
+
+# (task, tiny model of a fitting family, preset, eval split sizes expected from the shared data)
+CASES = [
+    ("sst2", "tiny-bert", "lora:r=4", 872),
+    ("mnli", "tiny-roberta", "prefix:l=4", 9815),
+    ("cola", "tiny-gpt2", "bitfit", 1043),
+    ("mrpc", "tiny-llama", "pa-ffn:r=8", 408),
+    ("rte", "tiny-qwen2", "lora:r=4", 277),
+    ("qnli", "tiny-bert", "houlsby:r=8", 5463),
+    ("qqp", "tiny-roberta", "mam:l=4,r=8,s=2", 1000),
+    ("stsb", "tiny-bert", "scaled-pa:r=8,s=4", 1500),
+    ("wnli", "tiny-bert", "full", 71),
+    ("xsum", "tiny-bart", "mam:l=4,r=8,s=4", 287),
+    ("wmt16-en-ro", "tiny-t5", "lora:r=4", 1999),
+]
+
+
+def test_registry_declares_every_task() -> None:
+    assert set(TASKS.names()) == {c[0] for c in CASES}
+    assert get_task("mnli").num_labels == 3 and "mismatched" in get_task("mnli").extra_eval
+    assert get_task("stsb").kind == "regression" and get_task("stsb").num_labels == 1 and get_task("stsb").main_metric == "pearsonr"
+    assert get_task("cola").main_metric == "matthews_correlation"
+    assert get_task("mrpc").metrics == ("f1", "accuracy")
+    xsum, enro = get_task("xsum"), get_task("wmt16-en-ro")
+    assert (xsum.generation.num_beams, xsum.generation.no_repeat_ngram_size, xsum.main_metric) == (6, 3, "rouge2")
+    assert (enro.generation.num_beams, enro.main_metric) == (5, "bleu")
+    assert all(t.higher_is_better for _, t in TASKS.items())
+
+
+@pytest.mark.parametrize(("task", "model", "preset", "n_eval"), CASES, ids=[c[0] for c in CASES])
+def test_task_short_trial(task: str, model: str, preset: str, n_eval: int) -> None:
+    full_eval, _ = load_split(get_task(task), "eval", DATA)
+    assert len(full_eval) == n_eval
+    cfg = TrialConfig(task=task, model=model, variant=parse_preset(preset), data_dir=DATA, max_train_examples=24, max_eval_examples=8,
+                      max_steps=3, batch_size=8, eval_every=2, lr=1e-3, max_length=48, max_new_tokens=4)
+    rec = run_trial(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    t = get_task(task)
+    assert rec["main_metric"] == t.main_metric and rec["metric"] == rec["metrics"][t.main_metric]
+    assert [c["step"] for c in rec["curve"]] == [2, 3]
+    assert rec["train_settings"]["train_examples"] == 24 and rec["train_settings"]["eval_examples"]["eval"] == 8
+    if task == "mnli":
+        assert "mismatched_accuracy" in rec["metrics"]
+    json.dumps(rec)
+
+
+def test_tokenized_data_is_cached_in_process() -> None:
+    t = get_task("rte")
+    lm = load_model("tiny-bert", t, data_dir=DATA, max_train=16)
+    a = prepare(t, lm.tokenizer, data_dir=DATA, max_train=16, max_eval=8, max_length=32, model_key=lm.key)
+    b = prepare(t, lm.tokenizer, data_dir=DATA, max_train=16, max_eval=8, max_length=32, model_key=lm.key)
+    assert a is b
+    assert max(len(x) for x in a.train["input_ids"]) <= 32
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_generic_yaml_task_with_string_labels(tmp_path: Path) -> None:
+    rows = [{"text": f"{w} movie number {i}", "stars": w} for i, w in enumerate(["good", "bad"] * 12)]
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    _write_jsonl(tmp_path / "dev.jsonl", rows[:6])
+    (tmp_path / "task.yaml").write_text(
+        "name: reviews\nkind: classification\ndata_files: {train: train.jsonl, eval: dev.jsonl}\ntext_fields: [text]\n"
+        "label_field: stars\nlabels: [bad, good]\nmetrics: [accuracy, f1]\n"
+    )
+    task = get_task(str(tmp_path / "task.yaml"))
+    assert (task.name, task.num_labels, task.main_metric) == ("reviews", 2, "accuracy")
+    rec = run_trial(TrialConfig(task=str(tmp_path / "task.yaml"), model="tiny-bert", variant=parse_preset("full"), max_steps=50,
+                                batch_size=8, lr=1e-3, eval_every=50, warmup_ratio=0.0))
+    assert rec["status"] == "ok" and rec["task"] == "reviews"
+    # the label word is in the text: fifty steps from random init separate the two classes
+    assert rec["metrics"]["accuracy"] == 1.0 and rec["metrics"]["f1"] == 1.0
+
+
+def test_generic_json_task_seq2seq(tmp_path: Path) -> None:
+    rows = [{"src": f"say {w}", "tgt": w} for w in ["one", "two", "three", "four"] * 3]
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    _write_jsonl(tmp_path / "dev.jsonl", rows[:4])
+    (tmp_path / "t.json").write_text(json.dumps({"kind": "seq2seq", "data_files": {"train": "train.jsonl", "eval": "dev.jsonl"},
+                                                 "text_fields": ["src"], "target_field": "tgt", "metrics": ["sacrebleu"],
+                                                 "generation": {"num_beams": 2, "max_new_tokens": 4}}))
+    rec = run_trial(TrialConfig(task=str(tmp_path / "t.json"), model="tiny-bart", variant=parse_preset("lora:r=2"), max_steps=2, batch_size=4))
+    assert rec["status"] == "ok" and rec["main_metric"] == "bleu" and rec["task"] == "t"
+
+
+# ---- bad input: one clear UnipetlError each, before any training ----------------------------
+
+
+def _bad(tmp_path: Path, train_rows: list[dict], dev_rows: list[dict] | None = None, extra: str = "") -> str:
+    _write_jsonl(tmp_path / "train.jsonl", train_rows)
+    _write_jsonl(tmp_path / "dev.jsonl", dev_rows if dev_rows is not None else train_rows)
+    (tmp_path / "task.yaml").write_text("kind: classification\ndata_files: {train: train.jsonl, eval: dev.jsonl}\ntext_fields: [text]\nlabel_field: label\n" + extra)
+    return str(tmp_path / "task.yaml")
+
+
+def _run(task: str, model: str = "tiny-bert", data_dir: str | None = None) -> dict:
+    return run_trial(TrialConfig(task=task, model=model, variant=parse_preset("lora:r=2"), data_dir=data_dir, max_steps=2, batch_size=4))
+
+
+def test_unknown_task_and_model_suggest() -> None:
+    with pytest.raises(UnipetlError, match=r"Unknown task 'sst3'\. Did you mean: sst2\?"):
+        _run("sst3")
+    with pytest.raises(UnipetlError, match=r"Unknown model 'tiny-bret'\. Did you mean: tiny-bert\?"):
+        _run("sst2", "tiny-bret", DATA)
+
+
+def test_missing_field(tmp_path: Path) -> None:
+    with pytest.raises(UnipetlError, match=r"has no field 'label'"):
+        _run(_bad(tmp_path, [{"text": "a", "stars": 1}]))
+
+
+def test_empty_split(tmp_path: Path) -> None:
+    with pytest.raises(UnipetlError, match=r"eval split .* is empty"):
+        _run(_bad(tmp_path, [{"text": "a", "label": 1}], [{"text": "x", "label": 0}][:0]))
+
+
+def test_label_outside_classes(tmp_path: Path) -> None:
+    with pytest.raises(UnipetlError, match=r"row 1: label 7 is outside the declared classes 0\.\.1"):
+        _run(_bad(tmp_path, [{"text": "a", "label": 1}, {"text": "b", "label": 7}]))
+    with pytest.raises(UnipetlError, match=r"label 'meh' is outside the declared classes \['bad', 'good'\]"):
+        _run(_bad(tmp_path, [{"text": "a", "label": "good"}, {"text": "b", "label": "meh"}], extra="labels: [bad, good]\n"))
+
+
+def test_no_local_data_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnipetlError, match=rf"no train data found \(looked in: {tmp_path}/sst2/train\.jsonl.*HF_HUB_OFFLINE"):
+        _run("sst2", data_dir=str(tmp_path))
+
+
+def test_bad_task_file_key(tmp_path: Path) -> None:
+    (tmp_path / "t.yaml").write_text("kind: classification\ntext_field: [a]\n")
+    with pytest.raises(UnipetlError, match=r"Unknown key 'text_field'.*Did you mean: text_fields\?"):
+        get_task(str(tmp_path / "t.yaml"))

@@ -62,13 +62,18 @@ def find_split_file(task: Task, role: str, data_dir: Path | None, looked: list[s
     return None
 
 
-def _load_file(path: Path) -> Any:
+def _load_file(task: Task, role: str, path: Path) -> Any:
     import datasets
 
+    if path.stat().st_size < 4096 and not path.read_bytes().strip():
+        raise UnipetlError(f"task {task.name!r}: the {role} split {str(path)!r} is empty.")  # datasets cannot even infer a schema
     ext = path.suffix.lstrip(".")
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}[ext]
+    builder = {"jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}.get(ext, "json")
     kwargs = {"delimiter": "\t"} if ext == "tsv" else {}
-    return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+    try:
+        return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+    except Exception as err:  # noqa: BLE001 - malformed file: name it
+        raise UnipetlError(f"task {task.name!r}: cannot read {role} data {str(path)!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
 
 
 def _flatten_translation(ds: Any, task: Task) -> Any:
@@ -84,7 +89,7 @@ def load_split(task: Task, role: str, data_dir: str | None = None) -> tuple[Any,
     d = resolve_data_dir(data_dir)
     path = find_split_file(task, role, d, looked)
     if path is not None:
-        ds, source = _load_file(path), str(path)
+        ds, source = _load_file(task, role, path), str(path)
     elif task.hub and not hub_offline() and role in task.hub_splits:
         import datasets
 

@@ -15,7 +15,7 @@ import sys
 from spaces.registry import UnipetlError
 
 # subcommand modules, in the order `unipetl --help` lists them
-COMMANDS = ["count", "ls", "run", "report", "search", "resume", "status"]
+COMMANDS = ["count", "ls", "run", "report", "search", "resume", "status", "export"]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:

@@ -84,8 +84,8 @@ def peft_kind(realized: Realized) -> str:
     if len(mods) == 1 and not v.prompt_length and mods[0].kind == "heads" and mods[0].function == "softmax":
         m = mods[0]
         if realized.shape.is_encoder_decoder or realized.shape.stacks[0].name != "decoder":
-            raise UnipetlError(f"export --format peft: prefix tuning exports only for decoder-only models; PEFT's prefixes on {realized.shape.model_type!r} "
-                               "reach other attention sublayers than ours.")
+            raise UnipetlError(f"export --format peft: prefix tuning exports only for decoder-only models; on {realized.shape.model_type!r} PEFT passes "
+                               "prefixes as a KV cache that does not reach the same attention sublayers as ours (encoder / cross attention).")
         if m.layers is not None:
             raise UnipetlError(f"export --format peft: PEFT puts a prefix in every layer, this one is only in layers {list(m.layers)}.")
         return "prefix"

@@ -134,17 +134,18 @@ def _backbone_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in base.named_parameters() if id(p) not in head and "petl" not in n]
 
 
-def _head_params(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters outside the backbone; a tied LM head shares the embedding and is not one."""
+def _head_params(model: nn.Module, include_lm_head: bool = False) -> list[nn.Parameter]:
+    """Parameters of a new task head: outside the backbone, and not a pretrained LM head."""
     base = families.backbone(model)
-    if base is not model:
-        inside = {id(p) for p in base.parameters()}
-        return [p for p in model.parameters() if id(p) not in inside]
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if out is None:
+    if base is model:
         return []
-    emb = {id(p) for p in model.get_input_embeddings().parameters()}
-    return [p for p in out.parameters() if id(p) not in emb]
+    inside = {id(p) for p in base.parameters()}
+    # a language-model head (tied or not) is pretrained, like the embeddings: it stays frozen;
+    # only a newly initialized task head (classifier / regressor) trains
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and not include_lm_head:  # full fine-tuning trains an untied LM head too
+        inside |= {id(p) for p in out.parameters()}
+    return [p for p in model.parameters() if id(p) not in inside]
 
 
 def apply_variant(model: nn.Module, variant: Variant) -> Realized:
@@ -162,7 +163,7 @@ def apply_variant(model: nn.Module, variant: Variant) -> Realized:
         bias_params=sum(p.numel() for n, p in backbone if n.endswith(".bias")),
     )
     counts = count(variant, shape)  # validates sites / layers / stacks before anything changes
-    head = _head_params(model)
+    head = _head_params(model, include_lm_head=variant.full_finetune)
     head_ids = {id(p) for p in head}
     for p in model.parameters():
         p.requires_grad_(variant.full_finetune or id(p) in head_ids)

@@ -26,7 +26,7 @@ def test_record_has_exactly_the_contract_fields() -> None:
     rec = run_trial(_cfg())
     assert tuple(rec) == RECORD_KEYS
     assert rec["schema"] == 1 and rec["status"] == "ok" and rec["error"] is None and rec["fidelity"] == "final"
-    assert rec["preset"] == "lora:r=4" and rec["variant"]["modules"][0]["kind"] == "lora"
+    assert rec["preset"] == parse_preset("lora:r=4").name == "lora:r=4,s=2.0" and rec["variant"]["modules"][0]["kind"] == "lora"
     # LoRA on q, v of 2 layers, d = 32, r = 4: 2 · 2 · 4 · (32 + 32) = 1,024; head = 32·32+32 + 32·2+2 = 1,122
     assert (rec["paper_params"], rec["trainable_params"], rec["head_params"]) == (1024, 1024, 1122)
     assert rec["paper_fraction"] == pytest.approx(rec["paper_params"] / rec["base_params"])

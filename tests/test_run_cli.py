@@ -18,7 +18,17 @@ from spaces.realize import apply_variant, load_variant_state_dict
 from tests.test_tasks import DATA
 
 
-def test_run_writes_record_and_reloadable_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_writes_record_and_reloadable_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluators import train as train_mod
+
+    captured: dict[str, torch.nn.Module] = {}
+    real = train_mod.train_and_evaluate
+
+    def spy(task, model, *a, **kw):  # type: ignore[no-untyped-def]
+        captured["model"] = model
+        return real(task, model, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", spy)
     out = tmp_path / "run"
     rc = main(["run", "--task", "sst2", "--model", "tiny-bert", "--preset", "mam:l=4,r=8,s=2", "--data-dir", DATA, "--max-train-examples", "32",
                "--max-eval-examples", "16", "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--max-length", "32", "--seed", "1", "--out", str(out)])
@@ -31,27 +41,24 @@ def test_run_writes_record_and_reloadable_weights(tmp_path: Path, capsys: pytest
     assert (rec["status"], rec["task"], rec["model"], rec["seed"]) == ("ok", "sst2", "tiny-bert", 1)
     assert rec["preset"].startswith("mam:") and rec["train_settings"]["steps"] == 3
     tensors = load_file(str(out / "variant.safetensors"))
-    assert all("petl" in k or "classifier" in k or "pooler" not in k and "classifier" in k for k in tensors) or tensors
-    n_saved = sum(t.numel() for t in tensors.values())
-    assert n_saved == rec["trainable_params"] + rec["head_params"]
     assert all("petl" in k or k.startswith("classifier") for k in tensors)
+    assert sum(t.numel() for t in tensors.values()) == rec["trainable_params"] + rec["head_params"]
 
-    # reload into a fresh realized model: identical logits to the trained one
-    task = get_task("sst2")
-    fresh = load_model("tiny-bert", task, data_dir=DATA, max_train=32, seed=1)
+    # reload into a fresh model with the same variant: the trained model's logits, to 1e-5
+    fresh = load_model("tiny-bert", get_task("sst2"), data_dir=DATA, max_train=32, seed=1)
     realized = apply_variant(fresh.model, parse_preset("mam:l=4,r=8,s=2"))
     load_variant_state_dict(realized.model, tensors)
-    trained = load_model("tiny-bert", task, data_dir=DATA, max_train=32, seed=1)
-    apply_variant(trained.model, parse_preset("mam:l=4,r=8,s=2"))
-    ids = torch.tensor([[1, 5, 9, 14, 2, 0]])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    ids = torch.tensor([[1, 5, 9, 14, 2, 0], [1, 7, 3, 2, 0, 0]])
+    mask = (ids != 0).long()
+    trained = captured["model"].eval()
     realized.model.eval()
     with torch.no_grad():
+        want = trained(input_ids=ids, attention_mask=mask).logits
         got = realized.model(input_ids=ids, attention_mask=mask).logits
-    assert torch.isfinite(got).all()
-    # the reloaded tensors are the trained ones, not the fresh init
-    assert not torch.equal(dict(trained.model.named_parameters())["classifier.weight"], tensors["classifier.weight"])
-    assert torch.equal(dict(realized.model.named_parameters())["classifier.weight"], tensors["classifier.weight"])
+        untrained = apply_variant(load_model("tiny-bert", get_task("sst2"), data_dir=DATA, max_train=32, seed=1).model,
+                                  parse_preset("mam:l=4,r=8,s=2")).model.eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(untrained, want, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +92,7 @@ def test_minilm_lora_sst2_reaches_78(tmp_path: Path) -> None:
     """4,000 SST-2 examples, 1 epoch, full dev set, LoRA r=8 on the packaged MiniLM: ≥ 78 % dev accuracy."""
     t0 = time.perf_counter()
     rc = main(["run", "--task", "sst2", "--model", "minilm", "--preset", "lora:r=8", "--data-dir", DATA, "--max-train-examples", "4000",
-               "--epochs", "1", "--lr", "5e-4", "--batch-size", "32", "--out", str(tmp_path)])
+               "--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--out", str(tmp_path)])
     wall = time.perf_counter() - t0
     rec = json.loads((tmp_path / "record.json").read_text())
     assert rc == 0 and rec["status"] == "ok"

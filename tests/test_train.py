@@ -27,8 +27,8 @@ def test_record_has_exactly_the_contract_fields() -> None:
     assert tuple(rec) == RECORD_KEYS
     assert rec["schema"] == 1 and rec["status"] == "ok" and rec["error"] is None and rec["fidelity"] == "final"
     assert rec["preset"] == parse_preset("lora:r=4").name == "lora:r=4,s=2.0" and rec["variant"]["modules"][0]["kind"] == "lora"
-    # LoRA on q, v of 2 layers, d = 32, r = 4: 2 · 2 · 4 · (32 + 32) = 1,024; head = 32·32+32 + 32·2+2 = 1,122
-    assert (rec["paper_params"], rec["trainable_params"], rec["head_params"]) == (1024, 1024, 1122)
+    # LoRA on q, v of 2 layers, d = 32, r = 4: 2 · 2 · 4 · (32 + 32) = 1,024; head = classifier 32·2 + 2 = 66 (the pooler is backbone)
+    assert (rec["paper_params"], rec["trainable_params"], rec["head_params"]) == (1024, 1024, 66)
     assert rec["paper_fraction"] == pytest.approx(rec["paper_params"] / rec["base_params"])
     assert rec["paper_percent"] == pytest.approx(100 * rec["paper_fraction"])
     assert rec["train_tokens_per_second"] > 0 and rec["step_seconds"] > 0 and rec["peak_memory_bytes"] > 0 and rec["wall_seconds"] > 0

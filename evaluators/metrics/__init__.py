@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def metric_key_direction(key: str) -> bool:
     raise KeyError(key)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metric(name: str) -> Any:
     """The shipped `evaluate` module for `name` (cached per process: loading builds a class)."""
     import evaluate

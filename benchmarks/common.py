@@ -1,0 +1,229 @@
+"""Shared pieces of the benchmarks: the timed training step, memory probes, result files.
+
+This module must import in *both* virtual environments (the project's .venv with transformers 5
+and .venv-adapters with transformers 4 for AdapterHub), so it uses only the standard library at
+import time; torch is imported inside the functions that need it. Nothing here imports the
+project's packages for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = ROOT / "benchmarks" / "out"
+DATA_DIR = Path(os.environ.get("UNIPETL_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc), 0 where unavailable."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: write 5 to /proc/self/clear_refs resets VmHWM).
+
+    Without it the peak would be whatever importing torch / transformers and loading the
+    checkpoint touched, not what training needs; True when the reset worked.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM (peak RSS since the last reset) from /proc, else ru_maxrss (peak since start)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return max_rss_bytes()
+
+
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process so far. Linux reports kilobytes, macOS bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def make_batch(kind: str, vocab: int, batch: int, seq_len: int, target_len: int, seed: int = 0) -> dict[str, Any]:
+    """A fixed random batch: token ids drawn with `seed`, so every implementation sees the same input.
+
+    `kind` "cls": input_ids / attention_mask / labels in {0, 1}; "seq2seq": input_ids /
+    attention_mask / labels of `target_len` tokens (the model shifts them into decoder inputs).
+    Ids start at 5 so no special token (pad / bos / eos) lands inside the sequence.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq_len), generator=g)
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if kind == "cls":
+        out["labels"] = torch.randint(0, 2, (batch,), generator=g)
+    else:
+        out["labels"] = torch.randint(5, vocab, (batch, target_len), generator=g)
+    return out
+
+
+def time_training(model: Any, batch: dict[str, Any], *, steps: int, warmup: int, device: str = "cpu", lr: float = 1e-4) -> dict[str, Any]:
+    """Warm up, then time `steps` full training steps (forward + backward + AdamW step).
+
+    The loss is the model's own (`outputs.loss`: cross-entropy for a classification head, the LM
+    loss for seq2seq), so every library trains exactly the same objective. AdamW holds state only
+    for parameters with requires_grad, as every library does. Memory: on CUDA the peak of
+    allocated tensors after the set-up; on CPU the process peak RSS (ru_maxrss), which is why each
+    configuration runs in a fresh process.
+    """
+    import torch
+
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    rss_setup = rss_bytes()
+    reset = reset_peak_rss()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times: list[float] = []
+    loss_value = float("nan")
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        loss_value = float(loss.detach())
+        if i >= warmup:
+            times.append(dt)
+    peak = int(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else peak_rss_bytes()
+    return {
+        "step_seconds": statistics.median(times),
+        "step_seconds_all": times,
+        "peak_memory_bytes": peak,
+        "memory_kind": "cuda_max_allocated" if device.startswith("cuda") else ("peak_rss_during_training" if reset else "max_rss_of_process"),
+        "rss_after_setup_bytes": rss_setup,
+        "trainable_params": sum(p.numel() for p in params),
+        "final_loss": loss_value,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def versions(packages: Iterable[str] = ("torch", "transformers", "peft", "adapters", "optuna")) -> dict[str, str]:
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the load average says how shared the CPU was)."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def run_json_subprocess(argv: list[str], *, timeout: float = 1800, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a worker process whose last stdout line is one JSON object; return that object."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-2000:]
+        raise RuntimeError(f"worker {' '.join(argv[1:4])} … failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def median_ratio(pairs: list[tuple[float, float]]) -> float:
+    """Median of per-pair ratios a / b (pairing cancels slow drifts of a shared machine)."""
+    return statistics.median(a / b for a, b in pairs if b > 0)
+
+
+def fmt_mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """benchmarks/out/NAME.json (everything) and NAME.md (the table as it goes into RESULTS.md)."""
+    out = out_dir or OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out / f"{name}.json", out / f"{name}.md"
+    jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    mpath.write_text(markdown, encoding="utf-8")
+    logger.info("wrote %s and %s", jpath, mpath)
+    return jpath, mpath
+
+
+def header_block(command: list[str], caps: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    """The lines every result table starts with: command, machine, versions, caps."""
+    m = machine()
+    lines = [
+        f"- command: `{' '.join(command)}`",
+        f"- machine: {m.get('cpu')} × {m.get('cpus')} logical CPUs, {m.get('platform')}, load average at start {m.get('load_average')}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
+        f"- caps: {', '.join(f'{k}={v}' for k, v in caps.items())}",
+    ]
+    for k, v in (extra or {}).items():
+        lines.append(f"- {k}: {v}")
+    return "\n".join(lines) + "\n\n"
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """A worker's answer: one JSON line on stdout (the parent reads the last such line)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0

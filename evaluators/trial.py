@@ -26,7 +26,7 @@ from spaces.variant import Variant
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "variant.safetensors"
+WEIGHTS_FILE = "adapter.safetensors"  # written by spaces.io.save_variant, with variant.json and unipetl.json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,19 +171,18 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         device=str(device), seed=config.seed, train_settings=train_settings, fidelity="final" if status == "ok" else "partial",
     )
     if out_dir is not None:
-        write_outputs(record, realized.model if status != "failed" else None, out_dir)
+        write_outputs(record, realized if status != "failed" else None, out_dir)
     return record
 
 
-def write_outputs(record: dict[str, Any], model: Any | None, out_dir: str | Path) -> None:
-    """DIR/record.json and, when training ran, DIR/variant.safetensors (variant + head tensors only)."""
-    from safetensors.torch import save_file
-
-    from spaces.realize import variant_state_dict
+def write_outputs(record: dict[str, Any], realized: Any | None, out_dir: str | Path) -> None:
+    """DIR/record.json and, when training ran, the trained variant as `spaces.io.save_variant` writes it
+    (adapter.safetensors with the variant + head tensors only, variant.json, unipetl.json), so the
+    directory reloads with `spaces.io.load_variant` and exports with `unipetl export`."""
+    from spaces.io import save_variant
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if model is not None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in variant_state_dict(model).items()}
-        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"variant": json.dumps(record["variant"]), "model": record["model"], "task": record["task"]})
+    if realized is not None:
+        save_variant(realized, out, base_model_id=record["model"])
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

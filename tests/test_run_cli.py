@@ -14,7 +14,8 @@ from evaluators.models import load_model
 from evaluators.tasks import get_task
 from search.cli import main
 from spaces.presets import parse_preset
-from spaces.realize import apply_variant, load_variant_state_dict
+from spaces.io import load_variant
+from spaces.realize import apply_variant
 from tests.test_tasks import DATA
 
 
@@ -40,14 +41,14 @@ def test_run_writes_record_and_reloadable_weights(tmp_path: Path, capsys: pytest
         assert key in rec
     assert (rec["status"], rec["task"], rec["model"], rec["seed"]) == ("ok", "sst2", "tiny-bert", 1)
     assert rec["preset"].startswith("mam:") and rec["train_settings"]["steps"] == 3
-    tensors = load_file(str(out / "variant.safetensors"))
+    tensors = load_file(str(out / "adapter.safetensors"))
     assert all("petl" in k or k.startswith("classifier") for k in tensors)
     assert sum(t.numel() for t in tensors.values()) == rec["trainable_params"] + rec["head_params"]
 
     # reload into a fresh model with the same variant: the trained model's logits, to 1e-5
     fresh = load_model("tiny-bert", get_task("sst2"), data_dir=DATA, max_train=32, seed=1)
-    realized = apply_variant(fresh.model, parse_preset("mam:l=4,r=8,s=2"))
-    load_variant_state_dict(realized.model, tensors)
+    realized = load_variant(fresh.model, out)  # safetensors + variant.json + identity checks
+    assert realized.variant == parse_preset("mam:l=4,r=8,s=2")
     ids = torch.tensor([[1, 5, 9, 14, 2, 0], [1, 7, 3, 2, 0, 0]])
     mask = (ids != 0).long()
     trained = captured["model"].eval()
@@ -83,7 +84,7 @@ def test_failed_trial_exits_1_and_still_writes_the_record(tmp_path: Path, capsys
     assert rc == 1
     rec = json.loads((tmp_path / "record.json").read_text())
     assert rec["status"] == "failed" and rec["error"].startswith("loss became")
-    assert not (tmp_path / "variant.safetensors").exists()
+    assert not (tmp_path / "adapter.safetensors").exists()
     assert "trial failed: loss became" in capsys.readouterr().err
 
 

@@ -18,7 +18,8 @@ EPILOG = """examples:
   unipetl run --task sst2 --model minilm --preset lora:r=8 --lr 5e-4 --epochs 1 --out runs/lora
   unipetl run --task xsum --model tiny-bart --preset prefix:l=30 --max-steps 50 --max-new-tokens 20 --out runs/xsum-smoke
   unipetl run --task my_task.yaml --model ./my-model --variant my_variant.json --out runs/mine
-outputs: DIR/record.json (the trial record) and DIR/variant.safetensors (variant + head tensors only).
+outputs: DIR/record.json (the trial record) and DIR/adapter.safetensors (variant + head tensors only), DIR/variant.json and DIR/unipetl.json
+(reload with spaces.io.load_variant; convert with `unipetl export --from DIR --format peft --out DIR2`).
 data: --data-dir, else $UNIPETL_DATA_DIR, else the dataset hub (when reachable)."""
 
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", help="NAME[:key=value,...], e.g. lora:r=8, prefix:l=30, mam:l=16,r=16,s=2")
     g.add_argument("--variant", metavar="FILE", help="a variant JSON file")
-    p.add_argument("--out", required=True, metavar="DIR", help="where record.json and variant.safetensors go")
+    p.add_argument("--out", required=True, metavar="DIR", help="where record.json and the trained variant (adapter.safetensors, variant.json, unipetl.json) go")
     p.add_argument("--data-dir", help="data directory laid out as <task>/<split>.jsonl (default: $UNIPETL_DATA_DIR)")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a fixed-seed subset of N examples")
     p.add_argument("--max-eval-examples", type=int, metavar="N", help="evaluate on a fixed-seed subset of N examples")

@@ -89,14 +89,17 @@ def make_batch(kind: str, vocab: int, batch: int, seq_len: int, target_len: int,
     return out
 
 
-def time_training(model: Any, batch: dict[str, Any], *, steps: int, warmup: int, device: str = "cpu", lr: float = 1e-4) -> dict[str, Any]:
-    """Warm up, then time `steps` full training steps (forward + backward + AdamW step).
+def serve(model: Any, batch: dict[str, Any], *, device: str = "cpu", lr: float = 1e-4, meta: dict[str, Any] | None = None) -> None:
+    """A lock-step training worker: one full step per "step" line on stdin, a summary on "done".
 
-    The loss is the model's own (`outputs.loss`: cross-entropy for a classification head, the LM
-    loss for seq2seq), so every library trains exactly the same objective. AdamW holds state only
+    Why lock-step: the machines are shared, so load drifts within seconds. The parent keeps two
+    workers (anchor and unipetl) alive side by side and alternates single steps between them
+    (A B B A …), so both see the same load and the per-step ratio cancels it. A step is
+    forward + backward + AdamW step on the same fixed batch with the model's own loss
+    (cross-entropy for a classification head, the LM loss for seq2seq); AdamW holds state only
     for parameters with requires_grad, as every library does. Memory: on CUDA the peak of
-    allocated tensors after the set-up; on CPU the process peak RSS (ru_maxrss), which is why each
-    configuration runs in a fresh process.
+    allocated tensors during the steps; on CPU the peak RSS during the steps (reset after loading,
+    see `reset_peak_rss`; it includes the resident weights). Protocol: one JSON line per answer.
     """
     import torch
 
@@ -106,34 +109,81 @@ def time_training(model: Any, batch: dict[str, Any], *, steps: int, warmup: int,
     batch = {k: v.to(device) for k, v in batch.items()}
     rss_setup = rss_bytes()
     reset = reset_peak_rss()
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times: list[float] = []
+    emit({"ready": True, "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), **(meta or {})})
     loss_value = float("nan")
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        loss_value = float(loss.detach())
-        if i >= warmup:
-            times.append(dt)
-    peak = int(torch.cuda.max_memory_allocated()) if device.startswith("cuda") else peak_rss_bytes()
-    return {
-        "step_seconds": statistics.median(times),
-        "step_seconds_all": times,
-        "peak_memory_bytes": peak,
-        "memory_kind": "cuda_max_allocated" if device.startswith("cuda") else ("peak_rss_during_training" if reset else "max_rss_of_process"),
-        "rss_after_setup_bytes": rss_setup,
-        "trainable_params": sum(p.numel() for p in params),
-        "final_loss": loss_value,
-        "threads": torch.get_num_threads(),
-    }
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "step":
+            t0 = time.perf_counter()
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            loss_value = float(loss.detach())
+            emit({"dt": dt, "loss": loss_value})
+        elif cmd == "done":
+            break
+    peak = int(torch.cuda.max_memory_allocated()) if cuda else peak_rss_bytes()
+    emit({"peak_memory_bytes": peak, "rss_after_setup_bytes": rss_setup, "final_loss": loss_value,
+          "memory_kind": "cuda_max_allocated" if cuda else ("peak_rss_during_steps" if reset else "max_rss_of_process"), **(meta or {})})
+
+
+class Worker:
+    """The parent's handle on one `serve` process."""
+
+    def __init__(self, argv: list[str], log_path: Path | None = None) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.argv = argv
+        self.log = open(log_path, "a", encoding="utf-8") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT, env=env, bufsize=1)
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"worker {' '.join(self.argv[:4])} … exited with {self.proc.wait()} (see its log)")
+
+    def ask(self, cmd: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> dict[str, Any]:
+        out = self.ask("done")
+        self.proc.wait(timeout=120)
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
+        return out
+
+
+def lockstep(make_a: Callable[[], Worker], make_b: Callable[[], Worker], *, warmup: int, steps: int) -> dict[str, Any]:
+    """Start A and B, alternate single steps A B B A A B …, return per-step times and both summaries."""
+    a = make_a()
+    b = make_b()
+    try:
+        ta: list[float] = []
+        tb: list[float] = []
+        for i in range(warmup + steps):
+            order = (a, b) if i % 2 == 0 else (b, a)
+            got = {id(w): w.ask("step")["dt"] for w in order}
+            if i >= warmup:
+                ta.append(got[id(a)])
+                tb.append(got[id(b)])
+        return {"a": {**a.ready, **a.close(), "step_seconds_all": ta}, "b": {**b.ready, **b.close(), "step_seconds_all": tb}}
+    finally:
+        for w in (a, b):
+            if w.proc.poll() is None:
+                w.proc.kill()
 
 
 def versions(packages: Iterable[str] = ("torch", "transformers", "peft", "adapters", "optuna")) -> dict[str, str]:
@@ -221,9 +271,3 @@ def emit(obj: dict[str, Any]) -> None:
     """A worker's answer: one JSON line on stdout (the parent reads the last such line)."""
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0

@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/overhead.py            # CPU-sized defaults (≈ 20 min on 2 cores)
     .venv/bin/python benchmarks/overhead.py --quick    # smoke: tiny BART only, 1 pair, 2 steps
 
-Why this shape: the machines are shared, so absolute times drift by tens of percent within a
-minute. Each comparison is therefore a *pair* of fresh processes, anchor then unipetl (A B A B …),
-each doing warm-up steps and then timed steps (forward + backward + AdamW) on the same fixed
-batch; the reported figure is the median over pairs of the per-pair ratio unipetl / anchor.
+Why this shape: the machines are shared, so absolute times drift by tens of percent within
+seconds (separate runs one after the other gave ratios from 0.7× to 2.9× for the same pair).
+Each comparison is therefore a pair of fresh processes alive side by side, anchor and unipetl,
+driven in lock-step: single training steps (forward + backward + AdamW, same fixed batch)
+alternate A B B A A B … after warm-up steps; the reported figure is the median over steps of the
+per-step ratio unipetl / anchor, which cancels the load both saw.
 CPU peak memory is the process's peak RSS during the training steps (a fresh process per
 measurement; the peak is reset after loading, see common.reset_peak_rss), so it includes the
 resident weights; on CUDA it is torch.cuda.max_memory_allocated.
@@ -38,13 +40,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
-    emit,
+    OUT_DIR,
+    Worker,
     header_block,
+    lockstep,
     make_batch,
     markdown_table,
     median_ratio,
     run_json_subprocess,
-    time_training,
+    serve,
     versions,
     write_results,
 )
@@ -131,9 +135,7 @@ def worker(args: argparse.Namespace) -> int:
     else:
         model, kind = peft_model(args.model, args.spec)
     batch = make_batch(kind, model.config.vocab_size, args.batch, args.seq_len, args.target_len)
-    result = time_training(model, batch, steps=args.steps, warmup=args.warmup, device=args.device)
-    result.update(impl=args.impl, model=args.model, spec=args.spec)
-    emit(result)
+    serve(model, batch, device=args.device, meta={"impl": args.impl, "model": args.model, "spec": args.spec})
     return 0
 
 
@@ -197,24 +199,22 @@ def lora_equivalence() -> dict[str, Any]:
 # ---------------------------------------------------------------- the driver
 
 
-def measure(pair: Pair, impl: str, common: list[str], adapters_py: Path | None) -> dict[str, Any]:
+def worker_argv(pair: Pair, impl: str, common: list[str], adapters_py: Path | None) -> list[str]:
     if impl == "unipetl":
-        argv = [sys.executable, __file__, "--worker", "--impl", "unipetl", "--model", pair.model, "--spec", pair.unipetl, *common]
-    elif pair.anchor == "peft":
-        argv = [sys.executable, __file__, "--worker", "--impl", "peft", "--model", pair.model, "--spec", pair.anchor_args[0], *common]
-    else:
-        assert adapters_py is not None
-        argv = [str(adapters_py), str(ROOT / "benchmarks" / "overhead_adapters.py"), "--model", pair.model, "--method", pair.anchor_args[0],
-                "--r", pair.anchor_args[1], *common]
-    return run_json_subprocess(argv)
+        return [sys.executable, __file__, "--worker", "--impl", "unipetl", "--model", pair.model, "--spec", pair.unipetl, *common]
+    if pair.anchor == "peft":
+        return [sys.executable, __file__, "--worker", "--impl", "peft", "--model", pair.model, "--spec", pair.anchor_args[0], *common]
+    assert adapters_py is not None
+    return [str(adapters_py), str(ROOT / "benchmarks" / "overhead_adapters.py"), "--model", pair.model, "--method", pair.anchor_args[0],
+            "--r", pair.anchor_args[1], *common]
 
 
 def settings_for(model: str, args: argparse.Namespace) -> dict[str, int]:
     if args.quick:
         return {"reps": 1, "steps": 2, "warmup": 1}
     if model == "minilm":
-        return {"reps": args.reps or 3, "steps": args.steps or 3, "warmup": args.warmup or 1}
-    return {"reps": args.reps or 5, "steps": args.steps or 10, "warmup": args.warmup or 3}
+        return {"reps": args.reps or 1, "steps": args.steps or 6, "warmup": args.warmup or 2}
+    return {"reps": args.reps or 2, "steps": args.steps or 10, "warmup": args.warmup or 3}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,26 +229,35 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                                "print(json.dumps({k: m.version(k) for k in ('torch', 'transformers', 'adapters')}))"])
     equivalence = lora_equivalence()
     logger.info("LoRA equivalence: %s", equivalence)
+    log_dir = (args.out or OUT_DIR) / "overhead_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for pair in pairs:
         st = settings_for(pair.model, args)
-        common = ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--target-len", str(args.target_len), "--steps", str(st["steps"]),
-                  "--warmup", str(st["warmup"]), "--device", args.device, "--threads", str(args.threads)]
-        runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        common = ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--target-len", str(args.target_len), "--device", args.device,
+                  "--threads", str(args.threads)]
+        log = log_dir / f"{pair.model}-{pair.unipetl.replace(':', '_').replace(',', '_')}.log"
+        runs = []
         for rep in range(st["reps"]):
-            a = measure(pair, "anchor", common, adapters_py)  # A B A B …: anchor, then unipetl
-            b = measure(pair, "unipetl", common, adapters_py)
-            logger.info("%s / %s rep %d: anchor %.3fs unipetl %.3fs", pair.model, pair.method, rep, a["step_seconds"], b["step_seconds"])
+            res = lockstep(lambda: Worker(worker_argv(pair, "anchor", common, adapters_py), log),
+                           lambda: Worker(worker_argv(pair, "unipetl", common, adapters_py), log), warmup=st["warmup"], steps=st["steps"])
+            a, b = res["a"], res["b"]
+            if a["trainable_params"] != b["trainable_params"]:
+                logger.warning("%s / %s: trainable counts differ: anchor %d, unipetl %d", pair.model, pair.method, a["trainable_params"], b["trainable_params"])
+            logger.info("%s / %s rep %d: anchor %s unipetl %s", pair.model, pair.method, rep,
+                        [round(x, 3) for x in a["step_seconds_all"]], [round(x, 3) for x in b["step_seconds_all"]])
             runs.append((a, b))
-        time_ratio = median_ratio([(b["step_seconds"], a["step_seconds"]) for a, b in runs])
-        mem_ratio = median_ratio([(b["peak_memory_bytes"], a["peak_memory_bytes"]) for a, b in runs])
+        step_pairs = [(tb, ta) for a, b in runs for ta, tb in zip(a["step_seconds_all"], b["step_seconds_all"], strict=True)]
         rows.append({
             "model": pair.model, "method": pair.method, "anchor": pair.anchor, "unipetl": pair.unipetl, "settings": st,
-            "anchor_step_seconds": statistics.median(a["step_seconds"] for a, _ in runs),
-            "unipetl_step_seconds": statistics.median(b["step_seconds"] for _, b in runs),
-            "time_ratio": time_ratio, "memory_ratio": mem_ratio,
+            "anchor_step_seconds": statistics.median(t for a, _ in runs for t in a["step_seconds_all"]),
+            "unipetl_step_seconds": statistics.median(t for _, b in runs for t in b["step_seconds_all"]),
+            "time_ratio": median_ratio(step_pairs),
+            "memory_ratio": median_ratio([(b["peak_memory_bytes"], a["peak_memory_bytes"]) for a, b in runs]),
             "anchor_peak_mb": statistics.median(a["peak_memory_bytes"] for a, _ in runs) / 2**20,
             "unipetl_peak_mb": statistics.median(b["peak_memory_bytes"] for _, b in runs) / 2**20,
+            "anchor_growth_mb": statistics.median(a["peak_memory_bytes"] - a["rss_after_setup_bytes"] for a, _ in runs) / 2**20,
+            "unipetl_growth_mb": statistics.median(b["peak_memory_bytes"] - b["rss_after_setup_bytes"] for _, b in runs) / 2**20,
             "anchor_trainable": runs[0][0]["trainable_params"], "unipetl_trainable": runs[0][1]["trainable_params"],
             "runs": [{"anchor": a, "unipetl": b} for a, b in runs],
         })
@@ -264,11 +273,12 @@ def render(result: dict[str, Any], command: list[str]) -> str:
                         {"LoRA equivalence (max |Δ logits|, unipetl vs PEFT, same A/B)": f"{result['lora_equivalence']['max_abs_diff']:.2e}",
                          "transformers difference": tf_note or "—"})
     table = markdown_table(
-        ["model", "method", "anchor", "pairs × steps", "anchor s/step", "unipetl s/step", "time ratio", "anchor peak MB", "unipetl peak MB",
-         "memory ratio", "trainable (anchor / unipetl)"],
+        ["model", "method", "anchor", "process pairs × steps", "anchor s/step", "unipetl s/step", "time ratio", "anchor peak MB", "unipetl peak MB",
+         "memory ratio", "growth over set-up MB (anchor / unipetl)", "trainable (anchor / unipetl)"],
         [[r["model"], r["method"], r["anchor"] + (" (tf 4.x)" if r["anchor"] == "adapters" else ""), f"{r['settings']['reps']} × {r['settings']['steps']}",
           f"{r['anchor_step_seconds']:.3f}", f"{r['unipetl_step_seconds']:.3f}", f"**{r['time_ratio']:.2f}×**", f"{r['anchor_peak_mb']:.0f}",
-          f"{r['unipetl_peak_mb']:.0f}", f"**{r['memory_ratio']:.2f}×**", f"{r['anchor_trainable']:,} / {r['unipetl_trainable']:,}"] for r in result["rows"]],
+          f"{r['unipetl_peak_mb']:.0f}", f"**{r['memory_ratio']:.2f}×**",
+          f"{r['anchor_growth_mb']:.0f} / {r['unipetl_growth_mb']:.0f}", f"{r['anchor_trainable']:,} / {r['unipetl_trainable']:,}"] for r in result["rows"]],
     )
     return "## Overhead: unipetl vs PEFT and AdapterHub (median of per-pair ratios, unipetl / anchor)\n\n" + head + table
 
@@ -278,9 +288,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="CI smoke: tiny BART, LoRA and PA only, one pair, 2 steps")
     ap.add_argument("--models", nargs="+", default=["minilm", "tiny-bart"], choices=sorted(D_MODEL))
     ap.add_argument("--only", nargs="*", default=[], help="keep pairs whose label contains one of these words (or anchor name)")
-    ap.add_argument("--reps", type=int, default=0, help="pairs per comparison (default 3 on MiniLM, 5 on tiny BART)")
-    ap.add_argument("--steps", type=int, default=0, help="timed steps per run (default 3 on MiniLM, 10 on tiny BART)")
-    ap.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 1 on MiniLM, 3 on tiny BART)")
+    ap.add_argument("--reps", type=int, default=0, help="process pairs per comparison (default 1 on MiniLM, 2 on tiny BART)")
+    ap.add_argument("--steps", type=int, default=0, help="timed lock-step pairs per process pair (default 6 on MiniLM, 10 on tiny BART)")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 2 on MiniLM, 3 on tiny BART)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--target-len", type=int, default=32)

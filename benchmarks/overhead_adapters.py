@@ -2,8 +2,9 @@
 
 `adapters` 1.3 pins transformers < 5, so it cannot share the project's environment; overhead.py
 starts this script with .venv-adapters/bin/python, one fresh process per measurement (peak RSS
-is per process). It prints one JSON line: the step time, the peak memory and the trainable
-parameter count (the parent checks the count equals unipetl's, so both train the same sizes).
+is per process), and drives it step by step in lock-step with the unipetl worker
+(`benchmarks.common.serve`: "step" / "done" on stdin, one JSON line per answer). The parent
+checks the trainable count equals unipetl's, so both train the same sizes.
 
 Methods (He et al. 2022, as `adapters` names them):
 - `mam`: `MAMConfig` = prefix tuning (l, bottleneck-MLP reparametrization of width `--mlp`) at
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import emit, make_batch, time_training, versions  # noqa: E402
+from benchmarks.common import make_batch, serve, versions  # noqa: E402
 
 
 def build(model_name: str, method: str, r: int, l: int, mlp: int) -> tuple[object, str, int]:
@@ -72,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--target-len", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
@@ -84,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, kind, vocab = build(args.model, args.method, args.r, args.l, args.mlp)
     batch = make_batch(kind, vocab, args.batch, args.seq_len, args.target_len)
-    result = time_training(model, batch, steps=args.steps, warmup=args.warmup, device=args.device)
-    result.update(impl="adapters", model=args.model, method=args.method, versions=versions(("torch", "transformers", "adapters")))
-    emit(result)
+    serve(model, batch, device=args.device, meta={"impl": "adapters", "model": args.model, "method": args.method,
+                                                  "versions": versions(("torch", "transformers", "adapters"))})
     return 0
 
 

@@ -1,0 +1,204 @@
+"""A CPU-sized reproduction of the unified-view paper's lessons on SST-2 with the packaged MiniLM.
+
+    .venv/bin/python benchmarks/reproduce_sst2.py               # CPU caps (state in the table)
+    .venv/bin/python benchmarks/reproduce_sst2.py --full-scale  # the paper's GLUE set-up (GPU)
+    .venv/bin/python benchmarks/reproduce_sst2.py --quick       # CI smoke: 2 methods, 1 seed, 3 steps
+
+Every method trains with the same budget (examples, epochs, batch, max length, schedule) and is
+scored on the full SST-2 dev set (872). Sizes come from the analytic accounting
+(`spaces.search_space.size_preset`): each sized method gets the largest size whose paper count
+fits 0.5 % of MiniLM's backbone (so all land at 0.487 %); PA at attention and at the FFN are
+also trained at 2 % for the "FFN wins at larger budgets" lesson. Prompt tuning keeps l = 20:
+at 0.5 % it would need 295 soft tokens, longer than the inputs.
+
+Each (method, seed) record is written as soon as it finishes and skipped on a re-run, so a long
+run can be stopped and resumed; the table is built from whatever records exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import DATA_DIR, OUT_DIR, fmt_mean_std, header_block, markdown_table, write_results  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+MODEL = "minilm"
+BUDGET = 0.005
+LARGE_BUDGET = 0.02
+# learning rates per family for the short CPU budget (the paper tunes lr per method too)
+LR = {"full": 1e-4, "probe": 5e-3, "prompt": 1e-2}
+PETL_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # row label, also the record file stem
+    preset: str  # preset name (sized with `budget`) or a full preset string when budget is None
+    budget: float | None
+
+
+METHODS = [
+    Method("full", "full", None),
+    Method("probe", "probe", None),
+    Method("bitfit", "bitfit", None),
+    Method("prompt", "prompt:l=20", None),
+    Method("prefix", "prefix", BUDGET),
+    Method("lora", "lora", BUDGET),
+    Method("houlsby", "houlsby", BUDGET),
+    Method("sa-ffn", "sa-ffn", BUDGET),
+    Method("pa-ffn", "pa-ffn", BUDGET),
+    Method("sa-attn", "sa-attn", BUDGET),
+    Method("pa-attn", "pa-attn", BUDGET),
+    Method("scaled-pa", "scaled-pa", BUDGET),
+    Method("mh-pa", "mh-pa", BUDGET),
+    Method("mam", "mam", BUDGET),
+    Method("pa-attn@2%", "pa-attn", LARGE_BUDGET),
+    Method("pa-ffn@2%", "pa-ffn", LARGE_BUDGET),
+]
+
+CAPS = {
+    "cpu": {"max_train_examples": 2000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "max_eval_examples": None, "max_steps": None},
+    "full-scale": {"max_train_examples": None, "epochs": 10.0, "max_length": 128, "batch_size": 32, "max_eval_examples": None, "max_steps": None},
+    "quick": {"max_train_examples": 96, "epochs": 1.0, "max_length": 32, "batch_size": 32, "max_eval_examples": 64, "max_steps": 3},
+}
+
+# (lesson, better, worse) — "holds" when the mean of `better` exceeds the mean of `worse`
+LESSONS = [
+    ("parallel > sequential (FFN, 0.5 %)", "pa-ffn", "sa-ffn"),
+    ("parallel > sequential (attention, 0.5 %)", "pa-attn", "sa-attn"),
+    ("FFN > attention at a larger budget (PA, 2 %)", "pa-ffn@2%", "pa-attn@2%"),
+    ("head-wise attention wins at a small budget: MH PA > PA at attention (0.5 %)", "mh-pa", "pa-attn"),
+    ("scaled add (s = 4) > simple add (PA at FFN, 0.5 %)", "scaled-pa", "pa-ffn"),
+]
+MAM_CLOSE = 0.01  # "MAM close to full FT": within 1 accuracy point
+
+
+def resolve(method: Method) -> Any:
+    """The method's Variant, sized by the analytic accounting when it has a budget."""
+    from spaces.presets import parse_preset
+    from spaces.search_space import size_preset
+    from spaces.shapes import resolve_shape
+
+    if method.budget is None:
+        return parse_preset(method.preset)
+    variant = size_preset(method.preset, resolve_shape(MODEL), method.budget)
+    if variant is None:
+        raise SystemExit(f"{method.label}: nothing fits {method.budget:.2%}")
+    return variant
+
+
+def lr_for(method: Method) -> float:
+    return LR.get(method.preset.split(":")[0], PETL_LR)
+
+
+def run_one(method: Method, seed: int, caps: dict[str, Any], records_dir: Path, device: str) -> dict[str, Any]:
+    path = records_dir / f"{method.label}__seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from evaluators.trial import TrialConfig, run_trial
+
+    config = TrialConfig(task="sst2", model=MODEL, variant=resolve(method), data_dir=str(DATA_DIR), seed=seed, lr=lr_for(method),
+                         device=device, **caps)
+    t0 = time.perf_counter()
+    record = run_trial(config)
+    logger.info("%s seed %d: %s acc=%s (%.0f s)", method.label, seed, record["status"], record["metric"], time.perf_counter() - t0)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    rows, means, stds = [], {}, {}
+    for label, recs in records.items():
+        ok = [r for r in recs if r["status"] == "ok" and r["metric"] is not None]
+        accs = [r["metric"] for r in ok]
+        if accs:
+            means[label] = statistics.fmean(accs)
+            stds[label] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        first = recs[0] if recs else {}
+        rows.append({"method": label, "preset": first.get("preset"), "seeds": len(ok), "failed": len(recs) - len(ok), "accuracies": accs,
+                     "mean": means.get(label), "std": stds.get(label), "paper_percent": first.get("paper_percent"),
+                     "trainable_percent": first.get("trainable_percent"), "step_seconds": statistics.fmean(r["step_seconds"] for r in ok) if ok else None})
+    lessons = []
+    for text, better, worse in LESSONS:
+        if better in means and worse in means:
+            diff = means[better] - means[worse]
+            noise = (stds[better] ** 2 + stds[worse] ** 2) ** 0.5
+            verdict = ("holds" if diff > 0 else "does not hold") + (" (within seed noise)" if abs(diff) <= noise else "")
+            lessons.append({"lesson": text, "difference": diff, "noise": noise, "verdict": verdict})
+    if "mam" in means and "full" in means:
+        diff = means["mam"] - means["full"]
+        verdict = ("holds" if diff >= -MAM_CLOSE else "does not hold") + f" (threshold −{MAM_CLOSE * 100:.0f} point)"
+        lessons.append({"lesson": "MAM close to full fine-tuning", "difference": diff, "noise": (stds["mam"] ** 2 + stds["full"] ** 2) ** 0.5,
+                        "verdict": verdict})
+    return {"rows": rows, "lessons": lessons}
+
+
+def render(summary: dict[str, Any], command: list[str], caps: dict[str, Any], seeds: int) -> str:
+    head = header_block(command, {**caps, "seeds": seeds, "eval": "full SST-2 dev (872)" if caps["max_eval_examples"] is None else caps["max_eval_examples"]},
+                        {"learning rates": f"full FT {LR['full']}, probe {LR['probe']}, prompt {LR['prompt']}, every other method {PETL_LR}; "
+                                           "linear decay, 6 % warmup, AdamW"})
+    table = markdown_table(
+        ["method", "variant", "seeds ok", "dev accuracy % (mean ± std)", "paper %", "trainable % (head excl.)", "s / step"],
+        [[r["method"], f"`{r['preset']}`", f"{r['seeds']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
+          fmt_mean_std(r["accuracies"]), f"{r['paper_percent']:.3f}" if r["paper_percent"] is not None else "—",
+          f"{r['trainable_percent']:.3f}" if r["trainable_percent"] is not None else "—",
+          f"{r['step_seconds']:.2f}" if r["step_seconds"] else "—"] for r in summary["rows"]],
+    )
+    lessons = markdown_table(["paper lesson", "Δ accuracy (points)", "seed noise (points)", "here"],
+                             [[x["lesson"], f"{100 * x['difference']:+.1f}", f"{100 * x['noise']:.1f}", x["verdict"]] for x in summary["lessons"]])
+    return "## SST-2 reproduction (MiniLM, same budget for every method)\n\n" + head + table + "\n" + lessons
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="CI smoke: probe and LoRA, 1 seed, 3 steps, 64 dev examples")
+    mode.add_argument("--full-scale", action="store_true", help="the paper's GLUE set-up: all 67k training examples, 10 epochs, length 128 (GPU)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; 1 with --quick)")
+    ap.add_argument("--methods", nargs="*", default=None, help=f"subset of: {' '.join(m.label for m in METHODS)}")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/out)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("evaluators").setLevel(logging.WARNING)
+    scale = "quick" if args.quick else "full-scale" if args.full_scale else "cpu"
+    caps = CAPS[scale]
+    seeds = args.seeds or (1 if args.quick else 3)
+    wanted = args.methods or (["probe", "lora"] if args.quick else [m.label for m in METHODS])
+    unknown = sorted(set(wanted) - {m.label for m in METHODS})
+    if unknown:
+        ap.error(f"unknown method {unknown[0]!r}")
+    methods = [m for m in METHODS if m.label in wanted]
+    out = args.out or OUT_DIR
+    name = {"cpu": "reproduce_sst2", "quick": "reproduce_sst2_quick", "full-scale": "reproduce_sst2_full"}[scale]
+    records_dir = out / name / "records"
+    records: dict[str, list[dict[str, Any]]] = {m.label: [] for m in methods}
+    for seed in range(seeds):  # seed-major: a partial run still covers every method
+        for m in methods:
+            records[m.label].append(run_one(m, seed, caps, records_dir, args.device))
+    summary = summarize(records)
+    command = [".venv/bin/python", "benchmarks/reproduce_sst2.py", *(argv if argv is not None else sys.argv[1:])]
+    md = render(summary, command, caps, seeds)
+    write_results(name, {"caps": caps, "seeds": seeds, **summary}, md, out)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""Search efficiency: the named-method grid vs random search vs the harness's default sampler.
+
+    .venv/bin/python benchmarks/search_efficiency.py --trials 24   # CPU caps (see CAPS)
+    .venv/bin/python benchmarks/search_efficiency.py --quick       # CI smoke: 3 trials each, 3 steps
+
+Three studies with the same trial budget, task (SST-2), model (MiniLM), training caps and
+budget (frontier mode, 0.5 %: variants spread over 2 %…100 % of it), each in its own Optuna
+study in one SQLite file under benchmarks/out/:
+(a) `grid`: only named methods (PA, scaled PA, LoRA, prefix, MH PA, MAM, Houlsby, Pfeiffer,
+    BitFit, prompt) sized by the accounting to a ladder of budgets (0.5 %, 0.2 %, 0.05 %, …);
+(b) `random`: optuna.RandomSampler over the unified-view space, no named methods;
+(c) `default`: what `unipetl search --mode frontier` does (named methods at the budget first,
+    then the default sampler, TPE).
+Trials run through `search.worker.run_worker`, exactly as a search worker runs them. After every
+trial the hypervolume of the completed points is computed with `reports.frontier.hypervolume`
+(log10 fraction × accuracy, reference (100 %, 0)); the table reports how many trials each study
+needs to reach the grid's final hypervolume, and whether each study's frontier dominates every
+named method of the grid at that method's budget (a point with fraction ≤ and accuracy ≥).
+Re-running resumes the studies (finished trials are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import DATA_DIR, OUT_DIR, header_block, markdown_table, write_results  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TASK, MODEL, BUDGET = "sst2", "minilm", "0.5%"
+GRID_PRESETS = ("pa-ffn", "scaled-pa", "lora", "prefix", "mh-pa", "mam", "houlsby", "pfeiffer")
+GRID_LADDER = (1.0, 0.4, 0.1, 0.02)  # shares of the study budget, as frontier mode spreads variants over [2 %, 100 %]
+CAPS = {
+    "cpu": {"max_train_examples": 1000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 1e-3, "seed": 0},
+    "quick": {"max_train_examples": 64, "max_steps": 3, "max_length": 32, "batch_size": 32, "max_eval_examples": 64, "lr": 1e-3, "seed": 0},
+}
+
+
+def grid_presets(n: int) -> list[str]:
+    """The first n named methods of the grid: every preset at the budget, then at smaller shares."""
+    from search.study import model_shape
+    from spaces.search_space import parse_budget, size_preset
+
+    shape = model_shape(MODEL)
+    fraction = parse_budget(BUDGET, shape)
+    out: list[str] = []
+    for share in GRID_LADDER:
+        for name in GRID_PRESETS:
+            v = size_preset(name, shape, fraction * share)
+            if v is not None and v.name not in out:
+                out.append(v.name or name)
+    for fixed in ("bitfit", "prompt:l=20"):  # sizeless methods go in after the ladder's top rung
+        out.insert(len(GRID_PRESETS), fixed)
+    return out[:n]
+
+
+def make_study(kind: str, storage: str, trials: int, train: dict[str, Any]) -> Any:
+    """Create (or resume) one study; (a) gets grid tickets, (b) random with no named methods."""
+    import optuna
+
+    from search import study as studies
+
+    spec = studies.StudySpec(task=TASK, model=MODEL, budget=BUDGET, mode="frontier", trials=trials, study=f"se-{kind}", storage=storage,
+                             data_dir=str(DATA_DIR), pruner="none", sampler="random" if kind == "random" else "tpe", train=train,
+                             space={"presets": []} if kind in ("random", "grid") else {})
+    if kind != "grid":
+        return studies.create_or_check(spec)
+    attrs = studies.study_attrs(spec)
+    st = studies.make_storage(storage)
+    if spec.study in studies.study_names(st):
+        return studies.load(storage, spec.study)
+    study = optuna.create_study(study_name=spec.study, storage=st, directions=studies.directions(attrs), sampler=studies.make_sampler(attrs))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    for p in grid_presets(trials):
+        study.enqueue_trial({}, user_attrs={"preset": p})
+    return study
+
+
+def history(study: Any) -> list[dict[str, Any]]:
+    """Per finished trial (in trial order): its point and the hypervolume so far."""
+    from optuna.trial import TrialState
+
+    from reports.frontier import hypervolume
+
+    fr: list[float] = []
+    me: list[float] = []
+    out = []
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)), key=lambda t: t.number):
+        rec = t.user_attrs.get("record") or {}
+        ok = t.state == TrialState.COMPLETE and rec.get("status") == "ok" and rec.get("metric") is not None
+        if ok:
+            fr.append(rec["paper_fraction"])
+            me.append(rec["metric"])
+        if t.state != TrialState.FAIL:
+            out.append({"trial": t.number, "preset": t.user_attrs.get("preset"), "variant": rec.get("variant_description"),
+                        "paper_fraction": rec.get("paper_fraction"), "metric": rec.get("metric") if ok else None,
+                        "hypervolume": hypervolume(fr, me) if fr else 0.0})
+    return out
+
+
+def dominates(points: list[dict[str, Any]], named: dict[str, Any]) -> bool:
+    f, m = named["paper_fraction"], named["metric"]
+    return any(p["metric"] is not None and p["paper_fraction"] <= f * (1 + 1e-9) and p["metric"] >= m for p in points if p is not named)
+
+
+def summarize(histories: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    grid = histories.get("grid", [])
+    target = grid[-1]["hypervolume"] if grid else None
+    rows = []
+    for kind, h in histories.items():
+        reach = next((i + 1 for i, p in enumerate(h) if target is not None and p["hypervolume"] >= target - 1e-12), None)
+        best = max((p for p in h if p["metric"] is not None), key=lambda p: p["metric"], default=None)
+        rows.append({"study": kind, "trials": len(h), "final_hypervolume": h[-1]["hypervolume"] if h else 0.0, "trials_to_grid_hv": reach,
+                     "best_metric": best["metric"] if best else None, "best_variant": (best["preset"] or best["variant"]) if best else None})
+    named = [p for p in grid if p["metric"] is not None]
+    dominance = {kind: {p["preset"]: dominates(h, p) for p in named} for kind, h in histories.items() if kind != "grid"}
+    return {"rows": rows, "grid_final_hypervolume": target, "dominance": dominance}
+
+
+def render(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]], command: list[str], caps: dict[str, Any], trials: int) -> str:
+    head = header_block(command, {**caps, "trials per study": trials, "budget": f"{BUDGET} (frontier mode)"},
+                        {"hypervolume": "reports.frontier.hypervolume: log10 paper fraction × dev accuracy, reference (100 %, 0); HV/6 = mean best accuracy over log-uniform budgets 1e-6…1"})
+    t1 = markdown_table(["study", "finished trials", "final HV", "trials to reach grid's final HV", "best accuracy %", "best variant"],
+                        [[r["study"], r["trials"], f"{r['final_hypervolume']:.4f}", r["trials_to_grid_hv"] or "not reached",
+                          f"{100 * r['best_metric']:.1f}" if r["best_metric"] is not None else "—", r["best_variant"] or "—"] for r in summary["rows"]])
+    n = max((len(h) for h in histories.values()), default=0)
+    t2 = markdown_table(["after trial"] + list(histories), [[i + 1] + [f"{h[i]['hypervolume']:.4f}" if i < len(h) else "" for h in histories.values()]
+                                                           for i in range(n)])
+    dom = summary["dominance"]
+    names = sorted({k for d in dom.values() for k in d})
+    t3 = markdown_table(["named method (grid)"] + [f"dominated by {k}'s frontier" for k in dom],
+                        [[name] + ["yes" if dom[k].get(name) else "no" for k in dom] for name in names])
+    return "## Search efficiency (SST-2, MiniLM)\n\n" + head + t1 + "\nHypervolume after every trial:\n\n" + t2 + "\n" + t3
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--quick", action="store_true", help="CI smoke: 3 trials per study, 3 training steps, 64 dev examples")
+    ap.add_argument("--studies", nargs="*", default=["grid", "random", "default"], choices=["grid", "random", "default"])
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/out)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("evaluators", "spaces", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from search.worker import run_worker
+
+    trials = 3 if args.quick else args.trials
+    caps = CAPS["quick" if args.quick else "cpu"]
+    name = "search_efficiency_quick" if args.quick else "search_efficiency"
+    out = args.out or OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(out / f'{name}.db').resolve()}"
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for kind in args.studies:
+        study = make_study(kind, storage, trials, caps)
+        run_worker(storage, study.study_name, on_trial=lambda s, st, k=kind: logger.info("%s: trial finished (%s), HV %.4f", k, st.name,
+                                                                                             (history(s) or [{"hypervolume": 0.0}])[-1]["hypervolume"]))
+        histories[kind] = history(study)
+    summary = summarize(histories)
+    command = [".venv/bin/python", "benchmarks/search_efficiency.py", *(argv if argv is not None else sys.argv[1:])]
+    md = render(summary, histories, command, caps, trials)
+    write_results(name, {"caps": caps, "trials": trials, "storage": storage, "histories": histories, **summary}, md, out)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

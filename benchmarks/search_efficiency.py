@@ -138,7 +138,7 @@ def render(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]], 
                                                            for i in range(n)])
     dom = summary["dominance"]
     names = sorted({k for d in dom.values() for k in d})
-    t3 = markdown_table(["named method (grid)"] + [f"dominated by {k}'s frontier" for k in dom],
+    t3 = markdown_table(["named method (grid)"] + [f"weakly dominated by {k} (fraction ≤, accuracy ≥)" for k in dom],
                         [[name] + ["yes" if dom[k].get(name) else "no" for k in dom] for name in names])
     return "## Search efficiency (SST-2, MiniLM)\n\n" + head + t1 + "\nHypervolume after every trial:\n\n" + t2 + "\n" + t3
 

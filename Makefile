@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv search test test-all lint bench clean
+.PHONY: venv search test test-all lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,18 @@ test: venv
 ## every tier: fast + slow (real MiniLM, multi-process) + cluster (PostgreSQL, Ray) — what CI runs
 test-all: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -m "" --timeout 1800
+
+## benchmarks (issue 7) at their CPU-sized defaults; results under benchmarks/out/, summary in benchmarks/RESULTS.md
+bench: venv
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --trials 24
+
+## the same three with --quick (smoke: minutes, numbers meaningless)
+bench-quick: venv
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py --quick
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py --quick
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --quick
 
 lint: venv
 	$(BIN)/ruff check spaces evaluators search reports tests benchmarks

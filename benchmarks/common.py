@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -166,10 +166,10 @@ class Worker:
         return out
 
 
-def lockstep(make_a: Callable[[], Worker], make_b: Callable[[], Worker], *, warmup: int, steps: int) -> dict[str, Any]:
+def lockstep(argv_a: list[str], argv_b: list[str], *, warmup: int, steps: int, log_path: Path | None = None) -> dict[str, Any]:
     """Start A and B, alternate single steps A B B A A B …, return per-step times and both summaries."""
-    a = make_a()
-    b = make_b()
+    a = Worker(argv_a, log_path)
+    b = Worker(argv_b, log_path)
     try:
         ta: list[float] = []
         tb: list[float] = []

@@ -41,7 +41,6 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.common import (  # noqa: E402
     OUT_DIR,
-    Worker,
     header_block,
     lockstep,
     make_batch,
@@ -239,8 +238,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         log = log_dir / f"{pair.model}-{pair.unipetl.replace(':', '_').replace(',', '_')}.log"
         runs = []
         for rep in range(st["reps"]):
-            res = lockstep(lambda: Worker(worker_argv(pair, "anchor", common, adapters_py), log),
-                           lambda: Worker(worker_argv(pair, "unipetl", common, adapters_py), log), warmup=st["warmup"], steps=st["steps"])
+            res = lockstep(worker_argv(pair, "anchor", common, adapters_py), worker_argv(pair, "unipetl", common, adapters_py),
+                           warmup=st["warmup"], steps=st["steps"], log_path=log)
             a, b = res["a"], res["b"]
             if a["trainable_params"] != b["trainable_params"]:
                 logger.warning("%s / %s: trainable counts differ: anchor %d, unipetl %d", pair.model, pair.method, a["trainable_params"], b["trainable_params"])

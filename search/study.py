@@ -235,6 +235,8 @@ def load(storage_url: str, name: str, *, heartbeat_interval: int = 10, grace_per
         raise UnipetlError(f"`study` {name!r} does not exist in the storage.{did_you_mean(name, study_names(storage)) if study_names(storage) else ''}")
     probe = optuna.load_study(study_name=name, storage=storage)
     attrs = probe.user_attrs
+    if not is_complete(attrs):
+        raise UnipetlError(f"`study` {name!r} was never fully created (the creating process stopped); run the same `unipetl search` again to recreate it.")
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(attrs, seed), pruner=make_pruner(attrs))
 
 
@@ -245,7 +247,7 @@ def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_peri
     attrs = study_attrs(spec)
     name = spec.study or default_study_name(spec)
     storage = make_storage(spec.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    if name in study_names(storage):
+    if name in study_names(storage) and not _drop_unfinished(storage, name):
         existing = optuna.load_study(study_name=name, storage=storage).user_attrs
         for key in IDENTITY:
             if existing.get(key) != attrs[key]:
@@ -259,12 +261,32 @@ def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_peri
         top_up(study)
         return study
     study = optuna.create_study(study_name=name, storage=storage, directions=directions(attrs), sampler=make_sampler(attrs), pruner=make_pruner(attrs))
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
+    for key, value in attrs.items():  # "trials" last: its presence marks a fully created study
+        if key != "trials":
+            study.set_user_attr(key, value)
+    study.set_user_attr("trials", attrs["trials"])
     enqueue_presets(study, attrs)
     top_up(study)
     logger.info("created study %s with %d tickets", name, attrs["trials"])
     return study
+
+
+def is_complete(attrs: dict[str, Any]) -> bool:
+    """A study whose creation finished: its user attrs are written before any ticket, "trials" last."""
+    return "trials" in attrs
+
+
+def _drop_unfinished(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    """A study whose creating process died before all its attrs were written holds no work (no
+    ticket was ever enqueued), so it is deleted and created again; returns True when it was."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    if is_complete(study.user_attrs):
+        return False
+    if study.get_trials(deepcopy=False):  # pragma: no cover - tickets come after the attrs
+        raise UnipetlError(f"study {name!r} has trials but no `trials` attribute; it was not made by unipetl search.")
+    logger.warning("study %s was left half-created by a stopped process; creating it again", name)
+    optuna.delete_study(study_name=name, storage=storage)
+    return True
 
 
 def _short(value: Any) -> str:

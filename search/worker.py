@@ -7,11 +7,17 @@ spawned by `unipetl search --workers N`), or as Ray tasks (`search.ray_backend`)
 While a trial trains, a heartbeat thread writes to the storage every `heartbeat_interval`
 seconds; a worker killed mid-trial stops beating, and any other worker (or a later `resume`)
 marks its trial FAIL and re-queues it with the same parameters (`fail_stale_trials`).
+
+The evaluator is pluggable (documented in docs/operations.md): `run_worker(runner=...)` in
+process, or `UNIPETL_RUNNER=package.module:function` / `--runner` for worker processes and Ray
+tasks. A runner is called as `runner(attrs, variant, report, preset) -> record`; the default
+fine-tunes with `evaluators.trial.run_trial`. Load tests use it to measure the storage alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
@@ -28,11 +34,49 @@ from optuna.trial import TrialState
 
 from search import study as studies
 from spaces.presets import parse_preset
+from spaces.registry import UnipetlError
 from spaces.search_space import SpaceConfig, suggest_variant
 from spaces.variant import Variant
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
+RUNNER_ENV = "UNIPETL_RUNNER"
+Runner = Callable[..., dict[str, Any]]
+
+
+def resolve_runner(spec: str | None) -> Runner | None:
+    """'package.module:function' → the evaluator callable (None / '' → the default evaluator)."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise UnipetlError(f"`{RUNNER_ENV}` / --runner must look like package.module:function, got {spec!r}.")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise UnipetlError(f"`{RUNNER_ENV}` / --runner {spec!r} cannot be imported: {err}.") from None
+    if not callable(fn):
+        raise UnipetlError(f"`{RUNNER_ENV}` / --runner {spec!r} is not callable.")
+    return fn
+
+
+def _retry_locked(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
+    """Run a storage call again when the database refuses it for a moment.
+
+    SQLite answers "database is locked" when two writers collide (a busy timeout does not help a
+    reader that wants to become a writer while another writer waits: SQLite returns at once to
+    avoid a deadlock); PostgreSQL may drop a connection. The call is retried with a growing pause."""
+    from sqlalchemy.exc import DBAPIError
+
+    for i in range(attempts):
+        try:
+            return fn()
+        except DBAPIError as err:
+            if i == attempts - 1 or not (err.connection_invalidated or "locked" in str(err) or "could not serialize" in str(err)):
+                raise
+            logger.info("%s: storage busy (%s); retry %d", what, str(err).splitlines()[0][:80], i + 1)
+            time.sleep(min(2.0, 0.05 * 2**i))
+    return None  # pragma: no cover - the loop returns or raises
 
 
 class _Heartbeat:
@@ -67,10 +111,11 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     The heartbeat is written *before* the claim, so a RUNNING trial always has a heartbeat
     row: a worker killed right after claiming still leaves a trial that turns stale."""
     storage = study._storage
-    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = _retry_locked(lambda: storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)), "list tickets")
+    for t in waiting:
         try:
-            storage.record_heartbeat(t._trial_id)
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+            _retry_locked(lambda t=t: storage.record_heartbeat(t._trial_id), "heartbeat")
+            if _retry_locked(lambda t=t: storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING), "claim"):
                 return optuna.Trial(study, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -91,36 +136,57 @@ def _failed_record(attrs: dict[str, Any], variant: Variant | None, error: str) -
             "higher_is_better": attrs["higher_is_better"]}
 
 
-def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Callable[..., dict[str, Any]] | None = None) -> TrialState:
+def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Runner | None = None) -> TrialState | None:
     """Train one claimed trial and tell the study its outcome; returns the final state.
 
-    The heartbeat covers the whole trial, from the claim to the stored record."""
+    The heartbeat covers the whole trial, from the claim to the stored outcome, so a slow storage
+    write cannot make a live trial look stale. Returns None when another worker (or `resume`)
+    had already failed this trial as stale: its retry ticket runs it again, nothing is stored twice."""
     attrs = study.user_attrs
     holder: dict[str, Any] = {}
-    try:
-        with _Heartbeat(study._storage, trial._trial_id):
+    with _Heartbeat(study._storage, trial._trial_id):
+        try:
             record = _train(trial, attrs, runner or _run_trial, holder)
-    except KeyboardInterrupt:
-        # leave the study resumable: this ticket fails and an identical one is queued again
-        study.tell(trial, state=TrialState.FAIL)
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        studies.retry_callback(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
-        raise
-    except Exception as err:  # noqa: BLE001 - one bad variant must not stop the search
-        logger.error("trial %d raised: %s", trial.number, err)
-        record = _failed_record(attrs, holder.get("variant"), f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
-    trial.set_user_attr("record", record)
+        except KeyboardInterrupt:
+            # leave the study resumable: this ticket fails and an identical one is queued again
+            study.tell(trial, state=TrialState.FAIL)
+            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            studies.retry_callback(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return _lost(trial)
+        except Exception as err:  # noqa: BLE001 - one bad variant (NaN, OOM, a bug in a module) must not stop the search
+            logger.error("trial %d raised: %s", trial.number, err)
+            record = _failed_record(attrs, holder.get("variant"), f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        try:
+            return _store(study, trial, attrs, record)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return _lost(trial)
+
+
+def _lost(trial: optuna.Trial) -> None:
+    logger.warning("trial %d was failed as stale by another process while it ran; its retry ticket runs it again", trial.number)
+    return None
+
+
+def _store(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], record: dict[str, Any]) -> TrialState:
+    """The record first, then the state: a crash between the two leaves a RUNNING trial that
+    turns stale and is retried, never a COMPLETE trial without its record."""
     status = record.get("status")
     metric = record.get("metric")
-    if status == "ok" and metric is not None and math.isfinite(metric):
+    ok = status == "ok" and isinstance(metric, (int, float)) and math.isfinite(metric)
+    if status == "ok" and not ok:
+        record = {**record, "status": "failed", "error": record.get("error") or f"the evaluator returned no finite metric ({metric!r})"}
+    _retry_locked(lambda: trial.set_user_attr("record", record), "store record")
+    if ok:
         values = [metric] if attrs["mode"] == "budget" else [metric, record.get("paper_fraction", trial.user_attrs.get("paper_fraction"))]
-        study.tell(trial, values)
+        _retry_locked(lambda: study.tell(trial, values), "tell")
         return TrialState.COMPLETE
     if status == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
+        _retry_locked(lambda: study.tell(trial, state=TrialState.PRUNED), "tell")
         return TrialState.PRUNED
-    study.tell(trial, state=TrialState.FAIL)
-    _replace_failed(study)
+    _retry_locked(lambda: study.tell(trial, state=TrialState.FAIL), "tell")
+    _retry_locked(lambda: _replace_failed(study), "replace failed")
     return TrialState.FAIL
 
 
@@ -163,19 +229,20 @@ def _run_trial(attrs: dict[str, Any], variant: Variant, report: Callable[[int, f
 
 
 def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 10, grace_period: int | None = None,
-               runner: Callable[..., dict[str, Any]] | None = None, on_trial: Callable[[optuna.Study, TrialState], None] | None = None,
+               runner: Runner | None = None, on_trial: Callable[[optuna.Study, TrialState | None], None] | None = None,
                poll_seconds: float = POLL_SECONDS) -> int:
     """Run tickets until the study holds its budget of COMPLETE + PRUNED trials; returns trials run.
 
     With no ticket left but trials still RUNNING elsewhere, the worker waits: if one of those
     workers died, its trial turns stale and comes back as a WAITING retry that this worker runs."""
+    runner = runner or resolve_runner(os.environ.get(RUNNER_ENV))
     study = studies.load(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     ran = 0
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        c = studies.state_counts(study)
+            _retry_locked(lambda: optuna.storages.fail_stale_trials(study), "fail stale trials")
+        c = _retry_locked(lambda: studies.state_counts(study), "count trials")
         if c["COMPLETE"] + c["PRUNED"] >= study.user_attrs["trials"]:
             break
         trial = claim(study)
@@ -197,13 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", required=True)
     p.add_argument("--heartbeat-interval", type=int, default=10)
     p.add_argument("--grace-period", type=int, default=None)
+    p.add_argument("--runner", default=None, help=f"evaluator as package.module:function (default: ${RUNNER_ENV}, else run_trial)")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("UNIPETL_LOG", "WARNING"), format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        run_worker(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+        run_worker(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+                   runner=resolve_runner(args.runner))
     except KeyboardInterrupt:
         return 130
+    except UnipetlError as err:
+        print(f"unipetl worker: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -16,7 +16,8 @@ EPILOG = """examples:
   unipetl resume --storage postgresql+psycopg2://user@db/unipetl --study mnli-05 --workers 4
 Trials of dead workers are failed once their heartbeat is older than the grace period and
 re-queued with the same parameters; failed tickets are replaced so the study ends with exactly
-its --trials COMPLETE + PRUNED trials."""
+its --trials COMPLETE + PRUNED trials. A study made with --backend tune is continued by restoring
+its interrupted Tune experiment (Tuner.restore), then new Tune rounds for any tickets still open."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     study = studies.load(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
     if args.trials is not None and args.trials > study.user_attrs["trials"]:
         study.set_user_attr("trials", args.trials)
+    if study.user_attrs.get("backend") == "tune":  # restore its Tune experiment (Tuner.restore), then new rounds if short
+        from search.commands.search import drive_tune
+
+        return drive_tune(args.storage, args.study, args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # re-queue what dead workers left RUNNING

@@ -22,6 +22,9 @@ EPILOG = """examples:
   unipetl search --study-file studies/sst2-minilm.yaml --data-dir ../shared/data --mode frontier --workers 2
   unipetl search --task mnli --model roberta-base --budget 0.5% --trials 64 \\
       --storage postgresql+psycopg2://user@db/unipetl --study mnli-05 --ray-address auto --gpus-per-trial 1
+  unipetl search --task sst2 --model minilm --budget 0.5% --trials 12 --data-dir ../shared/data --backend tune --cpus-per-trial 1
+With --backend tune, Ray Tune runs --trials samples (OptunaSearch over the same space, ASHA on the evaluations);
+concurrency follows --cpus-per-trial / --gpus-per-trial (--workers is not used); `unipetl resume` restores it.
 budgets: 0.5% | 0.005 (a fraction) | 50000 (paper parameters). Storage defaults to sqlite:///runs/unipetl.db.
 Studies in studies/{task}-{model}.yaml supply defaults (training caps) when task and model match."""
 
@@ -37,7 +40,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="worker processes (or Ray tasks) on the study (default 1)")
     g.add_argument("--ray-address", default=None, help="run workers as Ray tasks: 'local' starts Ray here, 'auto' / host:port joins a cluster")
     g.add_argument("--ray", dest="ray_address", action="store_const", const="local", help="same as --ray-address local")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each Ray worker task holds")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs each Ray worker task (or Tune trial) holds")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each Ray worker task (or Tune trial) holds (default 1)")
     g.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between worker heartbeats")
     g.add_argument("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is failed and re-queued (default 3 × interval)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -56,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--with-full", action="store_true", default=None, help="also run full fine-tuning once (the 100 %% reference)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], help="pruner in budget mode (default median)")
     p.add_argument("--sampler", choices=["tpe", "random"], help="sampler (default tpe)")
+    p.add_argument("--backend", choices=["optuna", "tune"], default="optuna",
+                   help="optuna: workers claim the study's tickets (default); tune: Ray Tune with OptunaSearch + ASHA, "
+                        "results mirrored into the study (only finished trials COMPLETE)")
+    p.add_argument("--tune-dir", default=None, help="Tune run directory with --backend tune (default: tune/STUDY next to the SQLite file, else runs/tune/STUDY)")
     t = p.add_argument_group("training (TrialConfig fields)")
     for key, typ in _TRAIN_FLAGS:
         t.add_argument("--" + key.replace("_", "-"), type=typ, default=None, dest=key)
@@ -86,6 +94,8 @@ def build_spec(args: argparse.Namespace) -> Any:
 def check_workers(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UnipetlError(f"`workers` should be a positive integer, got {args.workers}.")
+    if getattr(args, "cpus_per_trial", 1.0) <= 0 or getattr(args, "gpus_per_trial", 0.0) < 0:
+        raise UnipetlError(f"`cpus-per-trial` must be > 0 and `gpus-per-trial` >= 0, got {args.cpus_per_trial} and {args.gpus_per_trial}.")
     if args.heartbeat_interval < 1:
         raise UnipetlError(f"`heartbeat-interval` should be a positive integer, got {args.heartbeat_interval}.")
 
@@ -205,5 +215,47 @@ def run(args: argparse.Namespace) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_workers(args)
     spec = build_spec(args)
+    check_backend(spec, args.backend)
     study = studies.create_or_check(spec, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+    if args.backend == "tune":
+        from search.tune_backend import prepare_study
+
+        prepare_study(study, spec.storage, args.tune_dir)
+        return drive_tune(spec.storage, study.study_name, args)
     return drive(spec.storage, study.study_name, args)
+
+
+def check_backend(spec: Any, backend: str) -> None:
+    """A study stays with the backend that created it (its tickets are filled differently);
+    checked before anything is written."""
+    import optuna
+
+    from search import study as studies
+
+    name = spec.study or studies.default_study_name(spec)
+    storage = studies.make_storage(spec.storage)
+    if name not in studies.study_names(storage):
+        return
+    existing = optuna.load_study(study_name=name, storage=storage).user_attrs.get("backend", "optuna")
+    if existing != backend:
+        raise UnipetlError(f"study {name!r} exists with backend={existing!r}, not {backend!r}; "
+                           "continue it with `unipetl resume` or choose another --study name (the existing study was not changed).")
+
+
+def drive_tune(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
+    """Run (or restore) the study's Tune experiment to its trial budget and print the summary."""
+    from search import study as studies
+    from search.tune_backend import run_tune
+
+    t0 = time.time()
+    done = run_tune(storage_url, study_name, address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                    verbose=0 if args.no_progress else 1)
+    study = studies.load(storage_url, study_name)
+    c = studies.state_counts(study)
+    print(f"study {study_name} (tune): {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
+          f"storage {_safe(storage_url)}; Tune runs in {study.user_attrs.get('tune_dir')}")
+    if best := _best_line(study):
+        print(best)
+    if not done:
+        print(f"incomplete: continue with `unipetl resume --storage {_safe(storage_url)} --study {study_name}`", file=sys.stderr)
+    return 0 if done else 1

@@ -1,0 +1,378 @@
+"""`--backend tune`: Ray Tune with OptunaSearch over the same define-by-run space, ASHA on the
+evaluator's intermediate reports, and every finished Tune trial mirrored into the Optuna study.
+
+Why mirror instead of reading Tune's results directly: the Optuna study stays the single source
+of truth (DESIGN.md §4), so `unipetl status` / `unipetl report` and the frontier work unchanged
+whichever backend ran. Mirroring fills the study's *tickets* (the WAITING trials that
+`search.study.create_or_check` put there), so the trial budget is held the same way as with
+Optuna workers: a Tune trial that ran to the end becomes COMPLETE (record fidelity "final"), one
+stopped early by ASHA becomes PRUNED (status "pruned", fidelity "partial"), one that raised
+becomes FAIL. Only COMPLETE trials carry objective values, so only final-fidelity results reach
+the frontier.
+
+Named methods: the space function of a round returns the round's preset tickets as constants
+(`{"preset": ...}`) for OptunaSearch's first trials, then samples the space; a mirrored trial
+goes to the ticket of its preset.
+
+Rounds: Tune's `num_samples` is fixed per experiment, so a round samples the tickets missing at
+its start. Failed trials leave tickets open; the driver runs another round for them (bounded by
+the study's `max_failures`). Each round is a Tune experiment `<tune_dir>/round-K`, restorable
+with `Tuner.restore(path, trainable)` by `unipetl resume` after a crash or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from ray import tune
+
+from search import study as studies
+from spaces.accounting import count
+from spaces.presets import parse_preset
+from spaces.registry import UnipetlError
+from spaces.search_space import SpaceConfig, suggest_variant
+from spaces.shapes import ModelShape
+from spaces.variant import Variant
+
+logger = logging.getLogger(__name__)
+BACKEND_ATTR = "backend"  # study user attr: "tune" for studies run by this backend (absent: optuna workers)
+DIR_ATTR = "tune_dir"  # study user attr: the absolute Tune run directory of the study
+TRAIN_ATTRS = ("task", "model", "mode", "budget_fraction", "space", "train", "data_dir", "main_metric", "higher_is_better")
+
+
+class Replay:
+    """A stored parameter dict replayed through the define-by-run space.
+
+    Gives back the same variant the sampler saw and records each parameter's distribution, which
+    the Optuna study needs to store the parameter (`set_trial_param`)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def _get(self, name: str) -> Any:
+        if name not in self.params:
+            raise UnipetlError(f"Tune trial config lacks parameter {name!r} of the space (config keys: {sorted(self.params)}).")
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.distributions[name] = CategoricalDistribution(list(choices))
+        return self._get(name)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        self.distributions[name] = FloatDistribution(low, high, log=log)
+        return float(self._get(name))
+
+
+@dataclass
+class TuneSpace:
+    """The define-by-run function given to OptunaSearch (picklable: Tune saves the searcher).
+
+    OptunaSearch numbers its own trials from 0, so trial k < len(presets) is the k-th named method."""
+
+    shape: ModelShape
+    budget_fraction: float
+    space: dict[str, Any]
+    presets: tuple[str, ...] = ()
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        if trial.number < len(self.presets):
+            return {"preset": self.presets[trial.number]}
+        suggest_variant(trial, self.shape, self.budget_fraction, SpaceConfig.from_dict(self.space))
+        return None
+
+
+def variant_of(config: dict[str, Any], attrs: dict[str, Any]) -> tuple[Variant, dict[str, Any], dict[str, BaseDistribution]]:
+    """(variant, params, distributions) of a Tune trial config; presets carry no parameters."""
+    if config.get("preset"):
+        return parse_preset(config["preset"]), {}, {}
+    replay = Replay(config)
+    variant = suggest_variant(replay, studies.model_shape(attrs["model"]), attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+    return variant, {k: config[k] for k in replay.distributions}, replay.distributions
+
+
+# --- the trainable (runs in a Tune actor) ---------------------------------------------------
+
+
+def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """Train one variant; every evaluation goes to `tune.report` (ASHA decides there), the
+    finished record goes in a last report with `final=True`.
+
+    A trial ASHA stops is ended by Tune inside one of those reports, so it never sends a final
+    report: that absence is what marks it partial. An evaluator failure raises (Tune ERROR) after
+    run_trial has written record.json into the trial directory, where the mirror finds it."""
+    from evaluators.trial import TrialConfig, run_trial
+
+    variant, _, _ = variant_of(config, attrs)
+    fraction = count(variant, studies.model_shape(attrs["model"])).paper_params / studies.model_shape(attrs["model"]).base_params
+    curve: list[list[float]] = []
+
+    def report(step: int, value: float) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        curve.append([int(step), float(value)])
+        tune.report({"step": int(step), "value": float(value), "paper_fraction": fraction, "final": False, "curve": json.dumps(curve)})
+        return False  # Tune stops the trial itself
+
+    cfg = TrialConfig.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs["data_dir"]})
+    record = run_trial(cfg, report=report, out_dir=tune.get_context().get_trial_dir())
+    if config.get("preset") and record.get("preset") is None:
+        record["preset"] = config["preset"]
+    metric = record.get("metric")
+    if record.get("status") != "ok" or metric is None or not math.isfinite(metric):
+        raise RuntimeError(f"trial {record.get('status')}: {record.get('error')}")
+    steps = record["train_settings"].get("steps") or (curve[-1][0] if curve else 0)
+    tune.report({"step": int(steps), "value": float(metric), "paper_fraction": fraction, "final": True, "curve": json.dumps(curve),
+                 "record": json.dumps(record)})
+
+
+# --- mirroring Tune trials into the Optuna study --------------------------------------------
+
+
+def _claim_ticket(study: optuna.Study, preset: str | None) -> int:
+    """Trial id of a WAITING ticket moved to RUNNING: the preset's own ticket first, then an
+    empty one; a fresh ticket when none is left (a round sampled past the study's tickets)."""
+    storage = study._storage
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    ordered = [t for t in waiting if t.user_attrs.get("preset") == preset] + [t for t in waiting if not t.user_attrs.get("preset")]
+    for t in ordered:
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    study.enqueue_trial({}, user_attrs={"preset": preset} if preset else None)
+    return _claim_ticket(study, preset)
+
+
+def _partial_record(attrs: dict[str, Any], variant: Variant, counts: Any, result: dict[str, Any], preset: str | None) -> dict[str, Any]:
+    """The record of a trial ASHA stopped: what its reports said (the curve of the main metric)."""
+    from evaluators.record import make_record
+
+    main, hib = attrs["main_metric"], attrs["higher_is_better"]
+    points = json.loads(result.get("curve") or "[]")
+    best = (max if hib else min)(points, key=lambda p: p[1]) if points else None
+    return make_record(
+        status="pruned", error=None, task=attrs["task"], model=attrs["model"], variant=variant.to_dict(), variant_description=variant.describe(),
+        preset=preset, paper_params=counts.paper_params, trainable_params=counts.trainable_params, base_params=counts.base_params,
+        paper_percent=counts.paper_percent, paper_fraction=counts.paper_params / counts.base_params, trainable_percent=counts.trainable_percent,
+        trainable_fraction=counts.trainable_params / counts.base_params, metrics={main: best[1]} if best else {}, main_metric=main,
+        higher_is_better=hib, metric=best[1] if best else None, best_step=int(best[0]) if best else None,
+        curve=[{"step": int(s), "loss": None, "metrics": {main: v}} for s, v in points],
+        wall_seconds=float(result.get("time_total_s") or 0.0), seed=attrs["train"].get("seed"), train_settings=dict(attrs["train"]),
+        fidelity="partial",
+    )
+
+
+def _failed_record(attrs: dict[str, Any], variant: Variant, trial_dir: str | None, error: str) -> dict[str, Any]:
+    path = Path(trial_dir or "") / "record.json"
+    if trial_dir and path.is_file():
+        return json.loads(path.read_text())
+    from evaluators.record import make_record
+
+    return make_record(status="failed", error=error, task=attrs["task"], model=attrs["model"], variant=variant.to_dict(),
+                       variant_description=variant.describe(), main_metric=attrs["main_metric"], higher_is_better=attrs["higher_is_better"],
+                       fidelity="partial")
+
+
+def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, error: str | None,
+           trial_dir: str | None = None, round_: int = 0) -> TrialState | None:
+    """Store one finished Tune trial in a ticket of the study; idempotent per Tune trial id.
+
+    Returns the state given (None when the trial was mirrored before)."""
+    if any(t.user_attrs.get("tune_trial_id") == tune_trial_id for t in study.get_trials(deepcopy=False)):
+        return None
+    attrs = study.user_attrs
+    preset = config.get("preset")
+    variant, params, dists = variant_of(config, attrs)
+    counts = count(variant, studies.model_shape(attrs["model"]))
+    result = result or {}
+    if error is not None:
+        record, state = _failed_record(attrs, variant, trial_dir, error), TrialState.FAIL
+    elif result.get("final") and result.get("record"):
+        record, state = json.loads(result["record"]), TrialState.COMPLETE
+    else:
+        record, state = _partial_record(attrs, variant, counts, result, preset), TrialState.PRUNED
+    trial_id = _claim_ticket(study, preset)
+    storage = study._storage
+    for name, value in params.items():
+        storage.set_trial_param(trial_id, name, dists[name].to_internal_repr(value), dists[name])
+    fraction = counts.paper_params / counts.base_params
+    for key, value in {"record": record, "tune_trial_id": tune_trial_id, "tune_round": round_, "paper_params": counts.paper_params,
+                       "paper_fraction": fraction, "variant_description": variant.describe(), **({"preset": preset} if preset else {})}.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    trial = optuna.Trial(study, trial_id)
+    if state == TrialState.COMPLETE:
+        study.tell(trial, [record["metric"]] if attrs["mode"] == "budget" else [record["metric"], fraction])
+    else:
+        study.tell(trial, state=state)
+    logger.info("tune trial %s → study trial %d %s", tune_trial_id, trial.number, state.name)
+    return state
+
+
+# --- the driver: rounds of Tune experiments, restore, Ray start-up --------------------------
+
+
+def default_tune_dir(storage_url: str, study_name: str) -> str:
+    """Next to the study: <dir of the SQLite file>/tune/<study>; runs/tune/<study> for servers."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage_url)
+    base = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") else Path("runs")
+    return str((base / "tune" / study_name).resolve())
+
+
+def _round_state(study: optuna.Study) -> tuple[list[int], list[int]]:
+    """(samples per round, trials mirrored per round) from the study."""
+    rounds = list(study.user_attrs.get("tune_rounds", []))
+    mirrored = [0] * len(rounds)
+    for t in study.get_trials(deepcopy=False):
+        k = t.user_attrs.get("tune_round")
+        if t.user_attrs.get("tune_trial_id") and k is not None and k < len(mirrored):
+            mirrored[k] += 1
+    return rounds, mirrored
+
+
+class MirrorCallback(tune.Callback):
+    """Mirrors each Tune trial into the study the moment it ends (in the driver process).
+
+    Tune calls `on_trial_complete` for a trial that returned and for one its scheduler stopped;
+    the final report tells the two apart (see `mirror`). Pickled with the experiment, so a
+    restored Tuner mirrors into the same study."""
+
+    def __init__(self, storage_url: str, study_name: str, round_: int) -> None:
+        self.storage_url, self.study_name, self.round_ = storage_url, study_name, round_
+        self._study: optuna.Study | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}
+
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = studies.load(self.storage_url, self.study_name)
+        return self._study
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        mirror(self.study(), tune_trial_id=trial.trial_id, config=dict(trial.config), result=dict(trial.last_result or {}), error=None,
+               trial_dir=trial.local_path, round_=self.round_)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        err = trial.get_error()
+        mirror(self.study(), tune_trial_id=trial.trial_id, config=dict(trial.config), result=dict(trial.last_result or {}),
+               error=str(err).strip().splitlines()[-1] if err else "Tune trial error", trial_dir=trial.local_path, round_=self.round_)
+
+
+def _trainable(attrs: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float) -> Any:
+    return tune.with_resources(tune.with_parameters(train_fn, attrs={k: attrs.get(k) for k in TRAIN_ATTRS}), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+
+
+def make_scheduler(attrs: dict[str, Any]) -> Any:
+    """ASHA on the evaluations (time axis: training steps) in budget mode; FIFO in frontier mode
+    (stopping on the metric alone would cut the cheap end of the front, as Optuna refuses to
+    prune multi-objective studies) or with `pruner: none`."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if attrs["mode"] != "budget" or attrs.get("pruner") == "none":
+        return FIFOScheduler()
+    train = attrs.get("train") or {}
+    # max_t one past the last step: a trial that reaches its last evaluation is never stopped
+    # before it sends its final record
+    max_t = int(train.get("max_steps") or 10**6) + 1
+    return ASHAScheduler(time_attr="step", metric="value", mode="max" if attrs["higher_is_better"] else "min", max_t=max_t,
+                         grace_period=max(1, int(train.get("eval_every") or 1)), reduction_factor=2)
+
+
+def _new_tuner(study: optuna.Study, round_: int, storage_url: str, *, cpus_per_trial: float, gpus_per_trial: float, scheduler: Any, stop: Any,
+               verbose: int, seed: int | None) -> Any:
+    from ray.tune.search.optuna import OptunaSearch
+
+    attrs = study.user_attrs
+    waiting = sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number)
+    presets = tuple(t.user_attrs["preset"] for t in waiting if t.user_attrs.get("preset"))
+    space = TuneSpace(studies.model_shape(attrs["model"]), attrs["budget_fraction"], attrs["space"], presets)
+    hib = "max" if attrs["higher_is_better"] else "min"
+    metric, mode = ("value", hib) if attrs["mode"] == "budget" else (["value", "paper_fraction"], [hib, "min"])
+    searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=studies.make_sampler(attrs, seed))
+    study.set_user_attr("tune_rounds", [*attrs.get("tune_rounds", []), len(waiting)])
+    return tune.Tuner(
+        _trainable(attrs, cpus_per_trial, gpus_per_trial),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler or make_scheduler(attrs), num_samples=len(waiting)),
+        run_config=tune.RunConfig(name=f"round-{round_}", storage_path=attrs[DIR_ATTR], stop=stop, verbose=verbose,
+                                  callbacks=[MirrorCallback(storage_url, study.study_name, round_)]),
+    )
+
+
+def run_tune(storage_url: str, study_name: str, *, address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+             scheduler: Any = None, stop: Any = None, verbose: int = 0, seed: int | None = None) -> bool:
+    """Run (or restore) the study's Tune rounds until COMPLETE + PRUNED reaches its trial budget.
+
+    Returns True when the budget is reached; False when a round ended early (Ctrl-C, a stopper)
+    or failures exhausted `max_failures` — `unipetl resume` continues from there."""
+    study = studies.load(storage_url, study_name)
+    if study.user_attrs.get(BACKEND_ATTR) != "tune":
+        raise UnipetlError(f"study {study_name!r} was not created with --backend tune.")
+    started = _ensure_ray(address, cpus_per_trial)
+    try:
+        rounds, mirrored = _round_state(study)
+        if rounds and mirrored[-1] < rounds[-1]:
+            path = os.path.join(study.user_attrs[DIR_ATTR], f"round-{len(rounds) - 1}")
+            if tune.Tuner.can_restore(path):
+                logger.info("restoring Tune experiment %s", path)
+                tune.Tuner.restore(path, trainable=_trainable(study.user_attrs, cpus_per_trial, gpus_per_trial), resume_unfinished=True).fit()
+                if not _round_done(study):
+                    return False
+            # an experiment that never wrote its state: its tickets are still WAITING for a new round
+        while studies.finished(study) < study.user_attrs["trials"]:
+            failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+            if failed > study.user_attrs.get("max_failures", study.user_attrs["trials"]):
+                logger.warning("study %s: %d failed trials, no more rounds", study_name, failed)
+                return False
+            studies.top_up(study)
+            round_ = len(study.user_attrs.get("tune_rounds", []))
+            _new_tuner(study, round_, storage_url, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler, stop=stop,
+                       verbose=verbose, seed=seed).fit()
+            if not _round_done(study):
+                return False
+        return True
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _round_done(study: optuna.Study) -> bool:
+    rounds, mirrored = _round_state(study)
+    return not rounds or mirrored[-1] >= rounds[-1]
+
+
+def _ensure_ray(address: str | None, cpus_per_trial: float) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False,
+                              "runtime_env": {"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}}
+    if address and address != "local":
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = max(2, int(cpus_per_trial))
+    ray.init(**kwargs)
+    return True
+
+
+def prepare_study(study: optuna.Study, storage_url: str, tune_dir: str | None = None) -> None:
+    """Mark a new study as a Tune study and fix its run directory (kept on later runs)."""
+    if study.user_attrs.get(BACKEND_ATTR) != "tune":
+        study.set_user_attr(BACKEND_ATTR, "tune")
+    if not study.user_attrs.get(DIR_ATTR):
+        study.set_user_attr(DIR_ATTR, str(Path(tune_dir).resolve()) if tune_dir else default_tune_dir(storage_url, study.study_name))

@@ -1,0 +1,143 @@
+"""Trials that fail (issue 8.4): NaN loss, an exception in the model, CPU / CUDA out-of-memory.
+
+The real evaluator fine-tunes a tiny BERT; the fault is injected into the model's code
+(`BertOutput.forward`, i.e. a bug or an allocation failure inside a transformer layer) with the
+real exception types. Each failure must be recorded as FAIL with the reason, the worker must go
+on to finish the trial budget, and reports must show the failure and never put it on a frontier.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from test_search import data_dir  # noqa: F401 - the fixture is reused
+from transformers.models.bert import modeling_bert
+
+from reports.build import build_sections
+from reports.html import render
+from reports.load import load_studies
+from search import study as studies
+from search.worker import run_worker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+TRAIN = {"max_train_examples": 48, "max_eval_examples": 24, "max_steps": 3, "batch_size": 8, "eval_every": 1, "max_length": 16}
+
+
+def _fault(kind: str) -> Exception | None:
+    return {
+        "exception": ValueError("broken module: shape mismatch in adapter"),
+        "cuda_oom": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB total capacity)"),
+        "cpu_oom": RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+        "memory_error": MemoryError("out of host memory"),
+    }.get(kind)
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, kind: str) -> dict[str, int]:
+    """Make the first trial's 2nd training step fail with `kind`; later trials train normally."""
+    original = modeling_bert.BertOutput.forward
+    state = {"train_calls": 0, "faults": 0}
+
+    def forward(self: Any, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        out = original(self, hidden_states, input_tensor)
+        if self.training:
+            state["train_calls"] += 1
+            if state["faults"] == 0 and state["train_calls"] > 2:  # step 1 (2 layers) and its evaluation pass first
+                state["faults"] += 1
+                err = _fault(kind)
+                if err is not None:
+                    raise err
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(modeling_bert.BertOutput, "forward", forward)
+    return state
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("nan", "loss became nan"),
+        ("exception", "ValueError: broken module"),
+        ("cuda_oom", "OutOfMemoryError: CUDA out of memory"),
+        ("cpu_oom", "RuntimeError: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        ("memory_error", "MemoryError: out of host memory"),
+    ],
+)
+def test_failed_trial_is_recorded_and_the_worker_goes_on(tmp_path: Path, data_dir: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                         kind: str, reason: str) -> None:
+    url = f"sqlite:///{tmp_path}/f.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="f", data_dir=data_dir,
+                             space={"presets": ["lora"]}, pruner="none", train=dict(TRAIN))
+    studies.create_or_check(spec)
+    state = _inject(monkeypatch, kind)
+    ran = run_worker(url, "f", poll_seconds=0.1)
+    assert state["faults"] == 1 and ran == 2  # the worker survived the failure and ran the replacement ticket
+    study = studies.load(url, "f")
+    assert studies.state_counts(study) == {"COMPLETE": 1, "FAIL": 1, "PRUNED": 0, "RUNNING": 0, "WAITING": 0}
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))[0]
+    rec = failed.user_attrs["record"]
+    assert rec["status"] == "failed" and reason in rec["error"], rec["error"]
+    assert rec["task"] == "sst2" and rec["variant"]["name"] == failed.user_attrs["preset"]
+    if kind == "nan":
+        # the NaN came after a good evaluation at step 1: the record keeps that metric, yet the trial is FAIL
+        assert rec["metric"] is not None and math.isfinite(rec["metric"]) and rec["fidelity"] == "partial"
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert t.user_attrs["record"]["status"] == "ok" and t.values == [t.user_attrs["record"]["metric"]]
+
+    # reports: the failure is shown with its reason, and it is never a frontier point
+    df, _ = load_studies(url)
+    row = df.filter(df["trial"] == failed.number).row(0, named=True)
+    assert row["state"] == "FAIL" and row["status"] == "failed" and reason in row["error"]
+    sections = build_sections(df, with_plots=False)
+    front = sections[0]["summary"]["frontier_rows"]
+    assert failed.number not in front["trial"].to_list() and front.height >= 1
+    assert set(front["trial"].to_list()) <= {t.number for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    for sec in sections:
+        sec.update(png_frontier=b"", png_effects=b"", png_hv=b"")
+    html = render(sections, [url], "now")
+    import html as html_mod
+
+    assert html_mod.escape(reason.splitlines()[0], quote=True) in html
+
+
+def test_failed_trial_with_best_metric_never_on_frontier_even_when_best(tmp_path: Path) -> None:
+    """A FAIL trial whose partial record carries the best metric of the study stays off the frontier."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="x", space={"presets": []}, pruner="none")
+    studies.create_or_check(spec)
+    calls = {"n": 0}
+
+    def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return {"schema": 1, "status": "failed", "error": "loss became nan at step 3", "metric": 0.99, "paper_fraction": 0.001,
+                    "task": "sst2", "model": "tiny-bert", "variant": variant.to_dict(), "fidelity": "partial"}
+        return {"schema": 1, "status": "ok", "metric": 0.5 + 0.01 * calls["n"], "paper_fraction": 0.01, "task": "sst2", "model": "tiny-bert",
+                "variant": variant.to_dict(), "fidelity": "final"}
+
+    assert run_worker(url, "x", runner=runner, poll_seconds=0.1) == 3
+    df, _ = load_studies(url)
+    front = build_sections(df, with_plots=False)[0]["summary"]["frontier_rows"]
+    assert front.height >= 1 and 0.99 not in front["metric"].to_list() and set(front["status"].to_list()) == {"ok"}
+
+
+def test_ok_record_without_a_finite_metric_is_a_failure(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/m.db"
+    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="m", space={"presets": []}))
+    calls = {"n": 0}
+
+    def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+        calls["n"] += 1
+        return {"schema": 1, "status": "ok", "metric": float("nan") if calls["n"] == 1 else 0.7, "paper_fraction": 0.01}
+
+    assert run_worker(url, "m", runner=runner, poll_seconds=0.1) == 2
+    study = studies.load(url, "m")
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["record"]["status"] == "failed"
+    assert "no finite metric" in failed[0].user_attrs["record"]["error"]
+    assert [t.values for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))] == [[0.7]]

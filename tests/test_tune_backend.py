@@ -1,0 +1,194 @@
+"""`--backend tune`: the space through OptunaSearch, mirroring Tune trials into the Optuna study,
+ASHA settings (fast, no Ray started), and real Tune studies on a local Ray (cluster tier)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.stopper import Stopper
+from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
+
+from search import study as studies
+from search import tune_backend as tb
+from search.cli import main
+from spaces.accounting import count
+from spaces.presets import parse_preset
+from spaces.search_space import SpaceConfig, budget_params, suggest_variant
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TRAIN = {"max_train_examples": 48, "max_eval_examples": 24, "max_steps": 2, "batch_size": 8, "eval_every": 1, "max_length": 16}
+
+
+def _study(tmp_path: Path, name: str = "t", trials: int = 3, presets: tuple[str, ...] = ("lora",), **kw: Any) -> tuple[str, optuna.Study]:
+    url = f"sqlite:///{tmp_path}/{name}.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=trials, storage=url, study=name, space={"presets": list(presets)},
+                             train=dict(TRAIN), **kw)
+    study = studies.create_or_check(spec)
+    tb.prepare_study(study, url)
+    return url, studies.load(url, name)
+
+
+def _sampled_config(seed: int, attrs: dict[str, Any]) -> dict[str, Any]:
+    """What OptunaSearch hands a trainable: the params the space function suggested."""
+    space = tb.TuneSpace(studies.model_shape("tiny-bert"), attrs["budget_fraction"], attrs["space"], ())
+    ot = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    trial = ot.ask()
+    assert space(trial) is None
+    return dict(trial.params)
+
+
+def test_space_gives_presets_first_then_samples_within_budget(tmp_path: Path) -> None:
+    _, study = _study(tmp_path)
+    attrs = study.user_attrs
+    shape = studies.model_shape("tiny-bert")
+    space = tb.TuneSpace(shape, attrs["budget_fraction"], attrs["space"], ("lora:r=5", "prefix:l=3"))
+    ot = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = [space(ot.ask()) for _ in range(5)]
+    assert out[:2] == [{"preset": "lora:r=5"}, {"preset": "prefix:l=3"}] and out[2:] == [None] * 3
+    b = budget_params(attrs["budget_fraction"], shape)
+    for seed in range(8):
+        config = _sampled_config(seed, attrs)
+        variant, params, dists = tb.variant_of(config, attrs)
+        assert variant == suggest_variant(optuna.trial.FixedTrial(config), shape, attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+        assert params == config and set(dists) == set(config) and 0 < count(variant, shape).paper_params <= b
+    with pytest.raises(Exception, match="lacks parameter 'attn.method'"):
+        tb.variant_of({"budget_use": 0.7}, attrs)
+
+
+def test_mirror_fills_tickets_complete_pruned_failed_and_is_idempotent(tmp_path: Path) -> None:
+    url, study = _study(tmp_path, trials=3)
+    attrs = study.user_attrs
+    preset = study.get_trials()[0].user_attrs["preset"]
+    rec = {"schema": 1, "status": "ok", "metric": 0.75, "fidelity": "final", "preset": preset}
+    assert tb.mirror(study, tune_trial_id="a", config={"preset": preset}, result={"final": True, "record": json.dumps(rec), "value": 0.75}, error=None) \
+        == optuna.trial.TrialState.COMPLETE
+    assert tb.mirror(study, tune_trial_id="a", config={"preset": preset}, result={}, error=None) is None  # mirrored once
+    config = _sampled_config(1, attrs)
+    stopped = {"final": False, "step": 1, "value": 0.5, "curve": json.dumps([[1, 0.5]]), "time_total_s": 3.0}
+    assert tb.mirror(study, tune_trial_id="b", config=config, result=stopped, error=None) == optuna.trial.TrialState.PRUNED
+    assert tb.mirror(study, tune_trial_id="c", config=_sampled_config(2, attrs), result={}, error="RuntimeError: boom") == optuna.trial.TrialState.FAIL
+    study = studies.load(url, "t")
+    trials = study.get_trials()
+    assert len(trials) == 3 and [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL"]  # the three tickets, no new trial
+    done, pruned, failed = trials
+    assert done.values == [0.75] and done.user_attrs["record"] == rec and done.user_attrs["tune_trial_id"] == "a" and done.params == {}
+    shape = studies.model_shape("tiny-bert")
+    variant = suggest_variant(optuna.trial.FixedTrial(config), shape, attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+    assert pruned.params == pytest.approx(config) and pruned.values is None
+    r = pruned.user_attrs["record"]
+    assert r["status"] == "pruned" and r["fidelity"] == "partial" and r["metric"] == 0.5 and r["best_step"] == 1
+    assert r["paper_params"] == count(variant, shape).paper_params == pruned.user_attrs["paper_params"] and r["variant"] == variant.to_dict()
+    assert r["curve"] == [{"step": 1, "loss": None, "metrics": {"accuracy": 0.5}}] and r["schema"] == 1
+    assert failed.user_attrs["record"]["status"] == "failed" and failed.user_attrs["record"]["error"] == "RuntimeError: boom"
+    # status reads the mirrored study unchanged: only the finished trial is on the front
+    from search.commands.status import summary
+
+    s = summary(study)
+    assert s["states"]["COMPLETE"] == 1 and s["states"]["PRUNED"] == 1 and [p["number"] for p in s["pareto"]] == [0]
+    assert s["best"]["metric"] == 0.75 and s["best"]["paper_fraction"] == pytest.approx(count(parse_preset(preset), shape).paper_params / shape.base_params)
+
+
+def test_schedulers_and_run_dir(tmp_path: Path) -> None:
+    _, study = _study(tmp_path)
+    asha = tb.make_scheduler(study.user_attrs)
+    assert isinstance(asha, ASHAScheduler) and asha.metric == "value" and asha._mode == "max" and asha._time_attr == "step"
+    assert asha._max_t == TRAIN["max_steps"] + 1 and asha._brackets[0]._rungs[-1][0] == TRAIN["eval_every"]  # grace period: the first report
+    assert type(tb.make_scheduler({**study.user_attrs, "mode": "frontier"})) is FIFOScheduler
+    assert type(tb.make_scheduler({**study.user_attrs, "pruner": "none"})) is FIFOScheduler
+    assert study.user_attrs["tune_dir"] == str((tmp_path / "tune" / "t").resolve()) and study.user_attrs["backend"] == "tune"
+    assert tb.default_tune_dir("postgresql://h/db", "x") == str(Path("runs/tune/x").resolve())
+
+
+def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    url, study = _study(tmp_path, name="k")
+    before = [(t.number, t.state, t.user_attrs) for t in study.get_trials()]
+    argv = ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "k", "--data-dir", data_dir]
+    assert main(argv) == 2
+    assert "exists with backend='tune', not 'optuna'" in capsys.readouterr().err
+    assert [(t.number, t.state, t.user_attrs) for t in studies.load(url, "k").get_trials()] == before
+    assert main([*argv, "--backend", "tune", "--cpus-per-trial", "0"]) == 2
+    assert "`cpus-per-trial` must be > 0" in capsys.readouterr().err
+
+
+# --- real Tune runs (local Ray, 2 CPUs) -------------------------------------------------------
+
+
+class StopSampledTrials(FIFOScheduler):
+    """Stops every sampled (non-preset) trial at its first report: those must end PRUNED."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        return TrialScheduler.CONTINUE if trial.config.get("preset") else TrialScheduler.STOP
+
+
+class InterruptOnce(Stopper):
+    """Ends the whole experiment once the first trial has finished, the first time only (a marker
+    file survives the pickled stopper that Tuner.restore brings back)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker, self.finals = marker, 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.finals += bool(result.get("final"))
+        return False
+
+    def stop_all(self) -> bool:
+        if self.finals and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def _check_records(study: optuna.Study) -> None:
+    b = budget_params(study.user_attrs["budget_fraction"], studies.model_shape("tiny-bert"))
+    for t in study.get_trials():
+        rec = t.user_attrs["record"]
+        assert rec["paper_params"] <= b and t.user_attrs["tune_trial_id"]
+        if t.state.name == "COMPLETE":
+            assert rec["status"] == "ok" and rec["fidelity"] == "final" and t.values == [rec["metric"]] and len(rec["curve"]) == TRAIN["max_steps"]
+        else:
+            assert t.state.name == "PRUNED" and rec["status"] == "pruned" and rec["fidelity"] == "partial" and 1 <= len(rec["curve"]) <= TRAIN["max_steps"]
+
+
+@pytest.mark.cluster
+def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir: str, ray_local: Any) -> None:  # noqa: F811
+    url, _ = _study(tmp_path, name="s", trials=3, presets=("lora",), data_dir=data_dir)
+    assert tb.run_tune(url, "s", scheduler=StopSampledTrials()) is True
+    study = studies.load(url, "s")
+    _check_records(study)
+    assert studies.state_counts(study) == {"COMPLETE": 1, "FAIL": 0, "PRUNED": 2, "RUNNING": 0, "WAITING": 0}
+    (done,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done.user_attrs["preset"] == done.user_attrs["record"]["preset"] and done.number == 0
+    assert all(t.params and "attn.method" in t.params for t in study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))
+    assert (tmp_path / "tune" / "s" / "round-0").is_dir() and study.user_attrs["tune_rounds"] == [3]
+
+
+@pytest.mark.cluster
+def test_interrupted_tune_study_is_restored_by_resume(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    url, _ = _study(tmp_path, name="r", trials=4, presets=("lora", "prefix"), data_dir=data_dir)
+    assert tb.run_tune(url, "r", stop=InterruptOnce(str(tmp_path / "interrupted"))) is False
+    c = studies.state_counts(studies.load(url, "r"))
+    assert 1 <= c["COMPLETE"] + c["PRUNED"] < 4 and c["WAITING"] == 4 - c["COMPLETE"] - c["PRUNED"] - c["FAIL"] and c["RUNNING"] == 0
+    assert main(["resume", "--storage", url, "--study", "r", "--no-progress"]) == 0  # Tuner.restore of round-0 (default ASHA)
+    assert "(tune): " in capsys.readouterr().out
+    study = studies.load(url, "r")
+    c = studies.state_counts(study)
+    assert c["COMPLETE"] + c["PRUNED"] == 4 and c["FAIL"] == c["RUNNING"] == c["WAITING"] == 0 and len(study.get_trials()) == 4
+    assert study.user_attrs["tune_rounds"] == [4] and len({t.user_attrs["tune_trial_id"] for t in study.get_trials()}) == 4
+    assert {t.user_attrs.get("preset", "").split(":")[0] for t in study.get_trials()} >= {"lora", "prefix"}
+    _check_records(study)

@@ -68,8 +68,9 @@ class Pair:
     anchor_args: tuple[str, ...] = ()
 
 
-def pairs_for(models: list[str]) -> list[Pair]:
-    out = []
+def pairs_for(models: list[str], calibrate: bool = False) -> list[Pair]:
+    # A/A calibration: unipetl against itself measures the lock-step harness's own bias / spread
+    out = [Pair(m, "A/A calibration: LoRA r=8 vs itself", "self", "lora:r=8,s=2") for m in models if calibrate]
     for m in models:
         r = D_MODEL[m] // 2  # ParBnConfig's reduction_factor 2
         out += [
@@ -201,6 +202,8 @@ def lora_equivalence() -> dict[str, Any]:
 def worker_argv(pair: Pair, impl: str, common: list[str], adapters_py: Path | None) -> list[str]:
     if impl == "unipetl":
         return [sys.executable, __file__, "--worker", "--impl", "unipetl", "--model", pair.model, "--spec", pair.unipetl, *common]
+    if pair.anchor == "self":
+        return [sys.executable, __file__, "--worker", "--impl", "unipetl", "--model", pair.model, "--spec", pair.unipetl, *common]
     if pair.anchor == "peft":
         return [sys.executable, __file__, "--worker", "--impl", "peft", "--model", pair.model, "--spec", pair.anchor_args[0], *common]
     assert adapters_py is not None
@@ -218,7 +221,7 @@ def settings_for(model: str, args: argparse.Namespace) -> dict[str, int]:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     models = ["tiny-bart"] if args.quick else args.models
-    pairs = [p for p in pairs_for(models) if not args.only or any(o in p.method.lower() or o == p.anchor for o in args.only)]
+    pairs = [p for p in pairs_for(models, args.calibrate) if not args.only or any(o in p.method.lower() or o == p.anchor for o in args.only)]
     if args.quick:
         pairs = [p for p in pairs if p.method.startswith(("LoRA", "parallel"))]
     adapters_py = ensure_adapters_venv() if any(p.anchor == "adapters" for p in pairs) else None
@@ -287,6 +290,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="CI smoke: tiny BART, LoRA and PA only, one pair, 2 steps")
     ap.add_argument("--models", nargs="+", default=["minilm", "tiny-bart"], choices=sorted(D_MODEL))
     ap.add_argument("--only", nargs="*", default=[], help="keep pairs whose label contains one of these words (or anchor name)")
+    ap.add_argument("--calibrate", action="store_true", help="add an A/A row (unipetl LoRA against itself): the harness's own bias")
     ap.add_argument("--reps", type=int, default=0, help="process pairs per comparison (default 1 on MiniLM, 2 on tiny BART)")
     ap.add_argument("--steps", type=int, default=0, help="timed lock-step pairs per process pair (default 6 on MiniLM, 10 on tiny BART)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 2 on MiniLM, 3 on tiny BART)")

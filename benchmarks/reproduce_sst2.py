@@ -70,6 +70,10 @@ METHODS = [
     Method("pa-ffn@2%", "pa-ffn", LARGE_BUDGET),
 ]
 
+# execution order: the methods the lessons compare first, so a partial run still answers them
+RUN_ORDER = ["pa-ffn", "sa-ffn", "scaled-pa", "mam", "full", "pa-attn", "sa-attn", "mh-pa", "pa-ffn@2%", "pa-attn@2%", "lora", "prefix",
+             "houlsby", "bitfit", "prompt", "probe"]
+
 CAPS = {
     "cpu": {"max_train_examples": 2000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "max_eval_examples": None, "max_steps": None},
     "full-scale": {"max_train_examples": None, "epochs": 10.0, "max_length": 128, "batch_size": 32, "max_eval_examples": None, "max_steps": None},
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     records_dir = out / name / "records"
     records: dict[str, list[dict[str, Any]]] = {m.label: [] for m in methods}
     for seed in range(seeds):  # seed-major: a partial run still covers every method
-        for m in methods:
+        for m in sorted(methods, key=lambda m: RUN_ORDER.index(m.label)):
             records[m.label].append(run_one(m, seed, caps, records_dir, args.device))
     summary = summarize(records)
     command = [".venv/bin/python", "benchmarks/reproduce_sst2.py", *(argv if argv is not None else sys.argv[1:])]

@@ -76,8 +76,14 @@ def make_study(kind: str, storage: str, trials: int, train: dict[str, Any]) -> A
         return studies.create_or_check(spec)
     attrs = studies.study_attrs(spec)
     st = studies.make_storage(storage)
-    if spec.study in studies.study_names(st):
-        return studies.load(storage, spec.study)
+    if spec.study in studies.study_names(st):  # resume; a larger --trials adds the next grid rungs
+        study = studies.load(storage, spec.study)
+        have = len(study.get_trials(deepcopy=False))
+        if trials > study.user_attrs["trials"]:
+            study.set_user_attr("trials", trials)
+            for p in grid_presets(trials)[have:]:
+                study.enqueue_trial({}, user_attrs={"preset": p})
+        return study
     study = optuna.create_study(study_name=spec.study, storage=st, directions=studies.directions(attrs), sampler=studies.make_sampler(attrs))
     for key, value in attrs.items():
         study.set_user_attr(key, value)

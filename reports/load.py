@@ -231,6 +231,8 @@ def load_studies(url: str, names: list[str] | None = None) -> tuple[pl.DataFrame
                     if row[key] is None:
                         row[key] = t.user_attrs.get(key)
                 row["description"] = row["description"] or t.user_attrs.get("variant_description")
+                if attrs.get("budget_params") and row["base_params"]:  # the budget on this trial's own backbone count (tiny models'
+                    row["budget_fraction"] = attrs["budget_params"] / row["base_params"]  # vocabularies follow the data)
             else:  # running / waiting / failed before a record existed
                 row = record_row({}, study=name, source=mask_url(url), trial=t.number, state=state, preset=preset, study_attrs=attrs)
                 row["status"] = {"FAIL": "failed", "PRUNED": "pruned"}.get(state)

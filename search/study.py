@@ -40,6 +40,7 @@ TRAIN_KEYS = ("max_train_examples", "max_eval_examples", "epochs", "max_steps", 
               "grad_accum", "max_grad_norm", "label_smoothing", "eval_every", "seed", "max_length", "device", "scheduler")
 FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train")
 SCHEMES = ("sqlite", "postgresql", "mysql")
+MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsing (hostile or wrong file)
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 # the attrs that make two studies "the same search": a study name that exists with other values is refused
 IDENTITY = ("task", "model", "mode", "budget_fraction", "space")
@@ -84,13 +85,22 @@ def load_study_file(path: str | Path) -> dict[str, Any]:
     import yaml
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STUDY_FILE + 1)
     except OSError as err:
         raise UnipetlError(f"cannot read study file {str(path)!r}: {err.strerror}.") from None
+    if len(raw) > MAX_STUDY_FILE:
+        raise UnipetlError(f"study file {str(path)!r} is larger than {MAX_STUDY_FILE} bytes; a study file is a few lines of YAML.")
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnipetlError(f"study file {str(path)!r} is not a UTF-8 text file.") from None
+    try:
+        data = yaml.safe_load(text) or {}  # the safe loader: python tags (!!python/object, ...) are refused, never run
     except yaml.YAMLError as err:
         raise UnipetlError(f"study file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    except RecursionError:
+        raise UnipetlError(f"study file {str(path)!r} is nested too deeply to be a study file.") from None
     if not isinstance(data, dict):
         raise UnipetlError(f"study file {str(path)!r} must hold a mapping, got {type(data).__name__}.")
     for key in data:
@@ -141,6 +151,39 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
 
 
 def _rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _open_rdb(url, engine_kwargs, heartbeat_interval, grace_period)
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0] if str(err) else type(err).__name__
+        if url.startswith("sqlite"):
+            raise UnipetlError(f"`storage` {url.split('///', 1)[-1]!r} is not a readable SQLite database ({reason}).") from None
+        raise UnipetlError(f"`storage` {safe_url(url)!r} cannot be opened: {mask_secrets(reason, url)}.") from None
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked: the only form a storage URL is ever printed or logged in."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL at all: print nothing of it
+        return "<storage URL>"
+
+
+def mask_secrets(text: str, url: str) -> str:
+    """`text` with the URL's password replaced (drivers quote the DSN in their errors)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+def _open_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,

@@ -206,6 +206,9 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
     storage = study._storage
     for name, value in params.items():
         storage.set_trial_param(trial_id, name, dists[name].to_internal_repr(value), dists[name])
+    if attrs["mode"] == "budget":  # the evaluations as intermediate values, as Optuna workers report them
+        for step, value in json.loads(result.get("curve") or "[]"):
+            storage.set_trial_intermediate_value(trial_id, int(step), float(value))
     fraction = counts.paper_params / counts.base_params
     for key, value in {"record": record, "tune_trial_id": tune_trial_id, "tune_round": round_, "paper_params": counts.paper_params,
                        "paper_fraction": fraction, "variant_description": variant.describe(), **({"preset": preset} if preset else {})}.items():
@@ -328,9 +331,10 @@ def run_tune(storage_url: str, study_name: str, *, address: str | None = None, c
             if tune.Tuner.can_restore(path):
                 logger.info("restoring Tune experiment %s", path)
                 tune.Tuner.restore(path, trainable=_trainable(study.user_attrs, cpus_per_trial, gpus_per_trial), resume_unfinished=True).fit()
-                if not _round_done(study):
-                    return False
-            # an experiment that never wrote its state: its tickets are still WAITING for a new round
+                if not _round_done(study) and _round_state(study)[1][-1] > mirrored[-1]:
+                    return False  # interrupted again: resume once more
+            # a round that never saved its state, or whose trials Tune ended without finishing them
+            # (a stopper): its tickets are still WAITING and go to a new round below
         while studies.finished(study) < study.user_attrs["trials"]:
             failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
             if failed > study.user_attrs.get("max_failures", study.user_attrs["trials"]):

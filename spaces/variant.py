@@ -273,6 +273,8 @@ class Variant:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise UnipetlError(f"variant JSON is malformed: {err.msg} at line {err.lineno} column {err.colno}.") from None
+        except RecursionError:
+            raise UnipetlError("variant JSON is nested too deeply to be a variant.") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -282,6 +284,8 @@ class Variant:
                 text = fh.read(4_000_000)
         except OSError as err:
             raise UnipetlError(f"cannot read variant file {path!r}: {err.strerror}.") from None
+        except UnicodeDecodeError:
+            raise UnipetlError(f"variant file {path!r} is not a UTF-8 text file.") from None
         return cls.from_json(text)
 
     def replace(self, **changes: Any) -> Variant:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,7 @@ def test_mirror_fills_tickets_complete_pruned_failed_and_is_idempotent(tmp_path:
     assert done.values == [0.75] and done.user_attrs["record"] == rec and done.user_attrs["tune_trial_id"] == "a" and done.params == {}
     shape = studies.model_shape("tiny-bert")
     variant = suggest_variant(optuna.trial.FixedTrial(config), shape, attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
-    assert pruned.params == pytest.approx(config) and pruned.values is None
+    assert pruned.params == pytest.approx(config) and pruned.intermediate_values == {1: 0.5} and pruned.values == [0.5]
     r = pruned.user_attrs["record"]
     assert r["status"] == "pruned" and r["fidelity"] == "partial" and r["metric"] == 0.5 and r["best_step"] == 1
     assert r["paper_params"] == count(variant, shape).paper_params == pruned.user_attrs["paper_params"] and r["variant"] == variant.to_dict()
@@ -128,20 +130,23 @@ class StopSampledTrials(FIFOScheduler):
 
 
 class InterruptOnce(Stopper):
-    """Ends the whole experiment once the first trial has finished, the first time only (a marker
-    file survives the pickled stopper that Tuner.restore brings back)."""
+    """Presses Ctrl-C (SIGINT to this process, caught by Tune, which saves the experiment and
+    ends the run) once a first trial is mirrored into the study while others still run or wait;
+    the first time only: a marker file survives the pickled stopper that Tuner.restore brings back."""
 
-    def __init__(self, marker: str) -> None:
-        self.marker, self.finals = marker, 0
+    def __init__(self, url: str, name: str, marker: str) -> None:
+        self.url, self.name, self.marker, self.last = url, name, marker, 0.0
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.finals += bool(result.get("final"))
         return False
 
     def stop_all(self) -> bool:
-        if self.finals and not os.path.exists(self.marker):
+        if os.path.exists(self.marker) or time.monotonic() - self.last < 0.5:
+            return False
+        self.last = time.monotonic()
+        if any("tune_trial_id" in t.user_attrs for t in studies.load(self.url, self.name).get_trials(deepcopy=False)):
             Path(self.marker).touch()
-            return True
+            os.kill(os.getpid(), signal.SIGINT)
         return False
 
 
@@ -166,7 +171,7 @@ def _check_records(study: optuna.Study) -> None:
 
 
 @pytest.mark.cluster
-def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir: str, ray_local: Any) -> None:  # noqa: F811
+def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     url, _ = _study(tmp_path, name="s", trials=3, presets=("lora",), data_dir=data_dir)
     assert tb.run_tune(url, "s", scheduler=StopSampledTrials()) is True
     study = studies.load(url, "s")
@@ -176,12 +181,18 @@ def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir
     assert done.user_attrs["preset"] == done.user_attrs["record"]["preset"] and done.number == 0
     assert all(t.params and "attn.method" in t.params for t in study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))
     assert (tmp_path / "tune" / "s" / "round-0").is_dir() and study.user_attrs["tune_rounds"] == [3]
+    # the CLI on the finished study: same search, same backend → nothing more runs
+    (tmp_path / "s.yaml").write_text("space:\n  presets: [lora]\n")
+    assert main(["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "s",
+                 "--study-file", str(tmp_path / "s.yaml"), "--data-dir", data_dir, "--backend", "tune", "--no-progress", *FAST]) == 0
+    assert "s (tune): 1 complete, 2 pruned, 0 failed" in capsys.readouterr().out
+    assert len(studies.load(url, "s").get_trials()) == 3 and studies.load(url, "s").user_attrs["tune_rounds"] == [3]
 
 
 @pytest.mark.cluster
 def test_interrupted_tune_study_is_restored_by_resume(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     url, _ = _study(tmp_path, name="r", trials=4, presets=("lora", "prefix"), data_dir=data_dir)
-    assert tb.run_tune(url, "r", stop=InterruptOnce(str(tmp_path / "interrupted"))) is False
+    assert tb.run_tune(url, "r", stop=InterruptOnce(url, "r", str(tmp_path / "interrupted"))) is False
     c = studies.state_counts(studies.load(url, "r"))
     assert 1 <= c["COMPLETE"] + c["PRUNED"] < 4 and c["WAITING"] == 4 - c["COMPLETE"] - c["PRUNED"] - c["FAIL"] and c["RUNNING"] == 0
     assert main(["resume", "--storage", url, "--study", "r", "--no-progress"]) == 0  # Tuner.restore of round-0 (default ASHA)

@@ -109,7 +109,7 @@ def evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_siz
                 logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
             preds += (logits.squeeze(-1) if task.kind == "regression" else logits.argmax(-1)).tolist()
             refs += labels.tolist()
-    return compute_metrics(task.metrics, preds, refs)
+    return compute_metrics(task.metrics, preds, refs, num_labels=task.num_labels)
 
 
 def _peak_memory(device: torch.device) -> int:

@@ -74,3 +74,12 @@ def test_registry_directions_and_unknown() -> None:
     assert metric_key_direction("rouge2") is True
     with pytest.raises(UnipetlError, match="Did you mean: accuracy"):
         compute_metrics(["acuracy"], [1], [1])
+
+
+def test_f1_is_macro_for_more_than_two_classes() -> None:
+    from evaluators.metrics import compute_metrics
+
+    # per class: 0 → F1 1, 1 → F1 0, 2 → P = R = 1/2 → F1 1/2; macro = 1/2
+    assert compute_metrics(["f1"], [0, 1, 2, 2], [0, 2, 2, 1], num_labels=3)["f1"] == pytest.approx(0.5)
+    # two classes: the positive class's F1 (GLUE): P = 1/2, R = 1 → 2/3
+    assert compute_metrics(["f1"], [1, 1, 0], [1, 0, 0])["f1"] == pytest.approx(2 / 3)

@@ -40,7 +40,7 @@ from search.cli import main
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
 PG = os.environ.get("UNIPETL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-TRIALS = 3
+TRIALS = 2
 HB = ["--heartbeat-interval", "1", "--grace-period", "2"]
 KILL_POINTS = ("creation", "training", "storage_write", "between_trials")
 
@@ -48,11 +48,14 @@ KILL_POINTS = ("creation", "training", "storage_write", "between_trials")
 def crash_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
     """A stand-in evaluator: sleeps UNIPETL_TEST_TRAIN_MS, reports once, returns a complete record.
 
-    With UNIPETL_TEST_KILL_AFTER_MS set, the process SIGKILLs itself that many ms after returning
+    With UNIPETL_TEST_CALL_LOG set, every call appends a line to that file. With UNIPETL_TEST_KILL_AFTER_MS set, the process SIGKILLs itself that many ms after returning
     the record, i.e. while the worker writes it to the storage."""
     from evaluators.record import make_record
 
-    time.sleep(int(os.environ.get("UNIPETL_TEST_TRAIN_MS", "300")) / 1000)
+    time.sleep(int(os.environ.get("UNIPETL_TEST_TRAIN_MS", "200")) / 1000)
+    if log := os.environ.get("UNIPETL_TEST_CALL_LOG"):  # one line per evaluation, appended atomically (load test)
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {preset or variant.describe()}\n")
     metric = 0.5 + 0.01 * len(variant.modules)
     report(1, metric)
     kill_ms = os.environ.get("UNIPETL_TEST_KILL_AFTER_MS")

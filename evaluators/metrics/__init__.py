@@ -60,10 +60,15 @@ def load_metric(name: str) -> Any:
     return evaluate.load(str(METRICS_DIR / spec.name), keep_in_memory=True)
 
 
-def compute_metrics(names: tuple[str, ...] | list[str], predictions: list[Any], references: list[Any]) -> dict[str, float]:
-    """Run every named metric on the same predictions; returns one flat {key: value} dict."""
+def compute_metrics(names: tuple[str, ...] | list[str], predictions: list[Any], references: list[Any], *, num_labels: int = 2) -> dict[str, float]:
+    """Run every named metric on the same predictions; returns one flat {key: value} dict.
+
+    F1 is the positive class's F1 for two classes (GLUE's MRPC / QQP convention) and the macro
+    average over classes for more (a local task with three labels, say)."""
     out: dict[str, float] = {}
     for name in names:
-        result = load_metric(METRICS.canonical(name)).compute(predictions=predictions, references=references)
+        canonical = METRICS.canonical(name)
+        extra = {"average": "macro"} if canonical == "f1" and num_labels > 2 else {}
+        result = load_metric(canonical).compute(predictions=predictions, references=references, **extra)
         out.update({k: float(v) for k, v in result.items()})
     return out

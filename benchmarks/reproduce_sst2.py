@@ -143,6 +143,8 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             diff = means[better] - means[worse]
             noise = (stds[better] ** 2 + stds[worse] ** 2) ** 0.5
             verdict = ("holds" if diff > 0 else "does not hold") + (" (within seed noise)" if abs(diff) <= noise else "")
+            if min(len(records[better]), len(records[worse])) < 2:
+                verdict += " (1 seed: no noise estimate)"
             lessons.append({"lesson": text, "difference": diff, "noise": noise, "verdict": verdict})
     if "mam" in means and "full" in means:
         diff = means["mam"] - means["full"]
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full-scale", action="store_true", help="the paper's GLUE set-up: all 67k training examples, 10 epochs, length 128 (GPU)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; 1 with --quick)")
     ap.add_argument("--methods", nargs="*", default=None, help=f"subset of: {' '.join(m.label for m in METHODS)}")
+    ap.add_argument("--report-only", action="store_true", help="build the table from the records already written; train nothing")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/out)")
     args = ap.parse_args(argv)
@@ -195,10 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict[str, Any]]] = {m.label: [] for m in methods}
     for seed in range(seeds):  # seed-major: a partial run still covers every method
         for m in sorted(methods, key=lambda m: RUN_ORDER.index(m.label)):
+            if args.report_only and not (records_dir / f"{m.label}__seed{seed}.json").exists():
+                continue
             records[m.label].append(run_one(m, seed, caps, records_dir, args.device))
+    records = {k: v for k, v in records.items() if v}
     summary = summarize(records)
     command = [".venv/bin/python", "benchmarks/reproduce_sst2.py", *(argv if argv is not None else sys.argv[1:])]
     md = render(summary, command, caps, seeds)
+    if args.report_only:
+        name += "_partial"
     write_results(name, {"caps": caps, "seeds": seeds, **summary}, md, out)
     print(md)
     return 0

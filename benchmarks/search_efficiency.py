@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="CI smoke: 3 trials per study, 3 training steps, 64 dev examples")
     ap.add_argument("--studies", nargs="*", default=["grid", "random", "default"], choices=["grid", "random", "default"])
+    ap.add_argument("--report-only", action="store_true", help="tabulate the trials the studies already hold; run nothing")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/out)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -174,12 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     histories: dict[str, list[dict[str, Any]]] = {}
     for kind in args.studies:
         study = make_study(kind, storage, trials, caps)
+        if args.report_only:
+            histories[kind] = history(study)
+            continue
         run_worker(storage, study.study_name, on_trial=lambda s, st, k=kind: logger.info("%s: trial finished (%s), HV %.4f", k, st.name,
                                                                                              (history(s) or [{"hypervolume": 0.0}])[-1]["hypervolume"]))
         histories[kind] = history(study)
     summary = summarize(histories)
     command = [".venv/bin/python", "benchmarks/search_efficiency.py", *(argv if argv is not None else sys.argv[1:])]
     md = render(summary, histories, command, caps, trials)
+    if args.report_only:
+        name += "_partial"
     write_results(name, {"caps": caps, "trials": trials, "storage": storage, "histories": histories, **summary}, md, out)
     print(md)
     return 0

@@ -185,3 +185,104 @@ def test_crash_at_random_points_postgresql(monkeypatch: pytest.MonkeyPatch, caps
             pass
 
     _crash_loop(PG, "pg", 88, monkeypatch, capsys, cleanup=drop)
+
+
+# --- a 2-node Ray cluster on this machine ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_node(args: list[str], temp: str) -> subprocess.Popen[bytes]:
+    """`ray start ... --block` in its own session, so the node (raylet and its workers) can be killed as one group."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray, "start", "--block", "--num-cpus", "1", "--num-gpus", "0", "--dashboard-agent-listen-port", str(_free_port()),
+           "--metrics-export-port", str(_free_port()), *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RAY_TMPDIR=temp)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.cluster
+def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from search.ray_backend import run_ray_workers
+
+    data = _tiny_sst2(tmp_path / "data")
+    url = f"sqlite:///{tmp_path}/ray.db"  # both nodes share this machine's file system
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=4, storage=url, study="ray2", data_dir=data, pruner="none",
+                             space={"presets": ["lora", "pa-ffn"]},
+                             train={"max_train_examples": 48, "max_eval_examples": 16, "max_steps": 120, "batch_size": 8, "max_length": 16, "eval_every": 120})
+    studies.create_or_check(spec)
+    temp = tempfile.mkdtemp(prefix="ur", dir="/tmp")
+    port = _free_port()
+    head = _ray_node(["--head", "--port", str(port), "--include-dashboard", "false", "--ray-client-server-port", str(_free_port()),
+                      "--temp-dir", temp], temp)
+    nodes = [head]
+    try:
+        time.sleep(8)
+        second = _ray_node(["--address", f"127.0.0.1:{port}"], temp)
+        nodes.append(second)
+        monkeypatch.chdir(ROOT)
+        ray.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
+        deadline = time.time() + 60
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            assert time.time() < deadline, "the second Ray node did not join"
+            time.sleep(1)
+        box: dict[str, Any] = {}
+        driver = threading.Thread(target=lambda: box.update(ran=run_ray_workers(url, "ray2", workers=2, cpus_per_trial=1.0, heartbeat_interval=1,
+                                                                                 grace_period=4)))
+        driver.start()
+        deadline = time.time() + 150
+        while (c := _counts(url, "ray2")) is None or c["RUNNING"] < 2:  # one trial running on each node
+            assert time.time() < deadline and driver.is_alive(), c
+            time.sleep(0.2)
+        time.sleep(1.0)
+        _kill_group(second)  # the second node dies mid-trial
+        killed_at = time.time()
+        driver.join(timeout=170)
+        assert not driver.is_alive(), "the study did not finish after the node died"
+        print(f"study finished {time.time() - killed_at:.0f} s after the node died; tasks ran {box.get('ran')}")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for proc in reversed(nodes):
+            _kill_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)
+    study = studies.load(url, "ray2")
+    c = studies.state_counts(study)
+    assert c["COMPLETE"] == 4 and c["RUNNING"] == c["WAITING"] == 0 and c["FAIL"] == 1, c
+    trials = study.get_trials()
+    dead = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][0]
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    assert retry[0].params == dead.params and retry[0].user_attrs.get("preset") == dead.user_attrs.get("preset")
+    presets = [t.user_attrs.get("preset") for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("preset")]
+    assert len(presets) == len(set(presets)) == 2  # nothing counted twice
+    assert all(t.user_attrs["record"]["status"] == "ok" for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def _tiny_sst2(root: Path) -> str:
+    import json
+
+    from test_search import NEG, POS
+
+    rng = random.Random(0)
+    (root / "sst2").mkdir(parents=True)
+    for split, n in (("train", 64), ("dev", 32)):
+        with open(root / "sst2" / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                words = rng.choices(POS if i % 2 else NEG, k=3) + rng.choices(["the", "movie", "was"], k=3)
+                fh.write(json.dumps({"sentence": " ".join(words), "label": i % 2}) + "\n")
+    return str(root)

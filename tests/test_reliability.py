@@ -214,6 +214,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(300)
 def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
@@ -227,7 +228,7 @@ def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: p
     studies.create_or_check(spec)
     temp = tempfile.mkdtemp(prefix="ur", dir="/tmp")
     port = _free_port()
-    head = _ray_node(["--head", "--port", str(port), "--include-dashboard", "false", "--ray-client-server-port", str(_free_port()),
+    head = _ray_node(["--head", "--port", str(port), "--include-dashboard", "false",
                       "--temp-dir", temp], temp)
     nodes = [head]
     try:
@@ -240,6 +241,7 @@ def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: p
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             assert time.time() < deadline, "the second Ray node did not join"
             time.sleep(1)
+        print("2 nodes alive", flush=True)
         box: dict[str, Any] = {}
         driver = threading.Thread(target=lambda: box.update(ran=run_ray_workers(url, "ray2", workers=2, cpus_per_trial=1.0, heartbeat_interval=1,
                                                                                  grace_period=4)))
@@ -248,6 +250,7 @@ def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: p
         while (c := _counts(url, "ray2")) is None or c["RUNNING"] < 2:  # one trial running on each node
             assert time.time() < deadline and driver.is_alive(), c
             time.sleep(0.2)
+        print("both nodes run a trial:", c, flush=True)
         time.sleep(1.0)
         _kill_group(second)  # the second node dies mid-trial
         killed_at = time.time()

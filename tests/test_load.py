@@ -43,7 +43,7 @@ def _load(url: str, name: str, workers: int, tmp_path: Path) -> float:
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     outs = [p.communicate(timeout=170) for p in procs]
     wall = time.time() - t0
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0 and "Traceback" not in err and "ERROR" not in err, err[-2000:]
     study = studies.load(url, name)
     c = studies.state_counts(study)

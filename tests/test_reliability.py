@@ -199,9 +199,11 @@ def _free_port() -> int:
 def _ray_node(args: list[str], temp: str) -> subprocess.Popen[bytes]:
     """`ray start ... --block` in its own session, so the node (raylet and its workers) can be killed as one group."""
     ray = str(Path(sys.executable).with_name("ray"))
-    cmd = [ray, "start", "--block", "--num-cpus", "1", "--num-gpus", "0", "--dashboard-agent-listen-port", str(_free_port()),
+    cmd = [ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0", "--dashboard-agent-listen-port", str(_free_port()),
            "--metrics-export-port", str(_free_port()), *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RAY_TMPDIR=temp)
+    # token auth off for this private loopback cluster: a ~/.ray/auth_token left by another Ray
+    # start would otherwise switch the head to token mode and lock out the second node
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -232,10 +234,17 @@ def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: p
                       "--temp-dir", temp], temp)
     nodes = [head]
     try:
-        time.sleep(8)
+        deadline = time.time() + 90
+        while True:  # the head's GCS port accepts connections once it is up
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.time() < deadline and head.poll() is None, "the Ray head did not start"
+            time.sleep(0.5)
         second = _ray_node(["--address", f"127.0.0.1:{port}"], temp)
         nodes.append(second)
         monkeypatch.chdir(ROOT)
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
         ray.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
         deadline = time.time() + 60
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:

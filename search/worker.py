@@ -260,12 +260,14 @@ def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 1
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.worker", description="one unipetl worker process")
-    p.add_argument("--storage", required=True)
+    p.add_argument("--storage", default=os.environ.get("UNIPETL_STORAGE"), help="storage URL (default: $UNIPETL_STORAGE, which keeps passwords out of `ps`)")
     p.add_argument("--study", required=True)
     p.add_argument("--heartbeat-interval", type=int, default=10)
     p.add_argument("--grace-period", type=int, default=None)
     p.add_argument("--runner", default=None, help=f"evaluator as package.module:function (default: ${RUNNER_ENV}, else run_trial)")
     args = p.parse_args(argv)
+    if not args.storage:
+        p.error("give --storage URL or set UNIPETL_STORAGE")
     logging.basicConfig(level=os.environ.get("UNIPETL_LOG", "WARNING"), format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

@@ -165,3 +165,45 @@ def test_report_html_escapes_every_string_from_a_study(tmp_path: Path) -> None:
     assert "<script" not in page.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # the study name, the error and the preset, escaped
     assert page.count("&lt;script&gt;") >= 3
+
+
+def test_local_workers_get_the_storage_url_from_the_environment_not_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password in the storage URL must not show in `ps`: the worker command line carries no URL."""
+    import argparse
+
+    from search.commands import search as search_cmd
+    from search.worker import main as worker_main
+
+    launched: list[tuple[list[str], dict[str, str]]] = []
+
+    class FakeProc:
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            launched.append((cmd, env))
+
+        def poll(self) -> int:
+            return 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(search_cmd.subprocess, "Popen", FakeProc)
+    url = "postgresql+psycopg2://user:s3cret@127.0.0.1:5432/test"
+    args = argparse.Namespace(workers=2, heartbeat_interval=5, grace_period=None)
+
+    class Bar:
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: None
+
+    try:
+        search_cmd._local_processes(url, "s", args, Bar())
+    except Exception:  # the fake processes end at once; how the driver reacts to that is not this test's subject
+        pass
+    assert len(launched) == 2
+    for cmd, env in launched:
+        assert not any("s3cret" in part for part in cmd), cmd
+        assert env["UNIPETL_STORAGE"] == url
+    # the worker refuses to start without a storage (flag or environment): exit code 2 from argparse
+    monkeypatch.delenv("UNIPETL_STORAGE", raising=False)
+    with pytest.raises(SystemExit) as err:
+        worker_main(["--study", "x"])
+    assert err.value.code == 2

@@ -134,8 +134,11 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
 
 
 def _local_processes(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "search.worker", "--storage", storage_url, "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
+    # the storage URL travels in the environment, not on the command line, so a password in it
+    # never shows in `ps` output
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               UNIPETL_STORAGE=storage_url)
+    cmd = [sys.executable, "-m", "search.worker", "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
     if args.grace_period:
         cmd += ["--grace-period", str(args.grace_period)]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]

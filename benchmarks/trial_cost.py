@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 METHODS = [  # (label, preset, lr): lrs that suit each method on MiniLM
     ("linear probe", "probe", 1e-3),
     ("BitFit", "bitfit", 1e-3),
-    ("LoRA r=8", "lora:r=8", 5e-4),
-    ("prefix l=16", "prefix:l=16", 5e-4),
-    ("MAM l=16 r=16 s=2", "mam:l=16,r=16,s=2", 5e-4),
+    ("LoRA r=8", "lora:r=8", 2e-3),
+    ("prefix l=16", "prefix:l=16", 2e-3),
+    ("MAM l=16 r=16 s=2", "mam:l=16,r=16,s=2", 2e-3),
     ("full fine-tuning", "full", 5e-5),
 ]
 

@@ -89,6 +89,27 @@ def make_batch(kind: str, vocab: int, batch: int, seq_len: int, target_len: int,
     return out
 
 
+def saved_activation_bytes(model: Any, batch: dict[str, Any]) -> int:
+    """Bytes autograd keeps for backward in one training forward (unique storages, weights excluded).
+
+    Unlike peak RSS this does not depend on the allocator, so two libraries running the same
+    method on the same batch can be compared exactly: equal numbers mean no extra activations."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch).loss  # noqa: B018 - the forward's graph is what is measured, then dropped
+    return sum(seen.values())
+
+
 def serve(model: Any, batch: dict[str, Any], *, device: str = "cpu", lr: float = 1e-4, meta: dict[str, Any] | None = None) -> None:
     """A lock-step training worker: one full step per "step" line on stdin, a summary on "done".
 
@@ -107,13 +128,15 @@ def serve(model: Any, batch: dict[str, Any], *, device: str = "cpu", lr: float =
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     batch = {k: v.to(device) for k, v in batch.items()}
+    saved = saved_activation_bytes(model, batch)
     rss_setup = rss_bytes()
     reset = reset_peak_rss()
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    emit({"ready": True, "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), **(meta or {})})
+    emit({"ready": True, "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), "saved_activation_bytes": saved,
+          **(meta or {})})
     loss_value = float("nan")
     for line in sys.stdin:
         cmd = line.strip()

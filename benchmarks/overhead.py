@@ -260,6 +260,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "unipetl_peak_mb": statistics.median(b["peak_memory_bytes"] for _, b in runs) / 2**20,
             "anchor_growth_mb": statistics.median(a["peak_memory_bytes"] - a["rss_after_setup_bytes"] for a, _ in runs) / 2**20,
             "unipetl_growth_mb": statistics.median(b["peak_memory_bytes"] - b["rss_after_setup_bytes"] for _, b in runs) / 2**20,
+            "anchor_saved_mb": runs[0][0].get("saved_activation_bytes", 0) / 2**20, "unipetl_saved_mb": runs[0][1].get("saved_activation_bytes", 0) / 2**20,
             "anchor_trainable": runs[0][0]["trainable_params"], "unipetl_trainable": runs[0][1]["trainable_params"],
             "runs": [{"anchor": a, "unipetl": b} for a, b in runs],
         })
@@ -276,11 +277,12 @@ def render(result: dict[str, Any], command: list[str]) -> str:
                          "transformers difference": tf_note or "—"})
     table = markdown_table(
         ["model", "method", "anchor", "process pairs × steps", "anchor s/step", "unipetl s/step", "time ratio", "anchor peak MB", "unipetl peak MB",
-         "memory ratio", "growth over set-up MB (anchor / unipetl)", "trainable (anchor / unipetl)"],
+         "memory ratio", "growth over set-up MB (anchor / unipetl)", "saved for backward MB (anchor / unipetl)", "trainable (anchor / unipetl)"],
         [[r["model"], r["method"], r["anchor"] + (" (tf 4.x)" if r["anchor"] == "adapters" else ""), f"{r['settings']['reps']} × {r['settings']['steps']}",
           f"{r['anchor_step_seconds']:.3f}", f"{r['unipetl_step_seconds']:.3f}", f"**{r['time_ratio']:.2f}×**", f"{r['anchor_peak_mb']:.0f}",
           f"{r['unipetl_peak_mb']:.0f}", f"**{r['memory_ratio']:.2f}×**",
-          f"{r['anchor_growth_mb']:.0f} / {r['unipetl_growth_mb']:.0f}", f"{r['anchor_trainable']:,} / {r['unipetl_trainable']:,}"] for r in result["rows"]],
+          f"{r['anchor_growth_mb']:.0f} / {r['unipetl_growth_mb']:.0f}", f"{r.get('anchor_saved_mb', 0):.1f} / {r.get('unipetl_saved_mb', 0):.1f}",
+          f"{r['anchor_trainable']:,} / {r['unipetl_trainable']:,}"] for r in result["rows"]],
     )
     return "## Overhead: unipetl vs PEFT and AdapterHub (median of per-pair ratios, unipetl / anchor)\n\n" + head + table
 

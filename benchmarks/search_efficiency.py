@@ -9,7 +9,7 @@ study in one SQLite file under benchmarks/out/:
 (a) `grid`: only named methods (PA, scaled PA, LoRA, prefix, MH PA, MAM, Houlsby, Pfeiffer,
     BitFit, prompt) sized by the accounting to a ladder of budgets (0.5 %, 0.2 %, 0.05 %, …);
 (b) `random`: optuna.RandomSampler over the unified-view space, no named methods;
-(c) `default`: what `unipetl search --mode frontier` does (named methods at the budget first,
+(c) `default`: what `unipetl search --mode frontier` does (named methods spread over the budget range first,
     then the default sampler, TPE).
 Trials run through `search.worker.run_worker`, exactly as a search worker runs them. After every
 trial the hypervolume of the completed points is computed with `reports.frontier.hypervolume`
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ TASK, MODEL, BUDGET = "sst2", "minilm", "0.5%"
 GRID_PRESETS = ("pa-ffn", "scaled-pa", "lora", "prefix", "mh-pa", "mam", "houlsby", "pfeiffer")
 GRID_LADDER = (1.0, 0.4, 0.1, 0.02)  # shares of the study budget, as frontier mode spreads variants over [2 %, 100 %]
 CAPS = {
-    "cpu": {"max_train_examples": 2000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 1e-3, "seed": 0},  # = reproduce_sst2 (1000 left PETL at chance)
+    "cpu": {"max_train_examples": 4000, "epochs": 1.0, "max_length": 64, "batch_size": 32, "lr": 2e-3, "seed": 0},  # reproduce_sst2's caps; one lr for every trial
     "quick": {"max_train_examples": 64, "max_steps": 3, "max_length": 32, "batch_size": 32, "max_eval_examples": 64, "lr": 1e-3, "seed": 0},
 }
 
@@ -63,14 +65,15 @@ def grid_presets(n: int) -> list[str]:
     return out[:n]
 
 
-def make_study(kind: str, storage: str, trials: int, train: dict[str, Any]) -> Any:
-    """Create (or resume) one study; (a) gets grid tickets, (b) random with no named methods."""
+def make_study(kind: str, storage: str, trials: int, train: dict[str, Any], repeat: int = 0) -> Any:
+    """Create (or resume) one study; (a) gets grid tickets, (b) random with no named methods.
+    Repeat r > 0 is a separate study (`se-<kind>-r<r>`) with training seed + r."""
     import optuna
 
     from search import study as studies
 
-    spec = studies.StudySpec(task=TASK, model=MODEL, budget=BUDGET, mode="frontier", trials=trials, study=f"se-{kind}", storage=storage,
-                             data_dir=str(DATA_DIR), pruner="none", sampler="random" if kind == "random" else "tpe", train=train,
+    spec = studies.StudySpec(task=TASK, model=MODEL, budget=BUDGET, mode="frontier", trials=trials, study=f"se-{kind}" + (f"-r{repeat}" if repeat else ""), storage=storage,
+                             data_dir=str(DATA_DIR), pruner="none", sampler="random" if kind == "random" else "tpe", train={**train, "seed": train.get("seed", 0) + repeat},
                              space={"presets": []} if kind in ("random", "grid") else {})
     if kind != "grid":
         return studies.create_or_check(spec)
@@ -92,8 +95,19 @@ def make_study(kind: str, storage: str, trials: int, train: dict[str, Any]) -> A
     return study
 
 
-def history(study: Any) -> list[dict[str, Any]]:
-    """Per finished trial (in trial order): its point and the hypervolume so far."""
+def chance_accuracy() -> float:
+    """Majority-class accuracy on the SST-2 dev set (444 / 872): a second hypervolume reference,
+    so that points at chance level (a prefix of length 1, say) add nothing."""
+    import collections
+    import json
+
+    labels = collections.Counter(json.loads(line)["label"] for line in (DATA_DIR / "sst2" / "dev.jsonl").open(encoding="utf-8"))
+    return max(labels.values()) / sum(labels.values())
+
+
+def history(study: Any, chance: float = 0.0) -> list[dict[str, Any]]:
+    """Per finished trial (in trial order): its point and the hypervolume so far (reference
+    accuracy 0, and reference accuracy `chance`)."""
     from optuna.trial import TrialState
 
     from reports.frontier import hypervolume
@@ -110,7 +124,8 @@ def history(study: Any) -> list[dict[str, Any]]:
         if t.state != TrialState.FAIL:
             out.append({"trial": t.number, "preset": t.user_attrs.get("preset"), "variant": rec.get("variant_description"),
                         "paper_fraction": rec.get("paper_fraction"), "metric": rec.get("metric") if ok else None,
-                        "hypervolume": hypervolume(fr, me) if fr else 0.0})
+                        "hypervolume": hypervolume(fr, me) if fr else 0.0,
+                        "hypervolume_over_chance": hypervolume(fr, me, ref_metric=chance) if fr else 0.0})
     return out
 
 
@@ -122,22 +137,40 @@ def dominates(points: list[dict[str, Any]], named: dict[str, Any]) -> bool:
 def summarize(histories: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     grid = histories.get("grid", [])
     target = grid[-1]["hypervolume"] if grid else None
+    target_c = grid[-1]["hypervolume_over_chance"] if grid else None
     rows = []
     for kind, h in histories.items():
         reach = next((i + 1 for i, p in enumerate(h) if target is not None and p["hypervolume"] >= target - 1e-12), None)
+        reach_c = next((i + 1 for i, p in enumerate(h) if target_c is not None and p["hypervolume_over_chance"] >= target_c - 1e-12), None)
         best = max((p for p in h if p["metric"] is not None), key=lambda p: p["metric"], default=None)
         rows.append({"study": kind, "trials": len(h), "final_hypervolume": h[-1]["hypervolume"] if h else 0.0, "trials_to_grid_hv": reach,
+                     "final_hypervolume_over_chance": h[-1]["hypervolume_over_chance"] if h else 0.0, "trials_to_grid_hv_over_chance": reach_c,
                      "best_metric": best["metric"] if best else None, "best_variant": (best["preset"] or best["variant"]) if best else None})
     named = [p for p in grid if p["metric"] is not None]
     dominance = {kind: {p["preset"]: dominates(h, p) for p in named} for kind, h in histories.items() if kind != "grid"}
     return {"rows": rows, "grid_final_hypervolume": target, "dominance": dominance}
 
 
+def summarize_repeats(groups: list[dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Each repeat against its own grid; then per study the median trials-to-reach (unreached = ∞)."""
+    per = [summarize(g) for g in groups]
+    medians = {}
+    for kind in groups[0]:
+        for field in ("trials_to_grid_hv", "trials_to_grid_hv_over_chance"):
+            vals = [next(r[field] for r in s["rows"] if r["study"] == kind) for s in per]
+            med = statistics.median(math.inf if v is None else v for v in vals)
+            medians.setdefault(kind, {})[field] = {"values": vals, "median": None if math.isinf(med) else med}
+    return {"repeats": per, "medians": medians}
+
+
 def render(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]], command: list[str], caps: dict[str, Any], trials: int) -> str:
     head = header_block(command, {**caps, "trials per study": trials, "budget": f"{BUDGET} (frontier mode)"},
-                        {"hypervolume": "reports.frontier.hypervolume: log10 paper fraction × dev accuracy, reference (100 %, 0); HV/6 = mean best accuracy over log-uniform budgets 1e-6…1"})
-    t1 = markdown_table(["study", "finished trials", "final HV", "trials to reach grid's final HV", "best accuracy %", "best variant"],
+                        {"hypervolume": "reports.frontier.hypervolume: log10 paper fraction × dev accuracy, reference (100 %, 0); HV/6 = mean best accuracy over log-uniform budgets 1e-6…1; "
+                         "'over chance': the same with reference accuracy = the dev set's majority class (50.9 %)"})
+    t1 = markdown_table(["study", "finished trials", "final HV", "trials to reach grid's final HV", "final HV over chance",
+                         "trials to reach grid's (over chance)", "best accuracy %", "best variant"],
                         [[r["study"], r["trials"], f"{r['final_hypervolume']:.4f}", r["trials_to_grid_hv"] or "not reached",
+                          f"{r['final_hypervolume_over_chance']:.4f}", r["trials_to_grid_hv_over_chance"] or "not reached",
                           f"{100 * r['best_metric']:.1f}" if r["best_metric"] is not None else "—", r["best_variant"] or "—"] for r in summary["rows"]])
     n = max((len(h) for h in histories.values()), default=0)
     t2 = markdown_table(["after trial"] + list(histories), [[i + 1] + [f"{h[i]['hypervolume']:.4f}" if i < len(h) else "" for h in histories.values()]
@@ -154,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="CI smoke: 3 trials per study, 3 training steps, 64 dev examples")
     ap.add_argument("--studies", nargs="*", default=["grid", "random", "default"], choices=["grid", "random", "default"])
+    ap.add_argument("--repeats", type=int, default=1, help="independent repeats of every study (training seed + r); medians over them")
     ap.add_argument("--report-only", action="store_true", help="tabulate the trials the studies already hold; run nothing")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/out)")
     args = ap.parse_args(argv)
@@ -172,21 +206,37 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(out / f'{name}.db').resolve()}"
-    histories: dict[str, list[dict[str, Any]]] = {}
-    for kind in args.studies:
-        study = make_study(kind, storage, trials, caps)
-        if args.report_only:
-            histories[kind] = history(study)
-            continue
-        run_worker(storage, study.study_name, on_trial=lambda s, st, k=kind: logger.info("%s: trial finished (%s), HV %.4f", k, st.name,
-                                                                                             (history(s) or [{"hypervolume": 0.0}])[-1]["hypervolume"]))
-        histories[kind] = history(study)
+    chance = chance_accuracy()
+    groups: list[dict[str, list[dict[str, Any]]]] = []
+    from search import study as studies
+
+    for repeat in range(args.repeats):
+        if args.report_only and repeat and f"se-grid-r{repeat}" not in studies.study_names(studies.make_storage(storage)):
+            break  # report-only never creates studies: stop at the first repeat that was not run
+        group: dict[str, list[dict[str, Any]]] = {}
+        for kind in args.studies:
+            study = make_study(kind, storage, trials, caps, repeat)
+            if not args.report_only:
+                run_worker(storage, study.study_name, on_trial=lambda s, st, k=study.study_name: logger.info(
+                    "%s: trial finished (%s), HV %.4f", k, st.name, (history(s) or [{"hypervolume": 0.0}])[-1]["hypervolume"]))
+            group[kind] = history(study, chance)
+        groups.append(group)
+    histories = groups[0]
     summary = summarize(histories)
     command = [".venv/bin/python", "benchmarks/search_efficiency.py", *(argv if argv is not None else sys.argv[1:])]
     md = render(summary, histories, command, caps, trials)
+    if len(groups) > 1:
+        summary["over_repeats"] = summarize_repeats(groups)
+        med = summary["over_repeats"]["medians"]
+        md += "\n" + markdown_table(
+            ["study", f"trials to reach the grid's final HV, per repeat (1…{len(groups)})", "median", "over chance, per repeat", "median"],
+            [[k, ", ".join(str(v or "—") for v in m["trials_to_grid_hv"]["values"]), m["trials_to_grid_hv"]["median"] or "not reached",
+              ", ".join(str(v or "—") for v in m["trials_to_grid_hv_over_chance"]["values"]), m["trials_to_grid_hv_over_chance"]["median"] or "not reached"]
+             for k, m in med.items()])
     if args.report_only:
         name += "_partial"
-    write_results(name, {"caps": caps, "trials": trials, "storage": storage, "histories": histories, **summary}, md, out)
+    write_results(name, {"caps": caps, "trials": trials, "repeats": len(groups), "storage": storage, "histories": histories,
+                         "repeat_histories": groups[1:], **summary}, md, out)
     print(md)
     return 0
 

@@ -341,17 +341,37 @@ def default_study_name(spec: StudySpec) -> str:
     return f"{spec.task}-{spec.model.replace('/', '_')}-{spec.mode}-{spec.budget.replace('%', 'pct')}"
 
 
+def preset_shares(attrs: dict[str, Any], n: int) -> list[float]:
+    """Share of the budget each of n named methods is sized to.
+
+    Budget mode: all at the budget. Frontier mode: spread geometrically over the space's
+    `budget_use` range, largest first (e.g. 6 methods over [2 %, 100 %]: 1, 0.46, 0.21, 0.10,
+    0.04, 0.02), so the seeds already span the front instead of stacking at one fraction."""
+    lo, hi = attrs["space"].get("budget_use", (1.0, 1.0)) if attrs.get("mode") == "frontier" else (1.0, 1.0)
+    if n < 2 or lo >= hi:
+        return [hi] * n
+    return [hi * (lo / hi) ** (i / (n - 1)) for i in range(n)]
+
+
 def enqueue_presets(study: optuna.Study, attrs: dict[str, Any]) -> list[str]:
-    """The named methods, each at the largest size within the budget, as the first tickets;
-    full fine-tuning once when asked (it counts in the trial budget too)."""
+    """The named methods, each at the largest size within its share of the budget (all of it in
+    budget mode, a geometric spread in frontier mode), as the first tickets; full fine-tuning
+    once when asked (it counts in the trial budget too)."""
     shape = model_shape(attrs["model"])
     presets: list[str] = []
-    for name in attrs["space"]["presets"]:
-        variant = size_preset(name, shape, attrs["budget_fraction"])
+    names = list(attrs["space"]["presets"])
+    shares = preset_shares(attrs, len(names))
+    for name, share in zip(names, shares, strict=True):
+        variant = None
+        for s in [share] + sorted(x for x in set(shares) if x > share):  # too small at its share: the next larger one
+            variant = size_preset(name, shape, attrs["budget_fraction"] * s)
+            if variant is not None:
+                break
         if variant is None:
             logger.warning("preset %s does not fit a budget of %s; not enqueued", name, attrs["budget"])
             continue
-        presets.append(variant.name or name)
+        if (variant.name or name) not in presets:
+            presets.append(variant.name or name)
     if attrs.get("with_full"):
         presets.append("full")
     presets = presets[: attrs["trials"]]

@@ -46,7 +46,7 @@ FFN_METHODS = ("none", "lora", "sa", "pa")
 FUNCTIONS = ("relu", "gelu", "identity")
 COMPOSITIONS = ("add", "scaled", "learned_scale", "gated")
 PLACEMENTS = ("all", "upper", "lower")
-# named methods enqueued first in every study, each sized to the budget
+# named methods enqueued first in every study, sized to the budget (frontier mode: to a ladder of shares of it)
 DEFAULT_PRESETS = ("mam", "lora", "pa-ffn", "scaled-pa", "prefix", "houlsby")
 
 

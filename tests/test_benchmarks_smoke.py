@@ -8,6 +8,7 @@ shared and noisy).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -59,10 +60,11 @@ def test_reproduce_lessons_verdicts() -> None:
     }
     s = reproduce_sst2.summarize(records)
     lessons = {x["lesson"]: x for x in s["lessons"]}
-    assert lessons["parallel > sequential (FFN, 0.5 %)"]["verdict"] == "holds"
+    assert lessons["parallel > sequential (FFN, 0.5 %)"]["verdict"] == "holds (same sign on all 2 seeds)"
     assert lessons["parallel > sequential (FFN, 0.5 %)"]["difference"] == pytest.approx(0.07)
-    assert lessons["scaled add (s = 4) > simple add (PA at FFN, 0.5 %)"]["verdict"] == "holds (within seed noise)"
-    assert lessons["FFN > attention at a larger budget (PA, 2 %)"]["verdict"] == "does not hold"
+    assert lessons["parallel > sequential (FFN, 0.5 %)"]["paired"] == pytest.approx([0.06, 0.08])  # per seed: same data order, same head init
+    assert lessons["scaled add (s = 4) > simple add (PA at FFN, 0.5 %)"]["verdict"] == "holds (mixed: better on 1 of 2 seeds)"
+    assert lessons["FFN > attention at a larger budget (PA, 2 %)"]["verdict"] == "does not hold (same sign on all 2 seeds)"
     assert lessons["MAM close to full fine-tuning"]["difference"] == pytest.approx(-0.005)
     assert lessons["MAM close to full fine-tuning"]["verdict"].startswith("holds")
     assert "parallel > sequential (attention, 0.5 %)" not in lessons  # neither side was run
@@ -91,7 +93,8 @@ def test_search_efficiency_summary() -> None:
         for i, (preset, f, m) in enumerate(points):
             fr.append(f)
             me.append(m)
-            out.append({"trial": i, "preset": preset, "variant": None, "paper_fraction": f, "metric": m, "hypervolume": hypervolume(fr, me)})
+            out.append({"trial": i, "preset": preset, "variant": None, "paper_fraction": f, "metric": m, "hypervolume": hypervolume(fr, me),
+                        "hypervolume_over_chance": hypervolume(fr, me, ref_metric=0.72)})
         return out
 
     grid = h([("lora", 0.005, 0.80), ("prefix", 0.001, 0.75)])
@@ -102,6 +105,12 @@ def test_search_efficiency_summary() -> None:
     assert rows["grid"]["trials_to_grid_hv"] == 2
     assert rows["default"]["trials_to_grid_hv"] == 2  # (0.0005, 0.81) dominates both grid points
     assert rows["random"]["trials_to_grid_hv"] is None
+    # over a 72 % reference the grid's prefix (75 %) still counts but the default's first point (70 %) does not
+    assert rows["grid"]["trials_to_grid_hv_over_chance"] == 2 and rows["default"]["trials_to_grid_hv_over_chance"] == 2
+    assert rows["default"]["final_hypervolume_over_chance"] == pytest.approx(math.log10(1 / 0.0005) * (0.81 - 0.72))
+    rep = search_efficiency.summarize_repeats([{"grid": grid, "default": better, "random": worse}, {"grid": grid, "default": worse, "random": better}])
+    assert rep["medians"]["default"]["trials_to_grid_hv"] == {"values": [2, None], "median": None}  # unreached counts as ∞: median of (2, ∞)
+    assert rep["medians"]["grid"]["trials_to_grid_hv"] == {"values": [2, 2], "median": 2}
     assert s["dominance"]["default"] == {"lora": True, "prefix": True}
     assert s["dominance"]["random"] == {"lora": False, "prefix": False}
 
@@ -129,6 +138,7 @@ def test_overhead_quick(tmp_path: Path) -> None:
     for r in data["rows"]:
         assert r["anchor_trainable"] == r["unipetl_trainable"]  # same method, same sizes
         assert r["time_ratio"] > 0 and r["memory_ratio"] > 0
+        assert r["anchor_saved_mb"] > 0 and r["unipetl_saved_mb"] > 0  # activations kept for backward, measured on both sides
     assert data["anchor_versions"]["transformers"].startswith("4.")
     assert "time ratio" in (tmp_path / "overhead_quick.md").read_text()
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from evaluators.models import load_model
 from evaluators.tasks import get_task
 from search.cli import main
-from spaces.presets import parse_preset
 from spaces.io import load_variant
+from spaces.presets import parse_preset
 from spaces.realize import apply_variant
 from tests.test_tasks import DATA
 

@@ -99,6 +99,25 @@ def test_frontier_study_end_to_end_with_search_samples(tmp_path: Path, data_dir:
         assert t.params["attn.method"] in ("lora", "pa")
 
 
+def test_frontier_mode_spreads_the_named_methods_over_the_budget_range(tmp_path: Path) -> None:
+    """Budget mode sizes every named method to the budget; frontier mode to a geometric ladder over
+    `budget_use` ([2 %, 100 %] of the budget), falling back to the next larger share when a method
+    has no size that small (Houlsby r=1 needs 0.04 %, more than its 0.01 % share)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    shares = [1.0, 0.02 ** 0.2, 0.02 ** 0.4, 0.02 ** 0.6, 0.02 ** 0.8, 0.02]
+    got = {}
+    for mode in ("budget", "frontier"):
+        spec = studies.StudySpec(task="sst2", model="minilm", budget="0.5%", mode=mode, trials=24, storage=url, study=mode, pruner="none")
+        attrs = studies.study_attrs(spec)
+        assert studies.preset_shares(attrs, 6) == (pytest.approx(shares) if mode == "frontier" else [1.0] * 6)
+        study = optuna.create_study(storage=url, study_name=mode, directions=studies.directions(attrs))
+        got[mode] = studies.enqueue_presets(study, attrs)
+        assert [t.user_attrs["preset"] for t in study.get_trials(deepcopy=False)] == got[mode]
+    assert list(DEFAULT_PRESETS) == ["mam", "lora", "pa-ffn", "scaled-pa", "prefix", "houlsby"]
+    assert got["budget"] == ["mam:l=15,r=9,s=4.0,mlp=0", "lora:r=12,s=2.0", "pa-ffn:r=24", "scaled-pa:r=24,s=4.0", "prefix:l=24,mlp=0", "houlsby:r=12"]
+    assert got["frontier"] == ["mam:l=15,r=9,s=4.0,mlp=0", "lora:r=5,s=2.0", "pa-ffn:r=5", "scaled-pa:r=2,s=4.0", "prefix:l=1,mlp=0", "houlsby:r=1"]
+
+
 def _stub_runner(fail_every: int = 0) -> Any:
     calls = {"n": 0}
 

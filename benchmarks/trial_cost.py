@@ -16,8 +16,8 @@ import logging
 import os
 from pathlib import Path
 
-from evaluators.trial import TrialConfig, run_trial
-from spaces.presets import parse_preset
+from unipetl.evaluators.trial import TrialConfig, run_trial
+from unipetl.spaces.presets import parse_preset
 
 log = logging.getLogger(__name__)
 

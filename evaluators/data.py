@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluators.tasks import EXTENSIONS, Task
-from spaces.registry import UnipetlError
+from unipetl.evaluators.tasks import EXTENSIONS, Task
+from unipetl.spaces.registry import UnipetlError
 
 log = logging.getLogger(__name__)
 

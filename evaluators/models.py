@@ -4,7 +4,7 @@
 - hub names (`roberta-base`, `facebook/bart-large`, `t5-base`, `gpt2`, …) and any local model
   directory: `from_pretrained` (hub names need a reachable hub).
 - `tiny-bert`, `tiny-roberta`, `tiny-bart`, `tiny-mbart`, `tiny-t5`, `tiny-gpt2`, `tiny-llama`,
-  `tiny-qwen2`: random-init `spaces.testing` models for tests and smoke runs. Their tokenizer is
+  `tiny-qwen2`: random-init `unipetl.spaces.testing` models for tests and smoke runs. Their tokenizer is
   a word-level `tokenizers` vocabulary trained on the task's (capped) training text, so the
   embedding matrix stays tiny and any task runs without downloading a vocabulary. Special
   tokens are fixed at ids 0–4 (<pad> <s> </s> <unk> <mask>) and written into the config.
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from evaluators.data import hub_offline, training_text
-from evaluators.tasks import Task
-from spaces.registry import Registry, UnipetlError
-from spaces.testing import DECODERS, SEQ2SEQ, TINY_CONFIGS
+from unipetl.evaluators.data import hub_offline, training_text
+from unipetl.evaluators.tasks import Task
+from unipetl.spaces.registry import Registry, UnipetlError
+from unipetl.spaces.testing import DECODERS, SEQ2SEQ, TINY_CONFIGS
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def tiny_tokenizer(task: Task, family: str, data_dir: str | None, max_train: int
 
 
 def _load_tiny(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: int | None, seed: int) -> LoadedModel:
-    from spaces.testing import tiny_model
+    from unipetl.spaces.testing import tiny_model
 
     family = spec.ref
     tokenizer = tiny_tokenizer(task, family, data_dir, max_train)

@@ -42,6 +42,8 @@ def versions() -> dict[str, str]:
 def git_commit() -> str | None:
     """HEAD of the project's checkout (None outside a git work tree); '+dirty' when it has edits."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # an installed package: site-packages is not our checkout
+        return None
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()

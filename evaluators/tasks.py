@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from evaluators.metrics import METRICS
-from spaces.registry import Registry, UnipetlError, did_you_mean
+from unipetl.evaluators.metrics import METRICS
+from unipetl.spaces.registry import Registry, UnipetlError, did_you_mean
 
 log = logging.getLogger(__name__)
 

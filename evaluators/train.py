@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from evaluators.metrics import compute_metrics
-from evaluators.tasks import Task
+from unipetl.evaluators.metrics import compute_metrics
+from unipetl.evaluators.tasks import Task
 
 log = logging.getLogger(__name__)
 

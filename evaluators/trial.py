@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluators.record import make_record
-from evaluators.tasks import get_task
-from spaces.registry import UnipetlError, did_you_mean
-from spaces.variant import Variant
+from unipetl.evaluators.record import make_record
+from unipetl.evaluators.tasks import get_task
+from unipetl.spaces.registry import UnipetlError, did_you_mean
+from unipetl.spaces.variant import Variant
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,10 @@ def _length_limit(model: Any, wanted: int) -> int:
 def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | None = None, out_dir: str | Path | None = None,
               progress: bool = False) -> dict[str, Any]:
     """Fine-tune `config.variant` on `config.task` and return the trial record (also written to out_dir)."""
-    from evaluators.data import prepare
-    from evaluators.models import load_model
-    from evaluators.train import LoopSettings, train_and_evaluate
-    from spaces.realize import apply_variant
+    from unipetl.evaluators.data import prepare
+    from unipetl.evaluators.models import load_model
+    from unipetl.evaluators.train import LoopSettings, train_and_evaluate
+    from unipetl.spaces.realize import apply_variant
 
     t_start = time.perf_counter()
     task = get_task(config.task)
@@ -151,7 +151,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         status, error = res.status, res.error
     except Exception as err:  # noqa: BLE001 - a failed trial is a result, not a crash of the worker
         log.exception("trial failed")
-        from evaluators.train import LoopResult
+        from unipetl.evaluators.train import LoopResult
 
         res, status, error = LoopResult(), "failed", f"{type(err).__name__}: {err}"
     train_settings = {k: v for k, v in config.to_dict().items() if k not in ("task", "model", "variant")}
@@ -176,10 +176,10 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
 
 
 def write_outputs(record: dict[str, Any], realized: Any | None, out_dir: str | Path) -> None:
-    """DIR/record.json and, when training ran, the trained variant as `spaces.io.save_variant` writes it
+    """DIR/record.json and, when training ran, the trained variant as `unipetl.spaces.io.save_variant` writes it
     (adapter.safetensors with the variant + head tensors only, variant.json, unipetl.json), so the
-    directory reloads with `spaces.io.load_variant` and exports with `unipetl export`."""
-    from spaces.io import save_variant
+    directory reloads with `unipetl.spaces.io.load_variant` and exports with `unipetl export`."""
+    from unipetl.spaces.io import save_variant
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

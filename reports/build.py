@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
-from reports import effects as fx
-from reports import plots
-from reports.frontier import GROUP, _higher, group_summary, hypervolume_history
-from reports.html import render
-from reports.summary import markdown
+from unipetl.reports import effects as fx
+from unipetl.reports import plots
+from unipetl.reports.frontier import GROUP, _higher, group_summary, hypervolume_history
+from unipetl.reports.html import render
+from unipetl.reports.summary import markdown
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,7 @@ import logging
 from typing import Any
 
 import polars as pl
-
-from reports.frontier import _higher, eligible
+from unipetl.reports.frontier import _higher, eligible
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,8 @@ from typing import Any
 import moocore
 import numpy as np
 import polars as pl
-
-from spaces.presets import PRESETS
-from spaces.variant import ATTN_SITES, Module, Variant
+from unipetl.spaces.presets import PRESETS
+from unipetl.spaces.variant import ATTN_SITES, Module, Variant
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ import html
 from typing import Any
 
 import polars as pl
-
-from reports.summary import hv_reference_text, num, pct, sentences, states_text
+from unipetl.reports.summary import hv_reference_text, num, pct, sentences, states_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;color:#222;padding:0 1rem}

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
-from spaces.registry import UnipetlError
-from spaces.variant import ATTN_SITES, Variant
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.variant import ATTN_SITES, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +205,7 @@ def load_studies(url: str, names: list[str] | None = None) -> tuple[pl.DataFrame
     wanted = names or available
     for name in wanted:
         if name not in available:
-            from spaces.registry import did_you_mean
+            from unipetl.spaces.registry import did_you_mean
 
             raise UnipetlError(f"`--study`: no study {name!r} in {mask_url(url)}.{did_you_mean(name, available) if available else ' The storage has no studies.'}")
     rows: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reports.frontier import DECADES, FRACTION_FLOOR, REF_FRACTION
+from unipetl.reports.frontier import DECADES, FRACTION_FLOOR, REF_FRACTION
 
 
 def pct(fraction: float | None) -> str:

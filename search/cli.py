@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from spaces.registry import UnipetlError
+from unipetl.spaces.registry import UnipetlError
 
 # subcommand modules, in the order `unipetl --help` lists them
 COMMANDS = ["count", "ls", "run", "report", "search", "resume", "status", "export"]
@@ -30,7 +30,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, object] = {}
     for name in COMMANDS:
-        mod = importlib.import_module(f"search.commands.{name}")
+        mod = importlib.import_module(f"unipetl.search.commands.{name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP, epilog=getattr(mod, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         modules[mod.NAME] = mod

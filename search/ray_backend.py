@@ -1,6 +1,6 @@
 """Workers as Ray tasks: the same stateless worker loop, placed by Ray with per-trial resources.
 
-Each Ray task runs `search.worker.run_worker` against the study's storage URL, so the storage
+Each Ray task runs `unipetl.search.worker.run_worker` against the study's storage URL, so the storage
 must be reachable from every node (PostgreSQL on a cluster; SQLite works only when all tasks
 share one machine / filesystem). One task holds `gpus_per_trial` GPUs and `cpus_per_trial`
 CPUs for its whole life and runs trials one after the other; Ray retries a task whose node
@@ -18,8 +18,7 @@ logger = logging.getLogger(__name__)
 
 def _worker_task(storage_url: str, study_name: str, heartbeat_interval: int, grace_period: int | None) -> int:
     import optuna
-
-    from search.worker import run_worker
+    from unipetl.search.worker import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return run_worker(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -41,8 +40,8 @@ def run_ray_workers(storage_url: str, study_name: str, *, workers: int, address:
             kwargs["address"] = address
         else:
             kwargs.setdefault("num_cpus", max(2, int(workers * cpus_per_trial)))
-        # workers import the project from the driver's working directory
-        kwargs.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        # workers import the installed `unipetl` package (every node needs it installed)
+        kwargs.setdefault("runtime_env", {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
                                                        "OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}})
         ray.init(**kwargs)
         started = True

@@ -17,6 +17,7 @@ ticket), so COMPLETE + PRUNED reaches N exactly and never passes it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -25,15 +26,15 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
-
-from spaces.registry import UnipetlError, did_you_mean
-from spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
-from spaces.shapes import ModelShape, resolve_shape, shape_from_config
+from unipetl.spaces.registry import UnipetlError, did_you_mean
+from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
+from unipetl.spaces.shapes import ModelShape, resolve_shape, shape_from_config
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["budget", "frontier"]
-STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+# the repository's studies/ folder, installed as the package `unipetl.studies`
+STUDIES_DIR = Path(str(importlib.resources.files("unipetl.studies")))
 DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
 # TrialConfig fields a study file / flags may set (task, model, variant and data_dir come from elsewhere)
 TRAIN_KEYS = ("max_train_examples", "max_eval_examples", "epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay",
@@ -209,11 +210,11 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 def model_shape(model: str) -> ModelShape:
     """The shape used for budgets: the card for packaged / hub models, the config for tiny ones."""
-    from evaluators.models import resolve
+    from unipetl.evaluators.models import resolve
 
     spec = resolve(model)
     if spec.source == "tiny":
-        from spaces.testing import tiny_config
+        from unipetl.spaces.testing import tiny_config
 
         return shape_from_config(tiny_config(spec.ref), name=spec.name)
     if spec.source == "packaged":
@@ -222,14 +223,14 @@ def model_shape(model: str) -> ModelShape:
 
 
 def _card_names() -> list[str]:
-    from spaces.shapes import CARDS
+    from unipetl.spaces.shapes import CARDS
 
     return CARDS.names(aliases=True)
 
 
 def study_attrs(spec: StudySpec) -> dict[str, Any]:
     """Validate everything (no storage touched) and return the study's user attrs."""
-    from evaluators.tasks import get_task
+    from unipetl.evaluators.tasks import get_task
 
     spec.validate()
     task = get_task(spec.task)
@@ -239,8 +240,8 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
     if spec.mode == "frontier" and "budget_use" not in spec.space:
         space = dataclasses.replace(space, budget_use=(0.02, 1.0))  # spread the front over [2 %, 100 %] of the budget
     feasible_methods(shape, fraction, space)  # raises when the budget fits no non-empty variant
-    from evaluators.trial import TrialConfig
-    from spaces.variant import Variant
+    from unipetl.evaluators.trial import TrialConfig
+    from unipetl.spaces.variant import Variant
 
     TrialConfig.from_dict({**spec.train, "task": spec.task, "model": spec.model, "variant": Variant(), "data_dir": spec.data_dir})  # checks train values
     return {

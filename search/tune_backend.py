@@ -4,7 +4,7 @@ evaluator's intermediate reports, and every finished Tune trial mirrored into th
 Why mirror instead of reading Tune's results directly: the Optuna study stays the single source
 of truth (DESIGN.md §4), so `unipetl status` / `unipetl report` and the frontier work unchanged
 whichever backend ran. Mirroring fills the study's *tickets* (the WAITING trials that
-`search.study.create_or_check` put there), so the trial budget is held the same way as with
+`unipetl.search.study.create_or_check` put there), so the trial budget is held the same way as with
 Optuna workers: a Tune trial that ran to the end becomes COMPLETE (record fidelity "final"), one
 stopped early by ASHA becomes PRUNED (status "pruned", fidelity "partial"), one that raised
 becomes FAIL. Only COMPLETE trials carry objective values, so only final-fidelity results reach
@@ -34,14 +34,13 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from ray import tune
-
-from search import study as studies
-from spaces.accounting import count
-from spaces.presets import parse_preset
-from spaces.registry import UnipetlError
-from spaces.search_space import SpaceConfig, suggest_variant
-from spaces.shapes import ModelShape
-from spaces.variant import Variant
+from unipetl.search import study as studies
+from unipetl.spaces.accounting import count
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.search_space import SpaceConfig, suggest_variant
+from unipetl.spaces.shapes import ModelShape
+from unipetl.spaces.variant import Variant
 
 logger = logging.getLogger(__name__)
 BACKEND_ATTR = "backend"  # study user attr: "tune" for studies run by this backend (absent: optuna workers)
@@ -110,7 +109,7 @@ def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
     A trial ASHA stops is ended by Tune inside one of those reports, so it never sends a final
     report: that absence is what marks it partial. An evaluator failure raises (Tune ERROR) after
     run_trial has written record.json into the trial directory, where the mirror finds it."""
-    from evaluators.trial import TrialConfig, run_trial
+    from unipetl.evaluators.trial import TrialConfig, run_trial
 
     variant, _, _ = variant_of(config, attrs)
     fraction = count(variant, studies.model_shape(attrs["model"])).paper_params / studies.model_shape(attrs["model"]).base_params
@@ -156,7 +155,7 @@ def _claim_ticket(study: optuna.Study, preset: str | None) -> int:
 
 def _partial_record(attrs: dict[str, Any], variant: Variant, counts: Any, result: dict[str, Any], preset: str | None) -> dict[str, Any]:
     """The record of a trial ASHA stopped: what its reports said (the curve of the main metric)."""
-    from evaluators.record import make_record
+    from unipetl.evaluators.record import make_record
 
     main, hib = attrs["main_metric"], attrs["higher_is_better"]
     points = json.loads(result.get("curve") or "[]")
@@ -177,7 +176,7 @@ def _failed_record(attrs: dict[str, Any], variant: Variant, trial_dir: str | Non
     path = Path(trial_dir or "") / "record.json"
     if trial_dir and path.is_file():
         return json.loads(path.read_text())
-    from evaluators.record import make_record
+    from unipetl.evaluators.record import make_record
 
     return make_record(status="failed", error=error, task=attrs["task"], model=attrs["model"], variant=variant.to_dict(),
                        variant_description=variant.describe(), main_metric=attrs["main_metric"], higher_is_better=attrs["higher_is_better"],
@@ -365,7 +364,7 @@ def _ensure_ray(address: str | None, cpus_per_trial: float) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False,
-                              "runtime_env": {"env_vars": {"PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}}
+                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}}
     if address and address != "local":
         kwargs["address"] = address
     else:

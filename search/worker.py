@@ -1,8 +1,8 @@
 """A worker: claim a ticket (WAITING trial), suggest a variant inside the budget, train, store.
 
 Workers are stateless: everything comes from the study's user attrs. Run in-process
-(`run_worker`), as local processes (`python -m search.worker --storage URL --study NAME`,
-spawned by `unipetl search --workers N`), or as Ray tasks (`search.ray_backend`).
+(`run_worker`), as local processes (`python -m unipetl.search.worker --storage URL --study NAME`,
+spawned by `unipetl search --workers N`), or as Ray tasks (`unipetl.search.ray_backend`).
 
 While a trial trains, a heartbeat thread writes to the storage every `heartbeat_interval`
 seconds; a worker killed mid-trial stops beating, and any other worker (or a later `resume`)
@@ -11,7 +11,7 @@ marks its trial FAIL and re-queues it with the same parameters (`fail_stale_tria
 The evaluator is pluggable (documented in docs/operations.md): `run_worker(runner=...)` in
 process, or `UNIPETL_RUNNER=package.module:function` / `--runner` for worker processes and Ray
 tasks. A runner is called as `runner(attrs, variant, report, preset) -> record`; the default
-fine-tunes with `evaluators.trial.run_trial`. Load tests use it to measure the storage alone.
+fine-tunes with `unipetl.evaluators.trial.run_trial`. Load tests use it to measure the storage alone.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-
-from search import study as studies
-from spaces.presets import parse_preset
-from spaces.registry import UnipetlError
-from spaces.search_space import SpaceConfig, suggest_variant
-from spaces.variant import Variant
+from unipetl.search import study as studies
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.search_space import SpaceConfig, suggest_variant
+from unipetl.spaces.variant import Variant
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
@@ -191,7 +190,7 @@ def _store(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], reco
 
 
 def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dict[str, Any]], holder: dict[str, Any]) -> dict[str, Any]:
-    from spaces.accounting import count
+    from unipetl.spaces.accounting import count
 
     variant = holder["variant"] = variant_for(trial, attrs)
     counts = count(variant, studies.model_shape(attrs["model"]))
@@ -219,7 +218,7 @@ def _replace_failed(study: optuna.Study) -> None:
 
 
 def _run_trial(attrs: dict[str, Any], variant: Variant, report: Callable[[int, float], bool], preset: str | None) -> dict[str, Any]:
-    from evaluators.trial import TrialConfig, run_trial
+    from unipetl.evaluators.trial import TrialConfig, run_trial
 
     cfg = TrialConfig.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs["data_dir"]})
     record = run_trial(cfg, report=report)
@@ -259,7 +258,7 @@ def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.worker", description="one unipetl worker process")
+    p = argparse.ArgumentParser(prog="python -m unipetl.search.worker", description="one unipetl worker process")
     p.add_argument("--storage", default=os.environ.get("UNIPETL_STORAGE"), help="storage URL (default: $UNIPETL_STORAGE, which keeps passwords out of `ps`)")
     p.add_argument("--study", required=True)
     p.add_argument("--heartbeat-interval", type=int, default=10)

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spaces.registry import UnipetlError
-from spaces.shapes import ModelShape, StackShape
-from spaces.variant import Module, Variant
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.shapes import ModelShape, StackShape
+from unipetl.spaces.variant import Module, Variant
 
 SubLayer = Literal["self_attn", "cross_attn", "ffn"]
 DEFAULT_STACKS = ("encoder", "decoder")

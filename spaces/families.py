@@ -1,6 +1,6 @@
 """Per-family layouts: where each sublayer's input, projections and output live.
 
-For every (stack, sublayer, layer) of `spaces.accounting.site_instances` a family gives a
+For every (stack, sublayer, layer) of `unipetl.spaces.accounting.site_instances` a family gives a
 `SublayerRefs`:
 - `reads`: the module whose first input is the sublayer input x — the q projection (GPT-2: the
   fused c_attn) for attention, W_1 for the FFN. Its input is exactly what the sublayer reads:
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
-
-from spaces.shapes import FAMILY_OF
+from unipetl.spaces.shapes import FAMILY_OF
 
 Proj = tuple[nn.Module, "slice | None"]
 
@@ -128,9 +127,25 @@ def _bind(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
     return out
 
 
-def _past_len(kw: dict[str, Any]) -> int:
-    past = kw.get("past_key_values")
-    return 0 if past is None else int(past.get_seq_length())
+def cache_in(kw: dict[str, Any]) -> Any:
+    """The KV cache among a call's arguments, found by its type, not by its keyword.
+
+    transformers renames that keyword between releases (`past_key_values` → `cache` in 5.24), so
+    a hook that looked it up by name would silently see every decoding step as a new sequence.
+    Returns the first `transformers.Cache` among the values, or None.
+    """
+    from transformers import Cache
+
+    for value in kw.values():
+        if isinstance(value, Cache):
+            return value
+    return None
+
+
+def past_length(kw: dict[str, Any]) -> int:
+    """Tokens already in the call's KV cache (0 at the start of a sequence or without a cache)."""
+    cache = cache_in(kw)
+    return 0 if cache is None else int(cache.get_seq_length())
 
 
 def _extend(mask: Any, n: int, value: int = 1) -> Any:
@@ -152,8 +167,7 @@ def install_prompt(model: nn.Module, length: int) -> list[Any]:
     embeddings, returning the usual input + new tokens.
     """
     import torch
-
-    from spaces.layers import SoftPrompt
+    from unipetl.spaces.layers import SoftPrompt
 
     fam = family_of(model)
     base = backbone(model)
@@ -198,7 +212,7 @@ def install_prompt(model: nn.Module, length: int) -> list[Any]:
     else:
         def hook_causal(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[()], dict[str, Any]] | None:
             kw = _bind(mod, args, kwargs)
-            if kw.get("input_ids") is None or _past_len(kw) > 0:
+            if kw.get("input_ids") is None or past_length(kw) > 0:
                 return None  # continuing a sequence (generation steps) or already embedded
             kw = prepend(kw, emb)
             if kw.get("labels") is not None:

@@ -40,13 +40,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-
-from spaces.accounting import count
-from spaces.layers import HeadSlots
-from spaces.realize import Realized, _backbone_params, _head_params, apply_variant, load_variant_state_dict, variant_state_dict
-from spaces.registry import UnipetlError
-from spaces.shapes import shape_from_config
-from spaces.variant import Variant
+from unipetl.spaces.accounting import count
+from unipetl.spaces.layers import HeadSlots
+from unipetl.spaces.realize import Realized, _backbone_params, _head_params, apply_variant, load_variant_state_dict, variant_state_dict
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.shapes import shape_from_config
+from unipetl.spaces.variant import Variant
 
 logger = logging.getLogger(__name__)
 

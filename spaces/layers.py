@@ -1,7 +1,7 @@
 """The nn modules a variant inserts: adapters, LoRA factors, head-wise prefixes, prompts.
 
 Every module can report its *paper* parameter count (DESIGN.md §2) so the realized model can be
-checked against `spaces.accounting` exactly. Every parallel / LoRA / scaled module starts as an
+checked against `unipetl.spaces.accounting` exactly. Every parallel / LoRA / scaled module starts as an
 exact no-op (W_up = 0, B = 0, P_v = 0 for MH PA) so a fresh variant computes the base model.
 Names of inserted parameters contain `petl` because the attributes holding these modules on
 the host model are all called `petl_*`.
@@ -14,8 +14,7 @@ import math
 
 import torch
 from torch import nn
-
-from spaces.variant import Module
+from unipetl.spaces.variant import Module
 
 logger = logging.getLogger(__name__)
 

@@ -39,11 +39,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-from spaces import families
-from spaces.layers import HeadSlots, Lora
-from spaces.realize import Realized, _head_params
-from spaces.registry import UnipetlError
+from unipetl.spaces import families
+from unipetl.spaces.layers import HeadSlots, Lora
+from unipetl.spaces.realize import Realized, _head_params
+from unipetl.spaces.registry import UnipetlError
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spaces.registry import Registry, UnipetlError, did_you_mean
-from spaces.variant import Module, Variant
+from unipetl.spaces.registry import Registry, UnipetlError, did_you_mean
+from unipetl.spaces.variant import Module, Variant
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 `apply_variant(model, variant)` freezes every backbone parameter, inserts the variant's modules
 at the places `accounting.site_instances` names (so analytic and realized counts cannot drift),
 and leaves the task head trainable (full fine-tuning: everything trains). Insertion uses
-forward hooks on the projections found by `spaces.families`, not module replacement, so the
+forward hooks on the projections found by `unipetl.spaces.families`, not module replacement, so the
 backbone's parameter names — and therefore its checkpoints — stay untouched; every inserted
 parameter lives under an attribute called `petl*`.
 
@@ -11,7 +11,7 @@ parameter lives under an attribute called `petl*`.
 - parallel adapter / gates: a pre-hook on the sublayer's first projection captures x, the
   out-projection hook adds comp(Δ(x));
 - LoRA: hooks on the targeted projections add s·(x A)B (column slices of GPT-2's fused c_attn);
-- head-wise slots (prefix, MH PA): `spaces.attention`;
+- head-wise slots (prefix, MH PA): `unipetl.spaces.attention`;
 - prompt tuning: `families.install_prompt` hooks on the (encoder) input path.
 """
 
@@ -24,13 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-from spaces import attention, families
-from spaces.accounting import Counts, count, site_instances
-from spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
-from spaces.registry import UnipetlError
-from spaces.shapes import ModelShape, shape_from_config
-from spaces.variant import Variant
+from unipetl.spaces import attention, families
+from unipetl.spaces.accounting import Counts, count, site_instances
+from unipetl.spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.shapes import ModelShape, shape_from_config
+from unipetl.spaces.variant import Variant
 
 logger = logging.getLogger(__name__)
 

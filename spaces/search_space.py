@@ -15,7 +15,7 @@ it by hand) trained, and random / TPE samplers keep proposing infeasible sizes a
 grows as the budget shrinks (at 0.1 % most (r, l) pairs are over budget). Instead we sample the
 *share* of the budget each site receives (`attn.share`) and the fraction of the budget used
 (`budget_use`) and derive r / l as the largest integer that fits, using the analytic paper count
-(`spaces.accounting.count`, linear in the size). Every sample is feasible by construction, no
+(`unipetl.spaces.accounting.count`, linear in the size). Every sample is feasible by construction, no
 trial is wasted, and the sampled numbers are smooth, budget-independent quantities that TPE
 models well. Methods whose smallest instance (size 1) does not fit are removed from the choice
 lists once per study (the lists depend only on shape, budget and the study file, so every trial
@@ -33,11 +33,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from spaces.accounting import count
-from spaces.presets import PRESETS, parse_preset
-from spaces.registry import UnipetlError, did_you_mean
-from spaces.shapes import ModelShape
-from spaces.variant import Module, Variant
+from unipetl.spaces.accounting import count
+from unipetl.spaces.presets import PRESETS, parse_preset
+from unipetl.spaces.registry import UnipetlError, did_you_mean
+from unipetl.spaces.shapes import ModelShape
+from unipetl.spaces.variant import Module, Variant
 
 logger = logging.getLogger(__name__)
 

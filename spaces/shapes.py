@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from spaces.registry import Registry, UnipetlError
+from unipetl.spaces.registry import Registry, UnipetlError
 
 Family = Literal["bert", "bart", "t5", "gpt2", "llama"]
 

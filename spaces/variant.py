@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from spaces.registry import UnipetlError, did_you_mean
+from unipetl.spaces.registry import UnipetlError, did_you_mean
 
 Site = Literal["attn", "self_attn", "cross_attn", "ffn"]
 Kind = Literal["adapter", "heads", "lora"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from spaces.accounting import count
-from spaces.presets import PRESETS, parse_preset
-from spaces.registry import UnipetlError
-from spaces.shapes import CARDS, count_backbone, resolve_shape
-from spaces.variant import Module, Variant
+from unipetl.spaces.accounting import count
+from unipetl.spaces.presets import PRESETS, parse_preset
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.shapes import CARDS, count_backbone, resolve_shape
+from unipetl.spaces.variant import Module, Variant
 
 BART = 406_291_456
 

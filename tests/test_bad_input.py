@@ -14,9 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from search import study as studies
-from search.cli import main
+from unipetl.search import study as studies
+from unipetl.search.cli import main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASE = ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "2", "--storage", "{db}", "--study", "u", "--no-progress"]
@@ -125,13 +124,12 @@ def test_at_least_twenty_cases() -> None:
 
 
 def test_variant_directory_whose_weights_do_not_match_the_model(tmp_path: Path) -> None:
-    """spaces.io.load_variant refuses weights of another shape / another variant, model untouched."""
+    """unipetl.spaces.io.load_variant refuses weights of another shape / another variant, model untouched."""
     import torch
-
-    from spaces.io import load_variant, save_variant
-    from spaces.presets import parse_preset
-    from spaces.realize import apply_variant
-    from spaces.testing import tiny_model
+    from unipetl.spaces.io import load_variant, save_variant
+    from unipetl.spaces.presets import parse_preset
+    from unipetl.spaces.realize import apply_variant
+    from unipetl.spaces.testing import tiny_model
 
     torch.manual_seed(0)
     save_variant(apply_variant(tiny_model("bert", "cls"), parse_preset("lora:r=4")), tmp_path / "v", base_model_id="tiny-bert")

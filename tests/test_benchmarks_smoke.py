@@ -73,8 +73,8 @@ def test_reproduce_lessons_verdicts() -> None:
 
 
 def test_reproduce_methods_are_sized_by_accounting() -> None:
-    from spaces.accounting import count
-    from spaces.shapes import resolve_shape
+    from unipetl.spaces.accounting import count
+    from unipetl.spaces.shapes import resolve_shape
 
     shape = resolve_shape("minilm")
     for m in reproduce_sst2.METHODS:
@@ -87,7 +87,7 @@ def test_reproduce_methods_are_sized_by_accounting() -> None:
 
 def test_search_efficiency_summary() -> None:
     def h(points: list[tuple[str | None, float, float]]) -> list[dict]:
-        from reports.frontier import hypervolume
+        from unipetl.reports.frontier import hypervolume
 
         out, fr, me = [], [], []
         for i, (preset, f, m) in enumerate(points):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from search.cli import main
+from unipetl.search.cli import main
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -39,7 +38,7 @@ def test_count_paper_table(capsys, model: str, preset: str, paper: int) -> None:
 
 
 def test_count_variant_file_and_local_model_dir(capsys, tmp_path) -> None:
-    from spaces.testing import tiny_config
+    from unipetl.spaces.testing import tiny_config
 
     tiny_config("bart").save_pretrained(tmp_path / "tiny-bart")
     vf = tmp_path / "v.json"

@@ -18,12 +18,11 @@ import pytest
 import torch
 from test_search import data_dir  # noqa: F401 - the fixture is reused
 from transformers.models.bert import modeling_bert
-
-from reports.build import build_sections
-from reports.html import render
-from reports.load import load_studies
-from search import study as studies
-from search.worker import run_worker
+from unipetl.reports.build import build_sections
+from unipetl.reports.html import render
+from unipetl.reports.load import load_studies
+from unipetl.search import study as studies
+from unipetl.search.worker import run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TRAIN = {"max_train_examples": 48, "max_eval_examples": 24, "max_steps": 3, "batch_size": 8, "eval_every": 1, "max_length": 16}

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from spaces.presets import parse_preset
-from spaces.realize import apply_variant
-from spaces.registry import UnipetlError
-from spaces.testing import tiny_model
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.realize import apply_variant
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.testing import tiny_model
 
 FAMILIES = {"bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
 VARIANTS = ["prefix:l=3", "lora:r=4", "houlsby:r=4", "mam:l=3,r=4", "prompt:l=3", "mh-pa:l=3", "unipelt:l=2,r=4,lora_r=2"]
@@ -57,17 +56,53 @@ def test_greedy_cache_equals_no_cache(family: str, preset: str) -> None:
     assert plain.shape == cached.shape
 
 
-def test_greedy_matches_manual_decoding_with_prefix() -> None:
-    """A cached greedy step equals argmax of a full forward over the sequence so far."""
-    model = _model("llama", "prefix:l=3")
-    inputs = _inputs()
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4)
-        seq = inputs["input_ids"]
-        for _ in range(4):
+def _manual_greedy(model: torch.nn.Module, family: str, inputs: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
+    """Greedy decoding by full forwards without any cache: the reference for `generate`."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if FAMILIES[family] == "causal":
+        seq = ids
+        for _ in range(steps):
             logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits
             seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, seq)
+        return seq
+    seq = torch.full((ids.shape[0], 1), model.config.decoder_start_token_id, dtype=torch.long)
+    for _ in range(steps):
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=seq, use_cache=False).logits
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+@pytest.mark.parametrize("preset", ["prefix:l=3", "prompt:l=3", "mam:l=3,r=4", "unipelt:l=2,r=4,lora_r=2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cached_generation_matches_manual_decoding(family: str, preset: str) -> None:
+    """`generate` with the KV cache == argmax of full forwards over the sequence so far.
+
+    The soft-prompt and prefix paths tell a decoding step from a new sequence by the cache
+    object they are handed; if they looked for it under a keyword transformers no longer uses,
+    every cached step would be taken for a new sequence (a prompt prepended again, positions
+    restarted) and the tokens would differ from this reference.
+    """
+    model = _model(family, preset)
+    inputs = _inputs()
+    steps = 5
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=True,
+                             pad_token_id=model.config.pad_token_id or 0, eos_token_id=None)
+        ref = _manual_greedy(model, family, inputs, steps)
+    assert torch.equal(out, ref), (out, ref)
+
+
+def test_cache_found_by_type_under_any_keyword() -> None:
+    from transformers import DynamicCache
+
+    from unipetl.spaces.families import cache_in, past_length
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), 0)
+    for key in ("past_key_values", "cache", "some_future_name"):
+        assert cache_in({"input_ids": torch.ones(1, 1), key: cache}) is cache
+        assert past_length({key: cache}) == 4
+    assert past_length({"past_key_values": None, "input_ids": torch.ones(1, 3)}) == 0
 
 
 @pytest.mark.parametrize("family", ["bart", "llama"])

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from spaces.io import ADAPTER_FILE, META_FILE, VARIANT_FILE, load_variant, read_saved, save_variant
-from spaces.presets import parse_preset
-from spaces.realize import apply_variant, variant_state_dict
-from spaces.registry import UnipetlError
-from spaces.testing import tiny_model
+from unipetl.spaces.io import ADAPTER_FILE, META_FILE, VARIANT_FILE, load_variant, read_saved, save_variant
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.realize import apply_variant, variant_state_dict
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.testing import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

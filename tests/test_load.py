@@ -9,7 +9,7 @@ lost). Throughput is printed.
 SQLite lock handling (see docs/operations.md): the engine waits up to 120 s for the file lock
 (`connect_args={"timeout": 120}`, SQLite's busy timeout), and the worker retries a storage call
 that still fails with "database is locked" (the deadlock case where SQLite returns at once)
-with a growing pause (`search.worker._retry_locked`).
+with a growing pause (`unipetl.search.worker._retry_locked`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from search import study as studies
+from unipetl.search import study as studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ def _load(url: str, name: str, workers: int, tmp_path: Path) -> float:
     log = tmp_path / "calls.log"
     env = dict(os.environ, UNIPETL_RUNNER="test_reliability:crash_runner", UNIPETL_TEST_TRAIN_MS="300", UNIPETL_TEST_CALL_LOG=str(log),
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "search.worker", "--storage", url, "--study", name, "--heartbeat-interval", "2", "--grace-period", "20"]
+    cmd = [sys.executable, "-m", "unipetl.search.worker", "--storage", url, "--study", name, "--heartbeat-interval", "2", "--grace-period", "20"]
     t0 = time.time()
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     outs = [p.communicate(timeout=170) for p in procs]

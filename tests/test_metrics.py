@@ -7,9 +7,8 @@ import math
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
-
-from evaluators.metrics import METRICS, compute_metrics, load_metric, metric_key_direction
-from spaces.registry import UnipetlError
+from unipetl.evaluators.metrics import METRICS, compute_metrics, load_metric, metric_key_direction
+from unipetl.spaces.registry import UnipetlError
 
 PRED = [1, 0, 1, 1, 0, 1, 0, 0]
 REF = [1, 0, 0, 1, 1, 1, 0, 1]
@@ -77,7 +76,7 @@ def test_registry_directions_and_unknown() -> None:
 
 
 def test_f1_is_macro_for_more_than_two_classes() -> None:
-    from evaluators.metrics import compute_metrics
+    from unipetl.evaluators.metrics import compute_metrics
 
     # per class: 0 → F1 1, 1 → F1 0, 2 → P = R = 1/2 → F1 1/2; macro = 1/2
     assert compute_metrics(["f1"], [0, 1, 2, 2], [0, 2, 2, 1], num_labels=3)["f1"] == pytest.approx(0.5)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from spaces.peft_export import CONFIG_FILE, WEIGHTS_FILE, export_peft
-from spaces.presets import parse_preset
-from spaces.realize import apply_variant
-from spaces.registry import UnipetlError
-from spaces.testing import tiny_model
-from spaces.variant import Module, Variant
+from unipetl.spaces.peft_export import CONFIG_FILE, WEIGHTS_FILE, export_peft
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.realize import apply_variant
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.testing import tiny_model
+from unipetl.spaces.variant import Module, Variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")  # a test dependency (pyproject [test]); CI installs it
@@ -130,8 +129,8 @@ def test_refused_variants_one_line(family: str, preset: str, expected: str, tmp_
 
 
 def test_cli_export_from_saved_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from search.cli import main
-    from spaces.io import save_variant
+    from unipetl.search.cli import main
+    from unipetl.spaces.io import save_variant
 
     realized, inputs = realized_and_inputs("llama", "lora:r=2")
     save_variant(realized, tmp_path / "saved", base_model_id="tiny-llama")
@@ -149,8 +148,8 @@ def test_cli_export_from_saved_directory(tmp_path: Path, capsys: pytest.CaptureF
 
 @pytest.mark.parametrize(("setup", "expected"), [("houlsby", "not expressible in PEFT"), ("missing", "does not exist"), ("empty", "is not a saved variant")])
 def test_cli_export_bad_input_exit_2(setup: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from search.cli import main
-    from spaces.io import save_variant
+    from unipetl.search.cli import main
+    from unipetl.spaces.io import save_variant
 
     src = tmp_path / "saved"
     if setup == "houlsby":

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from spaces import families
-from spaces.presets import parse_preset
-from spaces.realize import apply_variant
-from spaces.testing import tiny_model
+from unipetl.spaces import families
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.realize import apply_variant
+from unipetl.spaces.testing import tiny_model
 
 CASES = [
     ("bert", "encoder", "self_attn"),

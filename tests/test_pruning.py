@@ -11,10 +11,9 @@ from typing import Any
 import optuna
 import pytest
 from test_search import FAST, data_dir, search_args  # noqa: F401 - the fixture is reused
-
-from search import study as studies
-from search.cli import main
-from search.worker import run_worker
+from unipetl.search import study as studies
+from unipetl.search.cli import main
+from unipetl.search.worker import run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,12 +11,11 @@ import os
 
 import pytest
 import torch
-
-from spaces.presets import PRESETS, parse_preset
-from spaces.realize import apply_variant, load_variant_state_dict, variant_state_dict
-from spaces.registry import UnipetlError
-from spaces.testing import tiny_model
-from spaces.variant import Module, Variant
+from unipetl.spaces.presets import PRESETS, parse_preset
+from unipetl.spaces.realize import apply_variant, load_variant_state_dict, variant_state_dict
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.testing import tiny_model
+from unipetl.spaces.variant import Module, Variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,7 +1,7 @@
 """Crashes and dead nodes (issue 8.1, 8.2): after resume the study holds exactly its trials.
 
 - `test_crash_at_random_points_*`: 20 iterations against SQLite and against PostgreSQL. Each
-  starts a driver (`unipetl search`) or a worker (`python -m search.worker`) process and SIGKILLs
+  starts a driver (`unipetl search`) or a worker (`python -m unipetl.search.worker`) process and SIGKILLs
   it at a point drawn from a seeded RNG: during study creation, during training, during the
   storage write of the result, or between trials. Then the same search is run again (`search`
   when creation never finished, else `resume`) and the study must hold exactly `--trials`
@@ -33,9 +33,8 @@ from typing import Any
 
 import optuna
 import pytest
-
-from search import study as studies
-from search.cli import main
+from unipetl.search import study as studies
+from unipetl.search.cli import main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ def crash_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str |
 
     With UNIPETL_TEST_CALL_LOG set, every call appends a line to that file. With UNIPETL_TEST_KILL_AFTER_MS set, the process SIGKILLs itself that many ms after returning
     the record, i.e. while the worker writes it to the storage."""
-    from evaluators.record import make_record
+    from unipetl.evaluators.record import make_record
 
     time.sleep(int(os.environ.get("UNIPETL_TEST_TRAIN_MS", "200")) / 1000)
     if log := os.environ.get("UNIPETL_TEST_CALL_LOG"):  # one line per evaluation, appended atomically (load test)
@@ -97,14 +96,14 @@ def _search_argv(url: str, name: str) -> list[str]:
 
 def _one_crash(url: str, name: str, point: str, rng: random.Random) -> None:
     if point == "creation":  # the driver dies while it creates the study or starts its first trial
-        cmd = [sys.executable, "-m", "search.cli", *_search_argv(url, name)]
+        cmd = [sys.executable, "-m", "unipetl.search.cli", *_search_argv(url, name)]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 2.5))
     else:
         studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=TRIALS, storage=url, study=name,
                                                   space={"presets": ["lora", "pa-ffn"]}, pruner="none"))
         extra = {"UNIPETL_TEST_KILL_AFTER_MS": f"{rng.uniform(0, 15):.1f}"} if point == "storage_write" else {}
-        cmd = [sys.executable, "-m", "search.worker", "--storage", url, "--study", name, *HB]
+        cmd = [sys.executable, "-m", "unipetl.search.worker", "--storage", url, "--study", name, *HB]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done_before = rng.randrange(TRIALS)  # crash in / after the (k+1)-th trial
         if point == "training":
@@ -130,7 +129,7 @@ def _recover(url: str, name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytes
 
 
 def _check(url: str, name: str, point: str) -> None:
-    from evaluators.record import RECORD_KEYS
+    from unipetl.evaluators.record import RECORD_KEYS
 
     study = studies.load(url, name)
     c = studies.state_counts(study)
@@ -219,8 +218,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.timeout(300)
 def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
-
-    from search.ray_backend import run_ray_workers
+    from unipetl.search.ray_backend import run_ray_workers
 
     data = _tiny_sst2(tmp_path / "data")
     url = f"sqlite:///{tmp_path}/ray.db"  # both nodes share this machine's file system

@@ -18,8 +18,7 @@ from pathlib import Path
 import optuna
 import polars as pl
 import pytest
-
-from search.cli import main
+from unipetl.search.cli import main
 
 _spec = importlib.util.spec_from_file_location("report_records", Path(__file__).parent / "fixtures" / "report_records.py")
 rr = importlib.util.module_from_spec(_spec)

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from reports import effects as fx
-from reports.build import build_sections
-from reports.frontier import (
+from unipetl.reports import effects as fx
+from unipetl.reports.build import build_sections
+from unipetl.reports.frontier import (
     design_distance,
     eligible,
     frontier_of,
@@ -27,11 +26,11 @@ from reports.frontier import (
     nearest_named,
     pareto_mask,
 )
-from reports.html import render
-from reports.load import frame, load_records, mask_url, open_storage, record_row
-from spaces.presets import parse_preset
-from spaces.registry import UnipetlError
-from spaces.variant import Module, Variant
+from unipetl.reports.html import render
+from unipetl.reports.load import frame, load_records, mask_url, open_storage, record_row
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.variant import Module, Variant
 
 _spec = importlib.util.spec_from_file_location("report_records", Path(__file__).parent / "fixtures" / "report_records.py")
 rr = importlib.util.module_from_spec(_spec)

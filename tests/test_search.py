@@ -14,11 +14,10 @@ from typing import Any
 
 import optuna
 import pytest
-
-from search import study as studies
-from search.cli import main
-from search.worker import run_worker
-from spaces.search_space import DEFAULT_PRESETS, budget_params, size_preset
+from unipetl.search import study as studies
+from unipetl.search.cli import main
+from unipetl.search.worker import run_worker
+from unipetl.spaces.search_space import DEFAULT_PRESETS, budget_params, size_preset
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -209,7 +208,7 @@ def test_status_of_missing_study(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def _worker_cmd(url: str, name: str) -> list[str]:
-    return [sys.executable, "-m", "search.worker", "--storage", url, "--study", name, "--heartbeat-interval", "1", "--grace-period", "3"]
+    return [sys.executable, "-m", "unipetl.search.worker", "--storage", url, "--study", name, "--heartbeat-interval", "1", "--grace-period", "3"]
 
 
 @pytest.mark.slow

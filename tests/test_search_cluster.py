@@ -9,9 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
-
-from search import study as studies
-from search.cli import main
+from unipetl.search import study as studies
+from unipetl.search.cli import main
 
 pytestmark = pytest.mark.cluster
 PG = os.environ.get("UNIPETL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")

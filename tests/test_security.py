@@ -21,10 +21,9 @@ import pytest
 import torch
 import yaml
 from transformers.models.bert import modeling_bert  # noqa: F401 - imported before torch.load / pickle are patched
-
-from search import study as studies
-from search.cli import main
-from search.worker import run_worker
+from unipetl.search import study as studies
+from unipetl.search.cli import main
+from unipetl.search.worker import run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SECRET = "s3cret"
@@ -43,10 +42,10 @@ def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_saved_variants_load_from_safetensors_only(tmp_path: Path, no_pickle: None) -> None:
-    from spaces.io import load_variant, save_variant
-    from spaces.presets import parse_preset
-    from spaces.realize import apply_variant, variant_state_dict
-    from spaces.testing import tiny_model
+    from unipetl.spaces.io import load_variant, save_variant
+    from unipetl.spaces.presets import parse_preset
+    from unipetl.spaces.realize import apply_variant, variant_state_dict
+    from unipetl.spaces.testing import tiny_model
 
     torch.manual_seed(0)
     realized = apply_variant(tiny_model("bert", "cls"), parse_preset("mam:l=4,r=4"))
@@ -75,7 +74,7 @@ def test_saved_variants_load_from_safetensors_only(tmp_path: Path, no_pickle: No
 
 
 def test_yaml_is_read_with_the_safe_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from evaluators.tasks import get_task
+    from unipetl.evaluators.tasks import get_task
 
     safe_load_impl = yaml.load
 
@@ -171,8 +170,8 @@ def test_local_workers_get_the_storage_url_from_the_environment_not_argv(monkeyp
     """A password in the storage URL must not show in `ps`: the worker command line carries no URL."""
     import argparse
 
-    from search.commands import search as search_cmd
-    from search.worker import main as worker_main
+    from unipetl.search.commands import search as search_cmd
+    from unipetl.search.worker import main as worker_main
 
     launched: list[tuple[list[str], dict[str, str]]] = []
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
-from spaces.accounting import count
-from spaces.registry import UnipetlError
-from spaces.search_space import (
+from unipetl.spaces.accounting import count
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.search_space import (
     DEFAULT_PRESETS,
     SpaceConfig,
     budget_params,
@@ -16,7 +15,7 @@ from spaces.search_space import (
     size_preset,
     suggest_variant,
 )
-from spaces.shapes import resolve_shape
+from unipetl.spaces.shapes import resolve_shape
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MINILM = resolve_shape("minilm")
@@ -126,7 +125,7 @@ def test_presets_sized_to_budget_are_the_largest_that_fit() -> None:
         # one more unit of the size key would exceed the budget
         key = "l" if name == "prefix" else "r"
         bigger = v.name.replace(f"{key}={dict(kv.split('=') for kv in v.name.split(':')[1].split(','))[key]}", f"{key}={int(dict(kv.split('=') for kv in v.name.split(':')[1].split(','))[key]) + 1}", 1)
-        from spaces.presets import parse_preset
+        from unipetl.spaces.presets import parse_preset
 
         assert count(parse_preset(bigger), MINILM).paper_params > b
     assert size_preset("mam", MINILM, 0.005).name == "mam:l=15,r=9,s=4.0,mlp=0"  # l halved from 30 so r >= 1 fits

@@ -7,13 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-
-from evaluators.data import load_split, prepare
-from evaluators.models import load_model
-from evaluators.tasks import TASKS, get_task
-from evaluators.trial import TrialConfig, run_trial
-from spaces.presets import parse_preset
-from spaces.registry import UnipetlError
+from unipetl.evaluators.data import load_split, prepare
+from unipetl.evaluators.models import load_model
+from unipetl.evaluators.tasks import TASKS, get_task
+from unipetl.evaluators.trial import TrialConfig, run_trial
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.registry import UnipetlError
 
 DATA = os.environ.get("UNIPETL_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 if not Path(DATA).is_dir():

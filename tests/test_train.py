@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from unipetl.evaluators import train as train_mod
+from unipetl.evaluators.record import RECORD_KEYS
+from unipetl.evaluators.trial import TrialConfig, run_trial
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.registry import UnipetlError
 
-from evaluators import train as train_mod
-from evaluators.record import RECORD_KEYS
-from evaluators.trial import TrialConfig, run_trial
-from spaces.presets import parse_preset
-from spaces.registry import UnipetlError
 from tests.test_tasks import DATA
 
 

@@ -15,13 +15,12 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
-
-from search import study as studies
-from search import tune_backend as tb
-from search.cli import main
-from spaces.accounting import count
-from spaces.presets import parse_preset
-from spaces.search_space import SpaceConfig, budget_params, suggest_variant
+from unipetl.search import study as studies
+from unipetl.search import tune_backend as tb
+from unipetl.search.cli import main
+from unipetl.spaces.accounting import count
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.search_space import SpaceConfig, budget_params, suggest_variant
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,7 +89,7 @@ def test_mirror_fills_tickets_complete_pruned_failed_and_is_idempotent(tmp_path:
     assert r["curve"] == [{"step": 1, "loss": None, "metrics": {"accuracy": 0.5}}] and r["schema"] == 1
     assert failed.user_attrs["record"]["status"] == "failed" and failed.user_attrs["record"]["error"] == "RuntimeError: boom"
     # status reads the mirrored study unchanged: only the finished trial is on the front
-    from search.commands.status import summary
+    from unipetl.search.commands.status import summary
 
     s = summary(study)
     assert s["states"]["COMPLETE"] == 1 and s["states"]["PRUNED"] == 1 and [p["number"] for p in s["pareto"]] == [0]

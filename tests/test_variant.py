@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from spaces.presets import PRESETS, parse_preset
-from spaces.registry import UnipetlError
-from spaces.variant import Module, Variant
+from unipetl.spaces.presets import PRESETS, parse_preset
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.variant import Module, Variant
 
 ALL_PRESETS = PRESETS.names()
 

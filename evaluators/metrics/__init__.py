@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from spaces.registry import Registry
+from unipetl.spaces.registry import Registry
 
 log = logging.getLogger(__name__)
 

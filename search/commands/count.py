@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from spaces.accounting import count
-from spaces.registry import UnipetlError
-from spaces.shapes import resolve_shape
-from spaces.variant import Variant
+from unipetl.spaces.accounting import count
+from unipetl.spaces.registry import UnipetlError
+from unipetl.spaces.shapes import resolve_shape
+from unipetl.spaces.variant import Variant
 
 NAME = "count"
 HELP = "count a variant's parameters (paper count and trainable count) on a model, without building it"
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_variant(args: argparse.Namespace) -> Variant:
-    from spaces.presets import parse_preset
+    from unipetl.spaces.presets import parse_preset
 
     if getattr(args, "variant", None):
         return Variant.from_file(args.variant)

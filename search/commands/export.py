@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from spaces.registry import UnipetlError
+from unipetl.spaces.registry import UnipetlError
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def skeleton(meta: dict[str, Any], where: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spaces.io import load_variant, read_saved
-    from spaces.peft_export import CONFIG_FILE, WEIGHTS_FILE, export_peft, peft_kind
+    from unipetl.spaces.io import load_variant, read_saved
+    from unipetl.spaces.peft_export import CONFIG_FILE, WEIGHTS_FILE, export_peft, peft_kind
 
     saved = read_saved(args.source)
     out = Path(args.out)

@@ -19,18 +19,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _rows(what: str) -> list[dict[str, object]]:
     if what == "presets":
-        from spaces.presets import PRESETS
+        from unipetl.spaces.presets import PRESETS
 
         return [{"name": n, "summary": p.summary, "defaults": p.defaults} for n, p in PRESETS.items()]
     if what == "cards":
-        from spaces.shapes import CARDS
+        from unipetl.spaces.shapes import CARDS
 
         return [{"name": n, "hub_id": c.hub_id, "base_params": c.base_params} for n, c in CARDS.items()]
     try:
         if what == "tasks":
-            from evaluators.tasks import TASKS as reg  # type: ignore[import-not-found]
+            from unipetl.evaluators.tasks import TASKS as reg  # type: ignore[import-not-found]
         else:
-            from evaluators.models import MODELS as reg  # type: ignore[import-not-found]
+            from unipetl.evaluators.models import MODELS as reg  # type: ignore[import-not-found]
     except ImportError:
         return []
     return [{"name": n, "summary": getattr(x, "summary", "")} for n, x in reg.items()]

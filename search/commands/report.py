@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from spaces.registry import UnipetlError
+from unipetl.spaces.registry import UnipetlError
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from reports.build import write_report
-    from reports.load import load_records, load_studies, mask_url
+    from unipetl.reports.build import write_report
+    from unipetl.reports.load import load_records, load_studies, mask_url
 
     if not args.storage and not args.records:
         raise UnipetlError("give at least one source: --storage URL and/or --records FILE.")

@@ -6,8 +6,7 @@ import argparse
 import warnings
 
 import optuna
-
-from search.commands.search import add_worker_arguments, check_workers, drive
+from unipetl.search.commands.search import add_worker_arguments, check_workers, drive
 
 NAME = "resume"
 HELP = "continue a study to its trial budget with fresh workers"
@@ -21,7 +20,7 @@ its interrupted Tune experiment (Tuner.restore), then new Tune rounds for any ti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from search.study import DEFAULT_STORAGE
+    from unipetl.search.study import DEFAULT_STORAGE
 
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="database URL (default sqlite:///runs/unipetl.db)")
     p.add_argument("--study", required=True, help="study name")
@@ -30,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search import study as studies
-    from spaces.registry import UnipetlError
+    from unipetl.search import study as studies
+    from unipetl.spaces.registry import UnipetlError
 
     check_workers(args)
     if args.trials is not None and args.trials <= 0:
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials > study.user_attrs["trials"]:
         study.set_user_attr("trials", args.trials)
     if study.user_attrs.get("backend") == "tune":  # restore its Tune experiment (Tuner.restore), then new rounds if short
-        from search.commands.search import drive_tune
+        from unipetl.search.commands.search import drive_tune
 
         return drive_tune(args.storage, args.study, args)
     with warnings.catch_warnings():

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from spaces.registry import UnipetlError
+from unipetl.spaces.registry import UnipetlError
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evaluators.trial import WEIGHTS_FILE, TrialConfig, run_trial
-    from search.commands.count import load_variant
+    from unipetl.evaluators.trial import WEIGHTS_FILE, TrialConfig, run_trial
+    from unipetl.search.commands.count import load_variant
 
     variant = load_variant(args)
     if variant.name is None and args.preset:

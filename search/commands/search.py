@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from spaces.registry import UnipetlError
+from unipetl.spaces.registry import UnipetlError
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_spec(args: argparse.Namespace) -> Any:
-    from search.study import StudySpec, bundled_study_file, load_study_file
+    from unipetl.search.study import StudySpec, bundled_study_file, load_study_file
 
     data: dict[str, Any] = load_study_file(args.study_file) if args.study_file else {}
     task, model = args.task or data.get("task"), args.model or data.get("model")
@@ -102,8 +102,8 @@ def check_workers(args: argparse.Namespace) -> None:
 
 def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
     """Run the workers to the trial budget with a progress bar; Ctrl-C leaves the study resumable."""
-    from search import study as studies
-    from search.worker import run_worker
+    from unipetl.search import study as studies
+    from unipetl.search.worker import run_worker
 
     hb = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
     study = studies.load(storage_url, study_name, **hb)
@@ -111,7 +111,7 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         if args.ray_address:
-            from search.ray_backend import run_ray_workers
+            from unipetl.search.ray_backend import run_ray_workers
 
             run_ray_workers(storage_url, study_name, workers=args.workers, address=args.ray_address, gpus_per_trial=args.gpus_per_trial, **hb)
         elif args.workers == 1:
@@ -136,9 +136,8 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
 def _local_processes(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress) -> None:
     # the storage URL travels in the environment, not on the command line, so a password in it
     # never shows in `ps` output
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               UNIPETL_STORAGE=storage_url)
-    cmd = [sys.executable, "-m", "search.worker", "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), UNIPETL_STORAGE=storage_url)
+    cmd = [sys.executable, "-m", "unipetl.search.worker", "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
     if args.grace_period:
         cmd += ["--grace-period", str(args.grace_period)]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
@@ -166,7 +165,7 @@ class _Progress:
         self.update()
 
     def update(self) -> None:
-        from search.study import state_counts
+        from unipetl.search.study import state_counts
 
         c = state_counts(self.study)
         self.bar.n = c["COMPLETE"] + c["PRUNED"]
@@ -211,8 +210,7 @@ def _safe(url: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import optuna
-
-    from search import study as studies
+    from unipetl.search import study as studies
 
     if not getattr(args, "verbose", False):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -221,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     check_backend(spec, args.backend)
     study = studies.create_or_check(spec, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
     if args.backend == "tune":
-        from search.tune_backend import prepare_study
+        from unipetl.search.tune_backend import prepare_study
 
         prepare_study(study, spec.storage, args.tune_dir)
         return drive_tune(spec.storage, study.study_name, args)
@@ -232,8 +230,7 @@ def check_backend(spec: Any, backend: str) -> None:
     """A study stays with the backend that created it (its tickets are filled differently);
     checked before anything is written."""
     import optuna
-
-    from search import study as studies
+    from unipetl.search import study as studies
 
     name = spec.study or studies.default_study_name(spec)
     storage = studies.make_storage(spec.storage)
@@ -247,8 +244,8 @@ def check_backend(spec: Any, backend: str) -> None:
 
 def drive_tune(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
     """Run (or restore) the study's Tune experiment to its trial budget and print the summary."""
-    from search import study as studies
-    from search.tune_backend import run_tune
+    from unipetl.search import study as studies
+    from unipetl.search.tune_backend import run_tune
 
     t0 = time.time()
     done = run_tune(storage_url, study_name, address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

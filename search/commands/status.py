@@ -14,7 +14,7 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from search.study import DEFAULT_STORAGE
+    from unipetl.search.study import DEFAULT_STORAGE
 
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="database URL (default sqlite:///runs/unipetl.db)")
     p.add_argument("--study", required=True, help="study name")
@@ -40,8 +40,7 @@ def pareto(points: list[dict[str, Any]], higher_is_better: bool) -> list[dict[st
 
 def summary(study: Any) -> dict[str, Any]:
     from optuna.trial import TrialState
-
-    from search.study import state_counts
+    from unipetl.search.study import state_counts
 
     attrs = study.user_attrs
     done = [_point(t, attrs) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -55,8 +54,7 @@ def summary(study: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     import optuna
-
-    from search import study as studies
+    from unipetl.search import study as studies
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = studies.load(args.storage, args.study)

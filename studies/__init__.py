@@ -1,0 +1,1 @@
+"""Bundled study files (`{task}-{model}.yaml`), installed as `unipetl.studies` (package data)."""

@@ -69,6 +69,7 @@ def make_study(kind: str, storage: str, trials: int, train: dict[str, Any], repe
     """Create (or resume) one study; (a) gets grid tickets, (b) random with no named methods.
     Repeat r > 0 is a separate study (`se-<kind>-r<r>`) with training seed + r."""
     import optuna
+
     from unipetl.search import study as studies
 
     spec = studies.StudySpec(task=TASK, model=MODEL, budget=BUDGET, mode="frontier", trials=trials, study=f"se-{kind}" + (f"-r{repeat}" if repeat else ""), storage=storage,
@@ -108,6 +109,7 @@ def history(study: Any, chance: float = 0.0) -> list[dict[str, Any]]:
     """Per finished trial (in trial order): its point and the hypervolume so far (reference
     accuracy 0, and reference accuracy `chance`)."""
     from optuna.trial import TrialState
+
     from unipetl.reports.frontier import hypervolume
 
     fr: list[float] = []

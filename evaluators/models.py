@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from unipetl.evaluators.data import hub_offline, training_text
+from unipetl.evaluators.data import hub_offline, split_identity, task_fingerprint, tokenizer_fingerprint, training_text
 from unipetl.evaluators.tasks import Task
 from unipetl.spaces.registry import Registry, UnipetlError
 from unipetl.spaces.testing import DECODERS, SEQ2SEQ, TINY_CONFIGS
@@ -56,7 +56,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     family: str  # config.model_type
-    key: str  # identifies the tokenizer for the data cache
+    key: str  # names the model and its tokenizer (the data cache also keys on the tokenizer's content)
 
 
 def resolve(name: str) -> ModelSpec:
@@ -117,11 +117,16 @@ def load_model(name: str, task: Task, *, data_dir: str | None = None, max_train:
 
 
 _TOKENIZERS: dict[tuple[Any, ...], Any] = {}
+_TOKENIZERS_SIZE = 8
 
 
 def tiny_tokenizer(task: Task, family: str, data_dir: str | None, max_train: int | None) -> Any:
-    """A word-level tokenizer trained on the task's training text (cached per task and family)."""
-    key = (task.name, tuple(sorted(task.data_files.items())), data_dir, max_train, family)
+    """A word-level tokenizer trained on the task's training text.
+
+    Cached in-process under what it is trained on: the whole task spec, the training file's
+    identity (path, size, mtime, content digest) or hub split, the cap, the family and the
+    vocabulary size, so an edited file or another task with the same name trains a new one."""
+    key = (task_fingerprint(task), split_identity(task, "train", data_dir), max_train, family, TINY_VOCAB, tuple(SPECIALS))
     if key in _TOKENIZERS:
         return _TOKENIZERS[key]
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
@@ -140,6 +145,8 @@ def tiny_tokenizer(task: Task, family: str, data_dir: str | None, max_train: int
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if typed else [])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    mask_token="<mask>", model_input_names=names)
+    if len(_TOKENIZERS) >= _TOKENIZERS_SIZE:
+        _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
     _TOKENIZERS[key] = fast
     return fast
 
@@ -162,4 +169,4 @@ def _load_tiny(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: 
         model = tiny_model(family, "cls", seed=seed, num_labels=task.num_labels, **ids)
         if task.kind == "regression":
             model.config.problem_type = "regression"
-    return LoadedModel(spec.name, model, tokenizer, family, f"{spec.name}:{id(tokenizer)}")
+    return LoadedModel(spec.name, model, tokenizer, family, f"{spec.name}:{tokenizer_fingerprint(tokenizer)[:16]}")  # not id(): ids are reused

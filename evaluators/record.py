@@ -23,6 +23,8 @@ RECORD_KEYS = (
     "head_params", "base_params", "paper_percent", "paper_fraction", "trainable_percent", "trainable_fraction", "metrics", "main_metric",
     "higher_is_better", "metric", "best_step", "curve", "wall_seconds", "train_tokens_per_second", "step_seconds", "peak_memory_bytes",
     "device", "seed", "train_settings", "versions", "git_commit", "fidelity",
+    # added with seeds / method-aware learning rates (still schema 1: readers treat missing keys as null)
+    "weights_step", "lr", "baseline_metric", "baseline", "eval_examples", "parent",
 )
 _PACKAGES = ("unipetl", "torch", "transformers", "datasets", "evaluate", "tokenizers", "optuna", "sacrebleu", "rouge-score", "safetensors")
 
@@ -38,9 +40,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """HEAD of the project's checkout (None outside a git work tree); '+dirty' when it has edits."""
+    """HEAD of the project's checkout (None outside a git work tree); '+dirty' when it has edits.
+
+    Asked anew for every record (two short git calls): a cached answer would keep a long-lived
+    worker stamping records with the commit / clean state it started with."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():  # an installed package: site-packages is not our checkout
         return None

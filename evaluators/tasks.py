@@ -13,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from unipetl.evaluators.metrics import METRICS
+from unipetl.spaces.files import read_text_file
 from unipetl.spaces.registry import Registry, UnipetlError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -172,6 +175,121 @@ TASKS.register(
 
 
 _TASK_FILE_KEYS = ("name", "kind", "data_files", "text_fields", "label_field", "target_field", "labels", "num_labels", "metrics", "main_metric", "generation", "max_length")
+# keys whose values are names the user wrote: YAML keeps them as that text (`labels: [no, yes]` stays ['no', 'yes'], not booleans)
+_TASK_TEXT_KEYS = ("name", "kind", "data_files", "text_fields", "label_field", "target_field", "labels", "metrics", "main_metric")
+
+# --- reading the files users write (task files here; study files in unipetl.search.study) ----------
+# (the bytes → text step, shared with variant files, is unipetl.spaces.files)
+
+
+def load_yaml(text: str, what: str, path: str | Path, *, text_keys: Collection[str] = ()) -> Any:
+    """Safe-load YAML (python tags are refused, never run); one UnipetlError naming the file on bad YAML.
+
+    Plain scalars under `text_keys` (dotted paths such as "labels" or "space.presets") are kept
+    as the text the user wrote: YAML 1.1 would turn `no` / `yes` / `on` into booleans, `1.10`
+    into 1.1 and `2024-01-01` into a date, and names must stay names."""
+    import yaml
+
+    where = f"{what} {str(path)!r}"
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _keep_text(node, frozenset(text_keys), "")
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise UnipetlError(f"{where} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    except RecursionError:
+        raise UnipetlError(f"{where} is nested too deeply to be a {what}.") from None
+    finally:
+        loader.dispose()
+
+
+_YAML = "tag:yaml.org,2002:"
+_TYPED_SCALARS = frozenset(_YAML + t for t in ("bool", "int", "float", "timestamp"))
+
+
+def _keep_text(node: Any, keys: frozenset[str], prefix: str) -> None:
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for k, v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            continue
+        path = prefix + str(k.value)
+        if path in keys:
+            _as_text(v)
+        elif any(key.startswith(path + ".") for key in keys):
+            _keep_text(v, keys, path + ".")
+
+
+def _as_text(node: Any) -> None:
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag in _TYPED_SCALARS:  # the constructor then builds a str from the scalar's own text
+            node.tag = _YAML + "str"
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _as_text(child)
+    elif isinstance(node, yaml.MappingNode):
+        for _, child in node.value:
+            _as_text(child)
+
+
+# --- task files ------------------------------------------------------------------------------
+
+
+def _name(value: Any, key: str, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise UnipetlError(f"{where}: `{key}` must be a name (text), got {value!r}.")
+    return str(value)
+
+
+def _names(value: Any, key: str, where: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(items, list):
+        raise UnipetlError(f"{where}: `{key}` must be a name or a list of names, got {value!r}.")
+    return tuple(_name(v, f"{key}[{i}]", where) for i, v in enumerate(items))
+
+
+def _positive_int(value: Any, key: str, where: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UnipetlError(f"{where}: `{key}` should be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _label_names(value: Any, where: str) -> tuple[str, ...]:
+    """`labels:` as the user wrote them (YAML keeps them as text; a JSON number is its decimal text)."""
+    if not isinstance(value, list):
+        raise UnipetlError(f"{where}: `labels` must be a list of label names, got {value!r}.")
+    names: list[str] = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)) or isinstance(v, str) and not v.strip():
+            raise UnipetlError(f"{where}: `labels[{i}]` must be a label name (text), got {v!r}; write it in quotes.")
+        if str(v) in names:
+            raise UnipetlError(f"{where}: `labels` lists {str(v)!r} twice.")
+        names.append(str(v))
+    return tuple(names)
+
+
+def _generation(value: Any, where: str) -> Generation | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UnipetlError(f"{where}: `generation` must be a mapping, got {value!r}.")
+    known = [f.name for f in dataclasses.fields(Generation)]
+    for key, v in value.items():
+        if key not in known:
+            raise UnipetlError(f"{where}: Unknown key {key!r} in generation.{did_you_mean(str(key), known)}")
+        if key == "length_penalty":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise UnipetlError(f"{where}: `generation.length_penalty` should be a number, got {v!r}.")
+        else:
+            _positive_int(v, f"generation.{key}", where, minimum=0 if key in ("min_new_tokens", "no_repeat_ngram_size") else 1)
+    return Generation(**value)
 
 
 def load_task_file(path: str | Path) -> Task:
@@ -179,43 +297,47 @@ def load_task_file(path: str | Path) -> Task:
 
     Example (YAML):  name: reviews / kind: classification / data_files: {train: train.csv, eval: dev.csv}
     / text_fields: [text] / label_field: stars / labels: [bad, good] / metrics: [accuracy, f1]
-    """
-    import yaml
 
+    Names (fields, labels, metrics, files) are read as the text written: `labels: [no, yes]` are
+    the strings 'no' and 'yes'. Every bad value is one UnipetlError naming the file and the key.
+    """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise UnipetlError(f"cannot read task file {str(p)!r}: {err.strerror}.") from None
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise UnipetlError(f"task file {str(p)!r} is malformed: {str(err).splitlines()[0]}") from None
+    where = f"task file {str(p)!r}"
+    text = read_text_file(p, "task file")
+    if p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UnipetlError(f"{where} is malformed JSON: {err.msg} at line {err.lineno} column {err.colno}.") from None
+        except RecursionError:
+            raise UnipetlError(f"{where} is nested too deeply to be a task file.") from None
+    else:
+        data = load_yaml(text, "task file", p, text_keys=_TASK_TEXT_KEYS)
     if not isinstance(data, dict):
-        raise UnipetlError(f"task file {str(p)!r} must hold a mapping, got {type(data).__name__}.")
+        raise UnipetlError(f"{where} must hold a mapping, got {type(data).__name__}.")
     for key in data:
         if key not in _TASK_FILE_KEYS:
-            raise UnipetlError(f"Unknown key {key!r} in task file {str(p)!r}.{did_you_mean(str(key), _TASK_FILE_KEYS)}")
+            raise UnipetlError(f"Unknown key {key!r} in {where}.{did_you_mean(str(key), _TASK_FILE_KEYS)}")
     files = data.get("data_files")
     if not isinstance(files, dict) or "train" not in files or "eval" not in files:
-        raise UnipetlError(f"task file {str(p)!r}: `data_files` must map train and eval to files, got {files!r}.")
-    kind = data.get("kind", "classification")
-    metrics = tuple(data.get("metrics") or {"classification": ["accuracy"], "regression": ["pearsonr", "spearmanr"], "seq2seq": ["rouge"]}.get(kind, ["accuracy"]))
+        raise UnipetlError(f"{where}: `data_files` must map train and eval to files, got {files!r}.")
+    for role, f in files.items():
+        if not isinstance(f, str) or not f.strip():
+            raise UnipetlError(f"{where}: `data_files.{role}` must be a file path, got {f!r}.")
+    kind = _name(data.get("kind", "classification"), "kind", where)
+    default_metrics = {"classification": ["accuracy"], "regression": ["pearsonr", "spearmanr"], "seq2seq": ["rouge"]}.get(kind, ["accuracy"])
+    metrics = _names(data.get("metrics") or default_metrics, "metrics", where)
     first = METRICS.get(metrics[0]).keys[0] if metrics else "accuracy"
-    gen = data.get("generation")
-    try:
-        generation = Generation(**gen) if gen else None
-    except TypeError as err:
-        raise UnipetlError(f"task file {str(p)!r}: bad `generation`: {err}.") from None
-    fields = data.get("text_fields")
+    optional = {k: _name(data[k], k, where) if data.get(k) is not None else None for k in ("label_field", "target_field")}
     return Task(
-        name=str(data.get("name") or p.stem), kind=kind,
-        text_fields=tuple(fields) if isinstance(fields, list) else (fields,) if isinstance(fields, str) else (),
-        label_field=data.get("label_field"), target_field=data.get("target_field"),
-        num_labels=int(data.get("num_labels", 2)), label_names=tuple(str(x) for x in data.get("labels") or ()),
-        metrics=metrics, main_metric=data.get("main_metric", first),
-        data_files={role: str((p.parent / f).resolve()) for role, f in files.items()},
-        generation=generation, max_length=int(data.get("max_length", 128)),
+        name=_name(data.get("name") or p.stem, "name", where), kind=kind,  # type: ignore[arg-type] # checked in Task.__post_init__
+        text_fields=_names(data.get("text_fields") or [], "text_fields", where),
+        label_field=optional["label_field"], target_field=optional["target_field"],
+        num_labels=_positive_int(data.get("num_labels", 2), "num_labels", where),
+        label_names=_label_names(data["labels"], where) if data.get("labels") is not None else (),
+        metrics=metrics, main_metric=_name(data.get("main_metric", first), "main_metric", where),
+        data_files={str(role): str((p.parent / f).resolve()) for role, f in files.items()},
+        generation=_generation(data.get("generation"), where), max_length=_positive_int(data.get("max_length", 128), "max_length", where),
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from unipetl.evaluators.metrics import compute_metrics
 from unipetl.evaluators.tasks import Task
 
@@ -55,6 +56,7 @@ class LoopResult:
     best_step: int | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
+    weights_step: int | None = None  # the step whose trainable tensors the model ends with (the best evaluation's)
     train_seconds: float = 0.0
     train_tokens: int = 0
     peak_memory_bytes: int = 0
@@ -68,14 +70,23 @@ def _collator(task: Task, tokenizer: Any, model: Any) -> Any:
     return DataCollatorWithPadding(tokenizer)
 
 
-def _loss(task: Task, model: Any, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
+def loss_units(task: Task, batch: dict[str, torch.Tensor]) -> int:
+    """What the loss averages over: target tokens for seq2seq (labels ≠ -100), examples otherwise."""
+    labels = batch["labels"]
+    return int((labels != -100).sum()) if task.kind == "seq2seq" else int(labels.shape[0])
+
+
+def _loss_sum(task: Task, model: Any, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
+    """The loss *summed* over the batch's units (see `loss_units`); the caller divides by the
+    units of the whole accumulation window, so batch B × accumulation 1 and batch B/k ×
+    accumulation k give the same gradient even when micro-batches hold different token counts."""
     labels = batch.pop("labels")
     logits = model(**batch).logits.float()
     if task.kind == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.float())
+        return F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
     if task.kind == "classification":
-        return F.cross_entropy(logits, labels)
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits, labels, reduction="sum")
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100, label_smoothing=label_smoothing, reduction="sum")
 
 
 @torch.no_grad()
@@ -129,8 +140,44 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def accumulate(task: Task, model: Any, window: list[dict[str, torch.Tensor]], label_smoothing: float) -> float:
+    """Backward over one accumulation window; returns its mean loss (nan / inf: stopped early).
+
+    Every micro-batch's summed loss is divided by the units (target tokens for seq2seq, examples
+    otherwise) of the *whole window*, so the accumulated gradient is the gradient of the window's
+    mean loss — the same as one batch holding all of it, whatever each micro-batch's length."""
+    units = max(1, sum(loss_units(task, b) for b in window))
+    total = 0.0
+    for batch in window:
+        loss = _loss_sum(task, model, dict(batch), label_smoothing) / units
+        if not torch.isfinite(loss):
+            return float(loss.item())
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _windows(loader: Any, size: int) -> Any:
+    """The loader's batches in accumulation windows of `size` (the last one of an epoch may be shorter)."""
+    window: list[dict[str, torch.Tensor]] = []
+    for batch in loader:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
 def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, eval_sets: dict[str, Any], s: LoopSettings, *,
-                       device: torch.device, report: Report | None = None, progress: bool = False) -> LoopResult:
+                       device: torch.device, report: Report | None = None, progress: bool = False,
+                       param_groups: list[dict[str, Any]] | None = None) -> LoopResult:
+    """Train, evaluating every `eval_every` steps; the model ends with the *best* evaluation's
+    trainable tensors (so saved weights reproduce the recorded metric; `LoopResult.weights_step`).
+
+    `param_groups`: AdamW groups with their own `lr` (one per kind of module, `unipetl.spaces.lr`);
+    default: every trainable parameter at `s.lr`.
+    """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from transformers import get_scheduler, set_seed
@@ -143,7 +190,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(_param_groups(model, s.weight_decay), lr=s.lr)
+    optimizer = torch.optim.AdamW(param_groups if param_groups is not None else _param_groups(model, s.weight_decay), lr=s.lr)
     # batches of similar length (with randomness, seeded): dynamic padding then pads far less,
     # which on SST-2 cuts a step by about a third against plain shuffling
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -152,7 +199,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     sampler = LengthGroupedSampler(s.batch_size, lengths=lengths, generator=torch.Generator().manual_seed(s.seed))
     loader = DataLoader(train_ds.remove_columns([c for c in (task.target_field,) if c and c in train_ds.column_names]),
                         batch_size=s.batch_size, sampler=sampler, collate_fn=_collator(task, tokenizer, model))
-    steps_per_epoch = max(1, len(loader) // s.grad_accum)
+    steps_per_epoch = max(1, math.ceil(len(loader) / s.grad_accum))
     total = s.max_steps or max(1, math.ceil(s.epochs * steps_per_epoch))
     scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=int(s.warmup_ratio * total), num_training_steps=total)
     eval_every = s.eval_every or steps_per_epoch
@@ -160,25 +207,23 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(total=total, desc=f"{task.name}", unit="step", disable=None if progress else True)
 
-    step = micro = 0
+    step = 0
     running: list[float] = []
     t_start, t_eval = time.perf_counter(), 0.0
+    best_state: dict[str, torch.Tensor] | None = None
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     while step < total and res.status == "ok":
         model.train()
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            res.train_tokens += int(batch["attention_mask"].sum()) + (int((batch["labels"] != -100).sum()) if task.kind == "seq2seq" else 0)
+        for window in _windows(loader, s.grad_accum):
+            window = [{k: v.to(device) for k, v in b.items()} for b in window]
+            res.train_tokens += sum(int(b["attention_mask"].sum()) + (int((b["labels"] != -100).sum()) if task.kind == "seq2seq" else 0) for b in window)
             with amp:
-                loss = _loss(task, model, batch, s.label_smoothing)
-            if not torch.isfinite(loss):
-                res.status, res.error = "failed", f"loss became {loss.item()} at step {step + 1}"
+                window_loss = accumulate(task, model, window, s.label_smoothing)
+            if not math.isfinite(window_loss):
+                res.status, res.error = "failed", f"loss became {window_loss} at step {step + 1}"
                 log.warning("%s: %s", task.name, res.error)
                 break
-            (loss / s.grad_accum).backward()
-            running.append(loss.item())
-            micro += 1
-            if micro % s.grad_accum:
-                continue
+            running.append(window_loss)
             if s.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
@@ -188,14 +233,22 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
             bar.update(1)
             if step % eval_every == 0 or step == total:
                 t0 = time.perf_counter()
+                before = res.best_step
                 if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, report):
                     res.status = "pruned"
+                if res.best_step != before:  # a new best: keep its tensors (on the CPU) for the end
+                    best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}
                 t_eval += time.perf_counter() - t0
                 bar.set_postfix({task.main_metric: f"{res.metric:.4f}" if res.metric is not None else "-"})
                 running = []
                 model.train()
             if step >= total or res.status != "ok":
                 break
+    if best_state is not None and res.best_step != step:
+        with torch.no_grad():  # end on the best evaluation's weights: what is saved is what was scored
+            for n, p in trained:
+                p.copy_(best_state[n].to(p.device))
+    res.weights_step = res.best_step if best_state is not None else (step or None)
     res.train_seconds = time.perf_counter() - t_start - t_eval
     bar.close()
     res.steps = step

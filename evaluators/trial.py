@@ -21,6 +21,7 @@ from typing import Any
 
 from unipetl.evaluators.record import make_record
 from unipetl.evaluators.tasks import get_task
+from unipetl.spaces import lr as lr_rules
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.variant import Variant
 
@@ -40,7 +41,8 @@ class TrialConfig:
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
     batch_size: int = 32
-    lr: float = 1e-4  # the paper's GLUE lr; LoRA on MiniLM likes 3e-4..1e-3
+    lr: float | None = None  # one rate for every parameter; None: method-aware (each kind its central rate × lr_scale)
+    lr_scale: float = 1.0  # multiplier on every kind's central rate (unipetl.spaces.lr); what the search samples
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
     grad_accum: int = 1
@@ -66,8 +68,10 @@ class TrialConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise UnipetlError(f"`{name}` should be a positive integer, got {v!r}.")
-        for name in ("epochs", "lr"):
+        for name in ("epochs", "lr", "lr_scale"):
             v = getattr(self, name)
+            if v is None and name == "lr":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise UnipetlError(f"`{name}` should be a positive number, got {v!r}.")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -104,15 +108,51 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def _length_limit(model: Any, wanted: int) -> int:
-    """The tokenization limit, capped at the model's positions (tiny models have 128)."""
+def _length_limit(model: Any, wanted: int, reserved: int = 0) -> int:
+    """The tokenization limit, capped at the model's positions (tiny models have 128) less
+    `reserved` positions (prompt tuning's l soft tokens share the input's position table)."""
     cfg = model.config
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit is None:
         return wanted
     if cfg.model_type in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # positions start after the padding index
-    return min(wanted, int(limit))
+    room = int(limit) - reserved
+    if room < 1:
+        raise UnipetlError(f"prompt length {reserved} leaves no room for input tokens in {cfg.model_type}'s {int(limit)} positions.")
+    return min(wanted, room)
+
+
+_BASELINE_NAME = {"classification": "majority class of the training split", "regression": "constant prediction (training mean)"}
+
+
+def _baseline(task: Any, data: Any) -> float | None:
+    """The main metric of a trivial predictor on the eval split, the bar a trained point must clear.
+
+    Classification: always the training split's most frequent label (majority class; its
+    accuracy is the chance level a report compares with); regression: the training mean (scores
+    0 correlation). None for generation tasks (no trivial predictor with a meaningful score)."""
+    from collections import Counter
+
+    from unipetl.evaluators.metrics import compute_metrics
+
+    if task.kind == "seq2seq" or "eval" not in data.eval or "labels" not in data.train.column_names:
+        return None
+    train_labels = data.train["labels"]
+    refs = list(data.eval["eval"]["labels"])
+    if not refs or not train_labels:
+        return None
+    if task.kind == "classification":
+        majority = Counter(train_labels).most_common(1)[0][0]
+        preds: list[Any] = [majority] * len(refs)
+    else:
+        mean = float(sum(train_labels) / len(train_labels))
+        preds = [mean] * len(refs)
+    try:
+        value = compute_metrics(task.metrics, preds, refs, num_labels=task.num_labels)[task.main_metric]
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+    return float(value) if value is not None and math.isfinite(value) else 0.0
 
 
 def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | None = None, out_dir: str | Path | None = None,
@@ -128,7 +168,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     device = _device(config.device)
     loaded = load_model(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
     wanted = config.max_length or (task.generation.max_source_length if task.generation else task.max_length)
-    max_length = _length_limit(loaded.model, wanted)
+    max_length = _length_limit(loaded.model, wanted, reserved=config.variant.prompt_length or 0)
     if task.generation is not None:  # reference and generated lengths must fit the decoder's positions too
         gen = task.generation
         if config.max_new_tokens is not None:
@@ -140,14 +180,18 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
                    max_length=max_length, model_key=loaded.key)
     realized = apply_variant(loaded.model, config.variant)  # UnipetlError for a variant the model cannot take
     counts = realized.counts
+    lr_plan, kinds = lr_rules.plan(realized.model, config.variant, scale=config.lr_scale, override=config.lr)
+    groups = lr_rules.param_groups(realized.model, lr_plan, kinds, config.weight_decay)
+    baseline = _baseline(task, data)
     label_smoothing = config.label_smoothing if config.label_smoothing is not None else (0.1 if task.kind == "seq2seq" else 0.0)
-    settings = LoopSettings(epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, lr=config.lr, scheduler=config.scheduler,
+    settings = LoopSettings(epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, lr=max(lr_plan.rates.values()), scheduler=config.scheduler,
                             warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay, grad_accum=config.grad_accum,
                             max_grad_norm=config.max_grad_norm, label_smoothing=label_smoothing, eval_every=config.eval_every, seed=config.seed)
-    log.info("trial %s / %s / %s: paper %d (%.4f %%), trainable %d + head %d", task.name, loaded.name, config.variant.describe(),
-             counts.paper_params, counts.paper_percent, counts.trainable_params, realized.head_params)
+    log.info("trial %s / %s / %s: paper %d (%.4f %%), trainable %d + head %d; %s", task.name, loaded.name, config.variant.describe(),
+             counts.paper_params, counts.paper_percent, counts.trainable_params, realized.head_params, lr_plan.describe())
     try:
-        res = train_and_evaluate(task, realized.model, loaded.tokenizer, data.train, data.eval, settings, device=device, report=report, progress=progress)
+        res = train_and_evaluate(task, realized.model, loaded.tokenizer, data.train, data.eval, settings, device=device, report=report, progress=progress,
+                                 param_groups=groups)
         status, error = res.status, res.error
     except Exception as err:  # noqa: BLE001 - a failed trial is a result, not a crash of the worker
         log.exception("trial failed")
@@ -165,6 +209,8 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         paper_percent=counts.paper_percent, paper_fraction=counts.paper_params / counts.base_params,
         trainable_percent=counts.trainable_percent, trainable_fraction=counts.trainable_params / counts.base_params,
         metrics=res.metrics, main_metric=task.main_metric, higher_is_better=task.higher_is_better, metric=res.metric, best_step=res.best_step,
+        weights_step=res.weights_step, lr={"rates": lr_plan.rates, "source": lr_plan.source, "scale": lr_plan.scale, "principal": lr_plan.principal},
+        baseline_metric=baseline, baseline=_BASELINE_NAME.get(task.kind) if baseline is not None else None, eval_examples=len(data.eval["eval"]) if "eval" in data.eval else None,
         curve=res.curve, wall_seconds=time.perf_counter() - t_start,
         train_tokens_per_second=res.train_tokens / res.train_seconds if res.train_seconds > 0 else 0.0,
         step_seconds=res.train_seconds / res.steps if res.steps else 0.0, peak_memory_bytes=res.peak_memory_bytes,

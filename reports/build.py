@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
 from unipetl.reports import effects as fx
 from unipetl.reports import plots
 from unipetl.reports.frontier import GROUP, _higher, group_summary, hypervolume_history
@@ -23,7 +24,8 @@ from unipetl.reports.summary import markdown
 logger = logging.getLogger(__name__)
 
 FRONTIER_COLUMNS = ["task", "model", "study", "trial", "paper_fraction", "paper_params", "trainable_fraction", "main_metric", "metric",
-                    "description", "attn_method", "ffn_method", "preset", "nearest", "nearest_distance", "like", "gap_to_full", "variant_json"]
+                    "metric_std", "metric_lo", "metric_hi", "n_seeds", "seed_list", "seed_values", "vs_cheaper", "lr_scale", "lr_json",
+                    "baseline_metric", "eval_examples", "description", "attn_method", "ffn_method", "preset", "nearest", "nearest_distance", "like", "gap_to_full", "variant_json"]
 
 
 def build_sections(df: pl.DataFrame, *, with_plots: bool = True) -> list[dict[str, Any]]:
@@ -36,7 +38,7 @@ def build_sections(df: pl.DataFrame, *, with_plots: bool = True) -> list[dict[st
         higher = _higher(group)
         summary = group_summary(group)
         eff = fx.effects(group)
-        sec: dict[str, Any] = {"summary": summary, "group": group, "effects": eff, "findings": fx.findings(eff, higher),
+        sec: dict[str, Any] = {"summary": summary, "group": group, "effects": eff, "findings": fx.findings(group),
                                "hv_history": hypervolume_history(group, higher, summary["hv_reference"][1])}
         if with_plots:
             title = f"{summary['task']} / {summary['model']}"

@@ -4,7 +4,8 @@ For each design dimension (insertion, modified representation, composition, func
 kind of module) the eligible trials of a (task, model) group are split into bins of paper
 fraction; inside a bin the choices compete on the same budget, so "parallel beats sequential"
 is read off one row. Each cell says how many trials support it. `findings` turns the paper's
-three lessons (DESIGN.md §3) into confirmed / refuted / untested on the user's task.
+lessons (DESIGN.md §3) into paired comparisons over seeds with an interval and one of
+holds / reversed / inconclusive on the user's task.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 from typing import Any
 
 import polars as pl
+
 from unipetl.reports.frontier import _higher, eligible
+from unipetl.reports.stats import paired_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,7 @@ logger = logging.getLogger(__name__)
 DIMENSIONS = (
     ("insertion", "insertion form (adapters)"),
     ("site", "modified representation"),
+    ("representation", "modified representation (head-wise attention apart)"),
     ("composition", "composition"),
     ("function", "functional form"),
     ("kind", "kind of module"),
@@ -92,29 +96,77 @@ def compare(eff: pl.DataFrame, dimension: str, a: str, b: str, higher: bool = Tr
     return {"dimension": dimension, "a": a, "b": b, "bins": bins, "wins_a": wins_a, "wins_b": wins_b, "ties": ties, "trials": support}
 
 
-# the paper's lessons (He et al. 2022, §4 and DESIGN.md §3) as (sentence, dimension, winner, loser)
+# the paper's lessons (He et al. 2022, §4 and DESIGN.md §3) as (sentence, dimension, winner, loser,
+# budgets): "large" = bins above 0.3 % of the backbone, "small" = bins up to 0.3 % (the paper's ≈ 0.1 %)
+SMALL_BUDGET = 3e-3
 LESSONS = (
-    ("parallel insertion beats sequential", "insertion", "parallel", "sequential"),
-    ("scaled add beats simple add", "composition", "scaled", "add"),
-    ("modifying the FFN beats modifying attention", "site", "ffn", "attention"),
+    ("parallel insertion beats sequential", "insertion", "parallel", "sequential", "all"),
+    ("scaled add beats simple add", "composition", "scaled", "add", "all"),
+    ("modifying the FFN beats modifying attention at larger budgets", "site", "ffn", "attention", "large"),
+    ("head-wise attention (prefix, MH PA) beats the FFN at a small budget", "representation", "attention heads", "ffn", "small"),
 )
 
 
-def findings(eff: pl.DataFrame, higher: bool = True) -> list[dict[str, Any]]:
-    """Each lesson: confirmed (winner wins every matched bin), refuted, mixed, or untested."""
+def _in_budget(fraction: float, which: str) -> bool:
+    return which == "all" or (fraction > SMALL_BUDGET) == (which == "large")
+
+
+def _best(points: pl.DataFrame, higher: bool) -> dict[str, Any] | None:
+    """The best design point (by mean) among those with at least two seeds."""
+    seeded = points.filter(pl.col("n_seeds") >= 2)
+    return seeded.sort("metric", descending=higher).row(0, named=True) if not seeded.is_empty() else None
+
+
+def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
+    """Each lesson as a paired comparison over seeds at matched budgets.
+
+    In every budget bin (`budget_bin`) of the lesson's budget range and every study, the best
+    design point of the winning choice meets the best of the losing one (each with ≥ 2 seeds);
+    seed k of one is paired with seed k of the other (same data order). The per-seed
+    differences of all such matched pairs give the effect (mean, 95 % t-interval) and the
+    verdict: *holds* (interval above 0), *reversed* (below 0) or *inconclusive* (crosses 0, or
+    fewer than two paired seeds — never a verdict from a single pair — or, with `why` saying
+    "untested", no bin has both choices with seeds). Points below the trivial baseline take no part.
+    """
+    from unipetl.reports.frontier import design_points
+
+    higher = _higher(group) if not group.is_empty() else True
+    pts = design_points(group) if not group.is_empty() else pl.DataFrame()
+    if not pts.is_empty():
+        pts = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline")).with_columns(
+            pl.col("paper_fraction").map_elements(budget_bin, return_dtype=pl.Utf8).alias("budget"))
     out = []
-    for sentence, dim, win, lose in LESSONS:
-        c = compare(eff, dim, win, lose, higher) if not eff.is_empty() else {"bins": [], "wins_a": 0, "wins_b": 0, "ties": 0, "trials": 0}
-        if not c["bins"]:
-            verdict = "untested (no budget bin has both choices)"
-        elif c["ties"] == len(c["bins"]):
-            verdict = "tied"
-        elif c["wins_a"] + c["ties"] == len(c["bins"]):
-            verdict = "confirmed"
-        elif c["wins_b"] + c["ties"] == len(c["bins"]):
-            verdict = "refuted"
-        else:
-            verdict = "mixed"
-        out.append({"lesson": sentence, "verdict": verdict, "bins": len(c["bins"]), "wins": c["wins_a"], "losses": c["wins_b"],
-                    "ties": c["ties"], "trials": c["trials"]})
+    for sentence, dim, win, lose, budgets in LESSONS:
+        pairs: list[dict[str, Any]] = []
+        diffs_a: list[float] = []
+        diffs_b: list[float] = []
+        if not pts.is_empty():
+            sub = pts.filter(pl.col(dim).is_in([win, lose]))
+            for (study, budget), g in sub.group_by(["study", "budget"], maintain_order=True):
+                if not _in_budget(float(g["paper_fraction"].max()), budgets):
+                    continue
+                a, b = _best(g.filter(pl.col(dim) == win), higher), _best(g.filter(pl.col(dim) == lose), higher)
+                if a is None or b is None:
+                    continue
+                from unipetl.reports.frontier import _seeds
+
+                sa, sb = _seeds(a), _seeds(b)
+                common = [k for k in sa if k in sb]
+                if not common:
+                    continue
+                pv = paired_verdict([sa[k] for k in common], [sb[k] for k in common], higher=higher)
+                pairs.append({"study": study, "budget": budget, "a": a["description"], "b": b["description"], "paired": pv})
+                diffs_a += [sa[k] for k in common]
+                diffs_b += [sb[k] for k in common]
+        if not pairs:
+            out.append({"lesson": sentence, "verdict": "inconclusive", "why": "untested: no matched budget bin holds both choices with ≥ 2 seeds",
+                        "effect": None, "lo": None, "hi": None, "pairs": 0, "bins": [],
+                        "text": f"inconclusive (untested here: no {budgets if budgets != 'all' else 'matched'}-budget bin holds both a {win} and a {lose} design with ≥ 2 seeds)"})
+            continue
+        pooled = paired_verdict(diffs_a, diffs_b, higher=higher)
+        out.append({"lesson": sentence, "verdict": pooled.verdict, "why": "", "effect": pooled.mean, "lo": pooled.lo, "hi": pooled.hi,
+                    "pairs": pooled.n, "bins": [{"study": p["study"], "budget": p["budget"], "winner_side": p["a"], "loser_side": p["b"],
+                                                "verdict": p["paired"].verdict, "effect": p["paired"].mean, "lo": p["paired"].lo, "hi": p["paired"].hi}
+                                               for p in pairs],
+                    "text": pooled.text()})
     return out

@@ -17,6 +17,7 @@ value of the group, and the report says so.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import Any
 import moocore
 import numpy as np
 import polars as pl
+
+from unipetl.reports.stats import beats_baseline, paired_verdict, summarize, unpaired_significant
 from unipetl.spaces.presets import PRESETS
 from unipetl.spaces.variant import ATTN_SITES, Module, Variant
 
@@ -184,23 +187,86 @@ def _higher(group: pl.DataFrame) -> bool:
     return bool(vals[0]) if len(vals) else True
 
 
-def frontier_of(group: pl.DataFrame) -> pl.DataFrame:
-    """The frontier rows of one (task, model) group, cheapest first, with match and gap columns."""
-    higher = _higher(group)
-    ok = eligible(group)
+def design_points(group: pl.DataFrame) -> pl.DataFrame:
+    """Eligible trials folded into design points: a trial and its extra seeds (trials whose
+    `parent` is it) become one row with the parent's columns and
+
+    - `metric`: the mean over seeds (what the frontier uses), `metric_std`, `metric_lo` /
+      `metric_hi` (Student-t 95 % interval; null with one seed), `n_seeds`;
+    - `seed_values` / `seed_list`: the per-seed metrics and seeds (JSON lists, paired by seed);
+    - `beats_baseline`: whether the mean clears the trivial baseline by more than the eval set's
+      noise (`reports.stats.beats_baseline`; null without a baseline).
+    """
+    ok = eligible(group).with_columns(pl.coalesce("parent", "trial").alias("_design"))
+    extra = {"metric_std": pl.Float64, "metric_lo": pl.Float64, "metric_hi": pl.Float64, "n_seeds": pl.Int64,
+             "seed_values": pl.Utf8, "seed_list": pl.Utf8, "beats_baseline": pl.Boolean}
     if ok.is_empty():
-        return ok.with_columns(pl.lit(None, pl.Utf8).alias("nearest"), pl.lit(None, pl.Int64).alias("nearest_distance"),
-                               pl.lit(None, pl.Utf8).alias("like"), pl.lit(None, pl.Float64).alias("gap_to_full"))
-    front = ok.filter(pl.Series(pareto_mask(ok["paper_fraction"], ok["metric"], higher))).sort("paper_fraction")
+        return ok.drop("_design").with_columns([pl.lit(None, t).alias(c) for c, t in extra.items()])
+    higher = _higher(group)
+    rows: list[dict[str, Any]] = []
+    for (_study, _design), g in ok.group_by(["study", "_design"], maintain_order=True):
+        g = g.sort(["seed", "trial"], nulls_last=True)
+        head = g.filter(pl.col("parent").is_null())
+        base = (head if not head.is_empty() else g).row(0, named=True)
+        values = [float(v) for v in g["metric"].to_list()]
+        summ = summarize(values)
+        row = {k: v for k, v in base.items() if k != "_design"}
+        row.update(metric=summ.mean, metric_std=summ.std, metric_lo=summ.lo, metric_hi=summ.hi, n_seeds=summ.n,
+                   seed_values=json.dumps(values), seed_list=json.dumps(g["seed"].to_list()),
+                   beats_baseline=beats_baseline(summ.mean, base.get("baseline_metric"), base.get("eval_examples"), higher=higher))
+        rows.append(row)
+    schema = {**{c: t for c, t in ok.schema.items() if c != "_design"}, **extra}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _seeds(row: dict[str, Any]) -> dict[Any, float]:
+    return dict(zip(json.loads(row["seed_list"] or "[]"), json.loads(row["seed_values"] or "[]"), strict=False))
+
+
+def dominance(a: dict[str, Any], b: dict[str, Any], higher: bool = True) -> str:
+    """Is design point `a` better than `b` beyond noise? A paired verdict over their common seeds
+    when both come from one study (the same data order per seed), else Welch's t-test.
+    Returns "significant", "not significant" or "untested (one seed)"."""
+    sa, sb = _seeds(a), _seeds(b)
+    common = [k for k in sa if k in sb] if a.get("study") == b.get("study") else []
+    if len(common) >= 2:
+        v = paired_verdict([sa[k] for k in common], [sb[k] for k in common], higher=higher)
+        return "significant" if v.verdict == "holds" else "not significant"
+    sig = unpaired_significant(list(sa.values()), list(sb.values()), higher=higher)
+    return "untested (one seed)" if sig is None else ("significant" if sig else "not significant")
+
+
+def frontier_of(group: pl.DataFrame) -> pl.DataFrame:
+    """The frontier of one (task, model) group over design points (mean over seeds), cheapest
+    first, with match and gap columns. Points that do not beat the trivial baseline are left out
+    (`beats_baseline` false); `vs_cheaper` says whether each point's lead over the next cheaper
+    frontier point is significant (`dominance`)."""
+    higher = _higher(group)
+    pts = design_points(group)
+    pts = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
+    if pts.is_empty():
+        return pts.with_columns(pl.lit(None, pl.Utf8).alias("nearest"), pl.lit(None, pl.Int64).alias("nearest_distance"),
+                                pl.lit(None, pl.Utf8).alias("like"), pl.lit(None, pl.Float64).alias("gap_to_full"),
+                                pl.lit(None, pl.Utf8).alias("vs_cheaper"))
+    front = pts.filter(pl.Series(pareto_mask(pts["paper_fraction"], pts["metric"], higher))).sort("paper_fraction")
     matches = [nearest_named(Variant.from_json(v)) if v else None for v in front["variant_json"].to_list()]
     full = full_reference(group, higher)
     sign = 1.0 if higher else -1.0
+    rows = front.to_dicts()
+    vs = [None] + [dominance(rows[i], rows[i - 1], higher) for i in range(1, len(rows))]
     return front.with_columns(
         pl.Series("nearest", [m.preset if m else None for m in matches], pl.Utf8),
         pl.Series("nearest_distance", [m.distance if m else None for m in matches], pl.Int64),
         pl.Series("like", [m.label if m else None for m in matches], pl.Utf8),
         pl.Series("gap_to_full", [None if full is None else sign * (x - full) for x in front["metric"].to_list()], pl.Float64),
+        pl.Series("vs_cheaper", vs, pl.Utf8),
     )
+
+
+def baseline_of(group: pl.DataFrame) -> float | None:
+    """The group's trivial-baseline metric (majority class / constant), if its records carry one."""
+    vals = group["baseline_metric"].drop_nulls()
+    return float(vals.max()) if len(vals) else None
 
 
 def frontiers(df: pl.DataFrame) -> pl.DataFrame:
@@ -211,22 +277,32 @@ def frontiers(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def group_summary(group: pl.DataFrame) -> dict[str, Any]:
-    """Counts, hypervolume, best point, full-FT reference and best named method of one group."""
+    """Counts, hypervolume, best point, full-FT reference and best named method of one group.
+
+    Everything is over design points (means over seeds). Hypervolume is scored over the
+    trivial baseline when the records carry one (a point at chance adds nothing), else over the
+    fixed reference; points that do not beat the baseline are counted apart and left out."""
     higher = _higher(group)
     ok = eligible(group)
+    pts = design_points(group)
+    below = pts.filter(pl.col("beats_baseline") == False)  # noqa: E712 - polars expression
+    counted = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
     front = frontier_of(group)
-    ref = reference_metric(ok["metric"].to_numpy(), higher)
+    chance = baseline_of(group) if higher else None
+    ref = chance if chance is not None else reference_metric(counted["metric"].to_numpy(), higher)
     states = {s: int(n) for s, n in group.group_by("state").len().iter_rows()}
-    best = ok.sort("metric", descending=higher).row(0, named=True) if not ok.is_empty() else None
-    named = ok.filter(pl.col("named"))
+    best = counted.sort("metric", descending=higher).row(0, named=True) if not counted.is_empty() else None
+    named = counted.filter(pl.col("named"))
     best_named = named.sort("metric", descending=higher).row(0, named=True) if not named.is_empty() else None
     return {
         "task": group["task"][0], "model": group["model"][0],
         "studies": sorted({s for s in group["study"].to_list() if s}),
         "main_metric": (group["main_metric"].drop_nulls().to_list() or ["metric"])[0], "higher_is_better": higher,
-        "trials": group.height, "states": states, "eligible": ok.height, "frontier": front.height,
+        "trials": group.height, "states": states, "eligible": ok.height, "design_points": pts.height, "frontier": front.height,
+        "below_baseline": below, "baseline": chance,
         "budget_fraction": (group["budget_fraction"].drop_nulls().to_list() or [None])[0],
-        "hypervolume": hypervolume(ok["paper_fraction"], ok["metric"], higher, ref), "hv_reference": (REF_FRACTION, ref),
+        "hypervolume": hypervolume(counted["paper_fraction"], counted["metric"], higher, ref), "hv_reference": (REF_FRACTION, ref),
+        "hv_over": "the trivial baseline (majority class)" if chance is not None else "the fixed reference",
         "best": best, "best_named": best_named, "full_ft": full_reference(group, higher),
-        "frontier_rows": front,
+        "frontier_rows": front, "design_rows": pts,
     }

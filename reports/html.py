@@ -12,6 +12,7 @@ import html
 from typing import Any
 
 import polars as pl
+
 from unipetl.reports.summary import hv_reference_text, num, pct, sentences, states_text
 
 CSS = """
@@ -63,10 +64,14 @@ def overview(sections: list[dict[str, Any]]) -> str:
 def frontier_table(front: pl.DataFrame, metric: str) -> str:
     if front.is_empty():
         return "<p>No frontier yet.</p>"
+    from unipetl.reports.summary import interval, lr_text
+
     rows = [[e(r["trial"]), e(r["study"]), e(pct(r["paper_fraction"])), e(f"{r['paper_params']:,}" if r["paper_params"] is not None else None),
-             e(num(r["metric"])), e(r["description"]), e(r["like"]), e(r["preset"]), e(num(r["gap_to_full"]))] for r in front.iter_rows(named=True)]
-    return table(["trial", "study", "paper fraction", "paper params", metric, "variant (unified view)", "nearest named method", "preset", "gap to full FT"],
-                 rows, numeric={0, 2, 3, 4, 8})
+             e(interval(r)), e(r.get("vs_cheaper") or "—"), e(r["description"]), e(lr_text(r).lstrip(", ")), e(r["like"]), e(r["preset"]),
+             e(num(r["gap_to_full"]))] for r in front.iter_rows(named=True)]
+    return table(["trial", "study", "paper fraction", "paper params", f"{metric} (seed mean ± 95 % CI)", "lead over the cheaper point",
+                  "variant (unified view)", "learning rates", "nearest named method", "preset", "gap to full FT"],
+                 rows, numeric={0, 2, 3, 10})
 
 
 def effects_table(eff: pl.DataFrame) -> str:
@@ -78,8 +83,13 @@ def effects_table(eff: pl.DataFrame) -> str:
 
 
 def findings_table(findings: list[dict[str, Any]]) -> str:
-    rows = [[e(f["lesson"]), e(f["verdict"]), e(f["bins"]), e(f["wins"]), e(f["losses"]), e(f["trials"])] for f in findings]
-    return table(["paper's lesson", "on this task", "matched bins", "wins", "losses", "trials"], rows, numeric={2, 3, 4, 5})
+    def pts(x: float | None) -> str | None:
+        return None if x is None else f"{100 * x:+.2f}"
+
+    rows = [[e(f["lesson"]), e(f["verdict"]), e(pts(f["effect"])), e(f"[{pts(f['lo'])}, {pts(f['hi'])}]" if f["lo"] is not None else None),
+             e(f["pairs"]), e("; ".join(f"{b['budget']}: {b['winner_side']} vs {b['loser_side']}" for b in f["bins"]) or f["why"])]
+            for f in findings]
+    return table(["paper's lesson", "on this task", "effect (points)", "95 % CI", "paired seeds", "matched designs"], rows, numeric={2, 4})
 
 
 def trials_table(group: pl.DataFrame) -> str:

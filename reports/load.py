@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.variant import ATTN_SITES, Variant
 
@@ -39,6 +40,10 @@ SCHEMA: dict[str, Any] = {
     "best_step": pl.Int64, "metrics_json": pl.Utf8, "wall_seconds": pl.Float64,
     "train_tokens_per_second": pl.Float64, "step_seconds": pl.Float64,
     "peak_memory_bytes": pl.Int64, "device": pl.Utf8, "seed": pl.Int64, "variant_json": pl.Utf8,
+    # how the number was obtained: the design this run is an extra seed of, its learning rates,
+    # the trivial baseline on the same eval set and that set's size
+    "representation": pl.Utf8, "parent": pl.Int64, "lr_scale": pl.Float64, "lr_json": pl.Utf8,
+    "baseline_metric": pl.Float64, "baseline": pl.Utf8, "eval_examples": pl.Int64, "weights_step": pl.Int64,
 }
 
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -71,6 +76,8 @@ def variant_columns(variant: Variant) -> dict[str, Any]:
     site = None
     if attn or ffn:
         site = "both" if attn and ffn else ("attention" if attn else "ffn")
+    # the representation modified, with head-wise attention (prefix, MH PA) apart from the rest
+    representation = _mixed(("attention heads" if m.kind == "heads" else "attention") if m.site in ATTN_SITES else "ffn" for m in variant.modules)
     sizes = [f"{'l' if m.kind == 'heads' else 'r'}={m.size}@{'attn' if m.site in ATTN_SITES else 'ffn'}" for m in variant.modules]
     if variant.prompt_length:
         sizes.append(f"prompt={variant.prompt_length}")
@@ -82,6 +89,7 @@ def variant_columns(variant: Variant) -> dict[str, Any]:
         "ffn_method": " + ".join(m.describe() for m in ffn) or None,
         "kind": _mixed(m.kind for m in variant.modules),
         "site": site,
+        "representation": representation,
         "insertion": _mixed(m.insertion for m in variant.modules if m.kind == "adapter"),
         "function": _mixed(m.function for m in variant.modules),
         "composition": _mixed(comp[m.composition] for m in variant.modules),
@@ -105,8 +113,13 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
     row.update(study=study, source=source, trial=trial, state=state, mode=attrs.get("mode"), budget_fraction=attrs.get("budget_fraction"))
     for key in ("task", "model", "status", "error", "fidelity", "paper_params", "trainable_params", "head_params", "base_params",
                 "paper_fraction", "trainable_fraction", "main_metric", "higher_is_better", "metric", "best_step", "wall_seconds",
-                "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "device", "seed"):
+                "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "device", "seed", "parent", "baseline_metric", "baseline",
+                "eval_examples", "weights_step"):
         row[key] = record.get(key)
+    lr = record.get("lr")
+    if isinstance(lr, dict):
+        row["lr_json"] = json.dumps(lr, sort_keys=True, default=str)
+        row["lr_scale"] = lr.get("scale") if lr.get("source") != "override" else None
     row["task"] = row["task"] or attrs.get("task")
     row["model"] = row["model"] or attrs.get("model")
     row["main_metric"] = row["main_metric"] or attrs.get("main_metric")
@@ -230,6 +243,8 @@ def load_studies(url: str, names: list[str] | None = None) -> tuple[pl.DataFrame
                     if row[key] is None:
                         row[key] = t.user_attrs.get(key)
                 row["description"] = row["description"] or t.user_attrs.get("variant_description")
+                if row["parent"] is None:
+                    row["parent"] = t.user_attrs.get("parent")
                 if attrs.get("budget_params") and row["base_params"]:  # the budget on this trial's own backbone count (tiny models'
                     row["budget_fraction"] = attrs["budget_params"] / row["base_params"]  # vocabularies follow the data)
             else:  # running / waiting / failed before a record existed
@@ -239,6 +254,7 @@ def load_studies(url: str, names: list[str] | None = None) -> tuple[pl.DataFrame
                 row["paper_fraction"] = t.user_attrs.get("paper_fraction")
                 row["paper_params"] = t.user_attrs.get("paper_params")
                 row["description"] = t.user_attrs.get("variant_description")
+                row["parent"] = t.user_attrs.get("parent")
             rows.append(row)
     logger.info("loaded %d trials from %d studies in %s", len(rows), len(wanted), mask_url(url))
     return frame(rows), attrs_by_study

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
+
 from unipetl.reports.frontier import DISPLAY, FRACTION_FLOOR, eligible  # noqa: E402
 
 logger = logging.getLogger(__name__)

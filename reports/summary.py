@@ -44,7 +44,14 @@ def sentences(section: dict[str, Any]) -> list[str]:
     s = section["summary"]
     m = s["main_metric"]
     out = [f"{s['trials']} trials ({states_text(s['states'])}); {s['eligible']} eligible for the frontier "
-           "(complete, status ok, final fidelity, within budget, not full fine-tuning)."]
+           "(complete, status ok, final fidelity, within budget, not full fine-tuning), "
+           f"forming {s.get('design_points', s['eligible'])} design points (a design and its extra seeds; metrics are seed means)."]
+    below = s.get("below_baseline")
+    if s.get("baseline") is not None:
+        n_below = 0 if below is None else below.height
+        out.append(f"Trivial baseline (majority class) {num(s['baseline'])}: {n_below} design point{'s' if n_below != 1 else ''} "
+                   "did not beat it by more than the eval set's noise and are left out of the frontier and the hypervolume"
+                   + (f" ({', '.join(str(d) for d in below['description'].to_list()[:6])})" if n_below else "") + ".")
     if s["budget_fraction"] is not None:
         out.append(f"Budget: {pct(s['budget_fraction'])} of the backbone (paper count).")
     front = s["frontier_rows"]
@@ -56,7 +63,7 @@ def sentences(section: dict[str, Any]) -> list[str]:
     b = s["best"]
     best_row = front.filter(front["trial"] == b["trial"]) if b["trial"] is not None else front.clear()
     like = f" ({best_row['like'][0]})" if not best_row.is_empty() and best_row["like"][0] else ""
-    out.append(f"Best {m}: {num(b['metric'])} at {pct(b['paper_fraction'])} with {b['description']}{like}.")
+    out.append(f"Best {m}: {interval(b)} at {pct(b['paper_fraction'])} with {b['description']}{like}{lr_text(b)}.")
     if s["full_ft"] is not None:
         gap = (b["metric"] - s["full_ft"]) * (1 if s["higher_is_better"] else -1)
         out.append(f"Full fine-tuning reaches {num(s['full_ft'])}; the best PETL point is {num(abs(gap))} "
@@ -65,14 +72,34 @@ def sentences(section: dict[str, Any]) -> list[str]:
         out.append("No full fine-tuning trial in this group, so no gap to it.")
     bn = s["best_named"]
     if bn is not None:
-        out.append(f"Best named method: {bn['preset']} with {num(bn['metric'])} at {pct(bn['paper_fraction'])}.")
-    out.append(f"Hypervolume {s['hypervolume']:.4g} (see the reference point below).")
+        out.append(f"Best named method: {bn['preset']} with {interval(bn)} at {pct(bn['paper_fraction'])}{lr_text(bn)}.")
+    weak = [r for r in front.iter_rows(named=True) if r.get("vs_cheaper") not in (None, "significant")]
+    if weak:
+        out.append(f"{len(weak)} frontier step{'s' if len(weak) != 1 else ''} not significant over the next cheaper point: "
+                   + "; ".join(f"{r['description']} ({r['vs_cheaper']})" for r in weak[:4]) + ".")
+    out.append(f"Hypervolume {s['hypervolume']:.4g} over {s.get('hv_over', 'the fixed reference')} (see the reference point below).")
     for f in section["findings"]:
-        if f["bins"]:
-            out.append(f"Lesson '{f['lesson']}': {f['verdict']} ({f['wins']} of {f['bins']} matched budget bins, {f['trials']} trials).")
-        else:
-            out.append(f"Lesson '{f['lesson']}': {f['verdict']}.")
+        out.append(f"Lesson '{f['lesson']}': {f['text']}.")
     return out
+
+
+def interval(row: dict[str, Any]) -> str:
+    """`0.8123 ± 0.0110 (95 % CI, 3 seeds)`, or the value and "1 seed" when there is no interval."""
+    if row.get("metric") is None:
+        return "none"
+    if row.get("n_seeds") and row["n_seeds"] >= 2 and row.get("metric_lo") is not None:
+        return f"{num(row['metric'])} ± {num((row['metric_hi'] - row['metric_lo']) / 2)} (95 % CI, {row['n_seeds']} seeds)"
+    return f"{num(row['metric'])} (1 seed, no interval)"
+
+
+def lr_text(row: dict[str, Any]) -> str:
+    """`, lr lora 2e-3, head 2e-3` from the record's learning-rate plan."""
+    import json
+
+    if not row.get("lr_json"):
+        return ""
+    rates = json.loads(row["lr_json"]).get("rates") or {}
+    return ", lr " + ", ".join(f"{k} {v:.2g}" for k, v in rates.items()) if rates else ""
 
 
 def _md_escape(text: Any) -> str:
@@ -96,8 +123,9 @@ def markdown(sections: list[dict[str, Any]], sources: list[str]) -> str:
         lines += [f"- {_md_escape(x)}" for x in sentences(sec)]
         front = s["frontier_rows"]
         if not front.is_empty():
-            lines += ["", "| fraction | " + _md_escape(s["main_metric"]) + " | variant | nearest named | gap to full FT |", "|---|---|---|---|---|"]
+            lines += ["", "| fraction | " + _md_escape(s["main_metric"]) + " (seed mean ± 95 % CI) | lead over cheaper | variant | learning rates | nearest named | gap to full FT |",
+                      "|---|---|---|---|---|---|---|"]
             for r in front.iter_rows(named=True):
-                lines.append(f"| {pct(r['paper_fraction'])} | {num(r['metric'])} | {_md_escape(r['description'])} | {_md_escape(r['like'])} | "
-                             f"{num(r['gap_to_full'])} |")
+                lines.append(f"| {pct(r['paper_fraction'])} | {_md_escape(interval(r))} | {_md_escape(r.get('vs_cheaper') or '—')} | {_md_escape(r['description'])} | "
+                             f"{_md_escape(lr_text(r).lstrip(', '))} | {_md_escape(r['like'])} | {num(r['gap_to_full'])} |")
     return "\n".join(lines) + "\n"

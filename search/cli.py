@@ -39,11 +39,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 
 
+def quiet_third_party(verbose: bool) -> None:
+    """Without -v, the libraries' own chatter inside trials (transformers' per-load "LOAD REPORT …
+    MISSING classifier" tables and weight-loading bars, datasets' map / generation bars) is
+    silenced: a search prints one line per finished trial, not twelve tables. -v keeps it all.
+    Errors still reach the terminal (level ERROR)."""
+    if verbose:
+        return
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("run", "search", "resume"):
+        quiet_third_party(args.verbose)
     if not args.command:
         parser.print_help()
         return 2

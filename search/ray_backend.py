@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 def _worker_task(storage_url: str, study_name: str, heartbeat_interval: int, grace_period: int | None) -> int:
     import optuna
+
     from unipetl.search.worker import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

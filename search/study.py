@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
+
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
 from unipetl.spaces.shapes import ModelShape, resolve_shape, shape_from_config
@@ -37,9 +38,9 @@ Mode = Literal["budget", "frontier"]
 STUDIES_DIR = Path(str(importlib.resources.files("unipetl.studies")))
 DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
 # TrialConfig fields a study file / flags may set (task, model, variant and data_dir come from elsewhere)
-TRAIN_KEYS = ("max_train_examples", "max_eval_examples", "epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay",
+TRAIN_KEYS = ("max_train_examples", "max_eval_examples", "epochs", "max_steps", "batch_size", "lr", "lr_scale", "warmup_ratio", "weight_decay",
               "grad_accum", "max_grad_norm", "label_smoothing", "eval_every", "seed", "max_length", "device", "scheduler")
-FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train")
+FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train", "seeds")
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsing (hostile or wrong file)
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -61,6 +62,7 @@ class StudySpec:
     pruner: str = "median"  # median | hyperband | none (budget mode only)
     sampler: str = "tpe"  # tpe | random
     max_failures: int | None = None  # replacement tickets for failed trials (default: trials)
+    seeds: int = 3  # seeds per frontier point and named method (1 = no re-runs); extra seeds are trials of their own
     space: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +71,8 @@ class StudySpec:
             raise UnipetlError(f"`mode` must be 'budget' or 'frontier', got {self.mode!r}.{did_you_mean(str(self.mode), ['budget', 'frontier'])}")
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials <= 0:
             raise UnipetlError(f"`trials` should be a positive integer, got {self.trials!r}.")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
+            raise UnipetlError(f"`seeds` should be an integer in 1..20, got {self.seeds!r}.")
         if self.pruner not in ("median", "hyperband", "none"):
             raise UnipetlError(f"`pruner` must be median, hyperband or none, got {self.pruner!r}.")
         if self.sampler not in ("tpe", "random"):
@@ -81,34 +85,39 @@ class StudySpec:
         check_storage_url(self.storage)
 
 
-def load_study_file(path: str | Path) -> dict[str, Any]:
-    """A YAML study file → a dict of StudySpec fields (safe loader; unknown keys refused)."""
-    import yaml
+# study-file keys whose values are names / text: YAML keeps them as written (`study: 2024` → '2024', `task: no` → 'no')
+TEXT_KEYS = ("task", "model", "budget", "mode", "study", "storage", "data_dir", "pruner", "sampler", "space.attention_methods", "space.ffn_methods",
+             "space.functions", "space.compositions", "space.placements", "space.presets", "train.device", "train.scheduler")
 
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_STUDY_FILE + 1)
-    except OSError as err:
-        raise UnipetlError(f"cannot read study file {str(path)!r}: {err.strerror}.") from None
-    if len(raw) > MAX_STUDY_FILE:
-        raise UnipetlError(f"study file {str(path)!r} is larger than {MAX_STUDY_FILE} bytes; a study file is a few lines of YAML.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UnipetlError(f"study file {str(path)!r} is not a UTF-8 text file.") from None
-    try:
-        data = yaml.safe_load(text) or {}  # the safe loader: python tags (!!python/object, ...) are refused, never run
-    except yaml.YAMLError as err:
-        raise UnipetlError(f"study file {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}.") from None
-    except RecursionError:
-        raise UnipetlError(f"study file {str(path)!r} is nested too deeply to be a study file.") from None
+
+def load_study_file(path: str | Path) -> dict[str, Any]:
+    """A YAML study file → a dict of StudySpec fields (safe loader; unknown keys refused).
+
+    Names are read as the text written (see TEXT_KEYS); every bad value is one UnipetlError that
+    names the file, the key and the value."""
+    from unipetl.evaluators.tasks import load_yaml
+    from unipetl.spaces.files import read_text_file
+
+    where = f"study file {str(path)!r}"
+    text = read_text_file(path, "study file", limit=MAX_STUDY_FILE)
+    data = load_yaml(text, "study file", path, text_keys=TEXT_KEYS) or {}  # safe loader: python tags are refused, never run
     if not isinstance(data, dict):
-        raise UnipetlError(f"study file {str(path)!r} must hold a mapping, got {type(data).__name__}.")
+        raise UnipetlError(f"{where} must hold a mapping, got {type(data).__name__}.")
     for key in data:
         if key not in FILE_KEYS:
-            raise UnipetlError(f"Unknown key {key!r} in study file {str(path)!r}.{did_you_mean(str(key), FILE_KEYS)}")
-    if "budget" in data:
-        data["budget"] = str(data["budget"])
+            raise UnipetlError(f"Unknown key {key!r} in {where}.{did_you_mean(str(key), FILE_KEYS)}")
+    for key in ("task", "model", "budget", "mode", "study", "storage", "data_dir", "pruner", "sampler"):
+        if key in data and not (isinstance(data[key], str) and data[key].strip()) and not (data[key] is None and key in ("study", "data_dir")):
+            raise UnipetlError(f"{where}: `{key}` must be text, got {data[key]!r}.")
+    if "with_full" in data and not isinstance(data["with_full"], bool):
+        raise UnipetlError(f"{where}: `with_full` must be true or false, got {data['with_full']!r}.")
+    for key in ("trials", "max_failures", "seeds"):
+        v = data.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise UnipetlError(f"{where}: `{key}` should be an integer, got {v!r}.")
+    for key in ("space", "train"):
+        if key in data and not isinstance(data[key], dict):
+            raise UnipetlError(f"{where}: `{key}` must be a mapping, got {data[key]!r}.")
     return data
 
 
@@ -250,6 +259,7 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
         "main_metric": task.main_metric, "higher_is_better": bool(task.higher_is_better), "trials": spec.trials,
         "train": dict(spec.train), "data_dir": spec.data_dir, "with_full": spec.with_full, "pruner": spec.pruner,
         "sampler": spec.sampler, "max_failures": spec.max_failures if spec.max_failures is not None else spec.trials,
+        "seeds": spec.seeds,
     }
 
 
@@ -302,6 +312,8 @@ def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_peri
         study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if spec.trials > existing.get("trials", 0):
             study.set_user_attr("trials", spec.trials)
+        if spec.seeds != existing.get("seeds", 1):
+            study.set_user_attr("seeds", spec.seeds)
         top_up(study)
         return study
     study = optuna.create_study(study_name=name, storage=storage, directions=directions(attrs), sampler=make_sampler(attrs), pruner=make_pruner(attrs))
@@ -381,18 +393,31 @@ def enqueue_presets(study: optuna.Study, attrs: dict[str, Any]) -> list[str]:
     return presets
 
 
-def state_counts(study: optuna.Study) -> dict[str, int]:
+def is_seed_trial(trial: optuna.trial.FrozenTrial) -> bool:
+    """An extra seed of an earlier trial (user attr `parent`), not a new design point."""
+    return trial.user_attrs.get("parent") is not None
+
+
+def state_counts(study: optuna.Study, *, design_only: bool = False) -> dict[str, int]:
     out = dict.fromkeys(STATES, 0)
     for t in study.get_trials(deepcopy=False):
+        if design_only and is_seed_trial(t):
+            continue
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 
 
+def target(study: optuna.Study) -> int:
+    """COMPLETE + PRUNED trials the study ends with: the design trials plus the extra seeds enqueued so far."""
+    return int(study.user_attrs["trials"]) + int(study.user_attrs.get("seed_trials", 0))
+
+
 def top_up(study: optuna.Study) -> int:
-    """Add empty tickets so COMPLETE + PRUNED + RUNNING + WAITING equals the trial budget.
+    """Add empty tickets so the design trials' COMPLETE + PRUNED + RUNNING + WAITING equals the
+    trial budget (extra seeds are topped up by `enqueue_seed_trials`).
 
     Called by the driver only (search / resume), never by workers, so it cannot race itself."""
-    c = state_counts(study)
+    c = state_counts(study, design_only=True)
     missing = study.user_attrs["trials"] - (c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] + c["WAITING"])
     for _ in range(max(0, missing)):
         study.enqueue_trial({})
@@ -404,4 +429,65 @@ def finished(study: optuna.Study) -> int:
     return c["COMPLETE"] + c["PRUNED"]
 
 
-__all__ = ["StudySpec", "TrialState", "load_study_file", "make_storage", "create_or_check", "load", "state_counts", "top_up", "finished"]
+def seed_candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Design trials that get extra seeds: every named method and every point of the (paper
+    fraction ↓, metric) Pareto front, among COMPLETE trials whose metric clears the trivial
+    baseline (a point at chance is not worth more seeds). Full fine-tuning is the 100 % reference
+    and is not re-run."""
+    from unipetl.reports.frontier import pareto_mask
+    from unipetl.reports.stats import beats_baseline
+
+    higher = bool(study.user_attrs.get("higher_is_better", True))
+    done = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        rec = t.user_attrs.get("record") or {}
+        if is_seed_trial(t) or not isinstance(rec, dict) or rec.get("metric") is None or rec.get("paper_fraction") is None:
+            continue
+        if t.user_attrs.get("preset") == "full" or (rec.get("variant") or {}).get("full_finetune"):
+            continue
+        if beats_baseline(rec["metric"], rec.get("baseline_metric"), rec.get("eval_examples"), higher=higher) is False:
+            continue
+        done.append((t, float(rec["paper_fraction"]), float(rec["metric"])))
+    if not done:
+        return []
+    mask = pareto_mask([f for _, f, _ in done], [m for _, _, m in done], higher)
+    return [t for (t, _, _), front in zip(done, mask, strict=True) if front or t.user_attrs.get("preset")]
+
+
+def enqueue_seed_trials(study: optuna.Study) -> int:
+    """Tickets for seeds 1 … K−1 of every `seed_candidates` trial (K = the study's `seeds`).
+
+    Each is an ordinary trial with the parent's parameters (so the same variant and lr scale),
+    user attrs `parent` (the parent's number) and `seed_index`; the worker trains it with seed
+    `train.seed + seed_index`. Idempotent: a (parent, seed_index) pair that is COMPLETE, PRUNED,
+    RUNNING or WAITING is not enqueued again, so a driver killed half-way and run again adds no
+    duplicates. Sets the study's `seed_trials` to the pairs wanted; returns the tickets added."""
+    k = int(study.user_attrs.get("seeds", 1))
+    if k < 2:
+        return 0
+    have: set[tuple[int, int]] = set()
+    for t in study.get_trials(deepcopy=False):
+        if is_seed_trial(t) and t.state != TrialState.FAIL:
+            have.add((int(t.user_attrs["parent"]), int(t.user_attrs.get("seed_index", 0))))
+    wanted = 0
+    added = 0
+    for parent in seed_candidates(study):
+        for i in range(1, k):
+            wanted += 1
+            if (parent.number, i) in have:
+                continue
+            attrs = {"parent": parent.number, "seed_index": i}
+            if parent.user_attrs.get("preset"):
+                attrs["preset"] = parent.user_attrs["preset"]
+            study.enqueue_trial(dict(parent.params), user_attrs=attrs, skip_if_exists=False)
+            added += 1
+    # "wanted" only grows: pairs that exist stay counted even if a later result changes the front
+    done_pairs = len(have)
+    study.set_user_attr("seed_trials", max(wanted, done_pairs, int(study.user_attrs.get("seed_trials", 0))))
+    if added:
+        logger.info("study %s: %d extra-seed tickets (seeds per point: %d)", study.study_name, added, k)
+    return added
+
+
+__all__ = ["StudySpec", "TrialState", "load_study_file", "make_storage", "create_or_check", "load", "state_counts", "top_up", "finished",
+           "target", "seed_candidates", "enqueue_seed_trials", "is_seed_trial"]

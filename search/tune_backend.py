@@ -34,6 +34,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from ray import tune
+
 from unipetl.search import study as studies
 from unipetl.spaces.accounting import count
 from unipetl.spaces.presets import parse_preset

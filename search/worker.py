@@ -31,10 +31,11 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+
 from unipetl.search import study as studies
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
-from unipetl.spaces.search_space import SpaceConfig, suggest_variant
+from unipetl.spaces.search_space import SpaceConfig, suggest_lr_scale, suggest_variant
 from unipetl.spaces.variant import Variant
 
 logger = logging.getLogger(__name__)
@@ -148,8 +149,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Runner | None =
             record = _train(trial, attrs, runner or _run_trial, holder)
         except KeyboardInterrupt:
             # leave the study resumable: this ticket fails and an identical one is queued again
-            study.tell(trial, state=TrialState.FAIL)
+            # (the mark first: a finished trial's attributes can no longer be written)
             study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
             studies.retry_callback(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -157,6 +159,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Runner | None =
         except Exception as err:  # noqa: BLE001 - one bad variant (NaN, OOM, a bug in a module) must not stop the search
             logger.error("trial %d raised: %s", trial.number, err)
             record = _failed_record(attrs, holder.get("variant"), f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        if studies.is_seed_trial(trial) and isinstance(record, dict):
+            record = {**record, "parent": trial.user_attrs["parent"]}
         try:
             return _store(study, trial, attrs, record)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -185,7 +189,7 @@ def _store(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], reco
         _retry_locked(lambda: study.tell(trial, state=TrialState.PRUNED), "tell")
         return TrialState.PRUNED
     _retry_locked(lambda: study.tell(trial, state=TrialState.FAIL), "tell")
-    _retry_locked(lambda: _replace_failed(study), "replace failed")
+    _retry_locked(lambda: _replace_failed(study, trial), "replace failed")
     return TrialState.FAIL
 
 
@@ -197,7 +201,13 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     trial.set_user_attr("paper_params", counts.paper_params)
     trial.set_user_attr("paper_fraction", counts.paper_params / counts.base_params)
     trial.set_user_attr("variant_description", variant.describe())
-    prunable = attrs["mode"] == "budget"
+    prunable = attrs["mode"] == "budget" and not studies.is_seed_trial(trial)  # an extra seed always trains to the end
+    train = dict(attrs["train"])
+    if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched
+        preset = trial.user_attrs.get("preset")
+        train["lr_scale"] = train.get("lr_scale", 1.0) if preset else suggest_lr_scale(trial, SpaceConfig.from_dict(attrs["space"]))
+    train["seed"] = int(train.get("seed", 0)) + int(trial.user_attrs.get("seed_index", 0))
+    trial.set_user_attr("seed", train["seed"])
 
     def report(step: int, value: float) -> bool:
         if not prunable or value is None or not math.isfinite(value):
@@ -205,14 +215,19 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         trial.report(float(value), int(step))
         return trial.should_prune()
 
-    return runner(attrs, variant, report, trial.user_attrs.get("preset"))
+    return runner({**attrs, "train": train}, variant, report, trial.user_attrs.get("preset"))
 
 
-def _replace_failed(study: optuna.Study) -> None:
-    """A fresh ticket for a failed trial, up to `max_failures` in the study's life."""
+def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A fresh ticket for a failed trial, up to `max_failures` in the study's life: a blank one for
+    a design trial, the same parameters and seed for an extra seed (its pair must still be run)."""
     failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "interrupted" not in t.user_attrs)
     if failed <= study.user_attrs.get("max_failures", study.user_attrs["trials"]):
-        study.enqueue_trial({})
+        if studies.is_seed_trial(trial):
+            keep = {k: trial.user_attrs[k] for k in ("parent", "seed_index", "preset") if k in trial.user_attrs}
+            study.enqueue_trial(dict(trial.params), user_attrs=keep)
+        else:
+            study.enqueue_trial({})
     else:
         logger.warning("study %s: %d failed trials, no more replacement tickets", study.study_name, failed)
 
@@ -242,7 +257,7 @@ def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 1
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _retry_locked(lambda: optuna.storages.fail_stale_trials(study), "fail stale trials")
         c = _retry_locked(lambda: studies.state_counts(study), "count trials")
-        if c["COMPLETE"] + c["PRUNED"] >= study.user_attrs["trials"]:
+        if c["COMPLETE"] + c["PRUNED"] >= _retry_locked(lambda: studies.target(study), "read target"):
             break
         trial = claim(study)
         if trial is None:
@@ -268,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.storage:
         p.error("give --storage URL or set UNIPETL_STORAGE")
     logging.basicConfig(level=os.environ.get("UNIPETL_LOG", "WARNING"), format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    from unipetl.search.cli import quiet_third_party
+
+    quiet_third_party(os.environ.get("UNIPETL_LOG", "WARNING").upper() in ("INFO", "DEBUG"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         run_worker(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,

@@ -26,6 +26,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
 from unipetl.spaces.registry import UnipetlError
 
 logger = logging.getLogger(__name__)

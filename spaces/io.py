@@ -40,6 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
 from unipetl.spaces.accounting import count
 from unipetl.spaces.layers import HeadSlots
 from unipetl.spaces.realize import Realized, _backbone_params, _head_params, apply_variant, load_variant_state_dict, variant_state_dict

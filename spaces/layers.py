@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+
 from unipetl.spaces.variant import Module
 
 logger = logging.getLogger(__name__)

@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
 from unipetl.spaces import families
 from unipetl.spaces.layers import HeadSlots, Lora
 from unipetl.spaces.realize import Realized, _head_params

@@ -11,8 +11,12 @@ parameter lives under an attribute called `petl*`.
 - parallel adapter / gates: a pre-hook on the sublayer's first projection captures x, the
   out-projection hook adds comp(Δ(x));
 - LoRA: hooks on the targeted projections add s·(x A)B (column slices of GPT-2's fused c_attn);
+  a gate reads the sublayer input x or the projection's own input, by target (families);
 - head-wise slots (prefix, MH PA): `unipetl.spaces.attention`;
 - prompt tuning: `families.install_prompt` hooks on the (encoder) input path.
+
+Every hook is a bound method of an inserted module or a callable object holding them, never a
+closure, so `copy.deepcopy` of a realized model gives a model whose hooks use its own modules.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
 from unipetl.spaces import attention, families
 from unipetl.spaces.accounting import Counts, count, site_instances
 from unipetl.spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
@@ -35,7 +40,13 @@ logger = logging.getLogger(__name__)
 
 
 class SiteHub(nn.Module):
-    """The modules of one sublayer instance, and the sublayer input x captured for them."""
+    """The modules of one sublayer instance, and the sublayer input x captured for them.
+
+    x (B, T, d) is captured by a pre-hook on the sublayer's first projection (`refs.reads`) and
+    dropped again by the hook on its output projection, which runs last in the same sublayer
+    call: no activation outlives the call (a held one would pin memory and the autograd graph,
+    and make `copy.deepcopy` of a model after a training step fail on a non-leaf tensor).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,6 +60,7 @@ class SiteHub(nn.Module):
 
     def apply(self, _module: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         h, x = output, self.x
+        self.x = None
         for a in self.sequential:
             h = h + a.delta(h, x)
         for a in self.parallel:
@@ -66,23 +78,30 @@ def _dims(mod: nn.Module, slc: slice | None) -> tuple[int, int]:
     return d_in, d_out
 
 
-def _lora_hook(entries: list[tuple[Lora, str, slice | None, SiteHub]]) -> Any:
-    def hook(_module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+class LoraHook:
+    """Forward hook of one projection: adds s·(x A)B of every LoRA that targets it.
+
+    A callable object rather than a closure: `copy.deepcopy` of the model copies it with the
+    model and remaps its LoRA modules and hubs to the copy's (a closure would keep the original's).
+    Each entry: (lora, factor key, output column slice or None, hub whose captured sublayer input
+    the gate reads — or None: the gate reads the projection's own input; see
+    `families.INNER_TARGETS`, which decides this from the target, never from tensor shapes).
+    """
+
+    def __init__(self, entries: list[tuple[Lora, str, slice | None, SiteHub | None]]) -> None:
+        self.entries = entries
+
+    def __call__(self, _module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         inp = args[0]
-        for lora, key, slc, hub in entries:
+        for lora, key, slc, hub in self.entries:
             if lora.merged:
                 continue
-            # the gate reads the sublayer input x; cross-attention k / v read the encoder states
-            # instead (another length), so there it reads the projection's own input
-            x = hub.x if hub.x is not None and hub.x.shape[:-1] == inp.shape[:-1] else inp
-            d = lora.delta(key, inp, x).to(output.dtype)
+            d = lora.delta(key, inp, inp if hub is None else hub.x).to(output.dtype)
             if slc is None:
                 output = output + d
             else:
                 output = torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
         return output
-
-    return hook
 
 
 @dataclass
@@ -184,7 +203,7 @@ def _insert_modules(model: nn.Module, variant: Variant, shape: ModelShape, reali
     d = shape.d_model
     stacks = {s.name: s for s in shape.stacks}
     hubs: dict[int, tuple[SiteHub, families.SublayerRefs]] = {}
-    lora_hooks: dict[int, tuple[nn.Module, list[tuple[Lora, str, slice | None, SiteHub]]]] = {}
+    lora_hooks: dict[int, tuple[nn.Module, list[tuple[Lora, str, slice | None, SiteHub | None]]]] = {}
     base = families.backbone(model)
     uses_slots = False
     for mi, spec in enumerate(variant.modules):
@@ -223,27 +242,30 @@ def _insert_modules(model: nn.Module, variant: Variant, shape: ModelShape, reali
                 continue
             dims: dict[str, list[tuple[int, int]]] = {}
             targets: dict[str, tuple[nn.Module, slice | None]] = {}
+            gate_hub: dict[str, SiteHub | None] = {}
             for t in spec.targets:
                 for j, (mod, slc) in enumerate(refs.proj[t]):
                     dims.setdefault(t, []).append(_dims(mod, slc))
                     targets[f"{t}_{j}"] = (mod, slc)
+                    gate_hub[f"{t}_{j}"] = hub if t in families.INNER_TARGETS else None
             lora = Lora(spec, d, dims)
             lora.targets = targets
             hub.loras.append(lora)
             for key_, (mod, slc) in targets.items():
-                lora_hooks.setdefault(id(mod), (mod, []))[1].append((lora, key_, slc, hub))
+                lora_hooks.setdefault(id(mod), (mod, []))[1].append((lora, key_, slc, gate_hub[key_]))
     for hub, _refs in hubs.values():
         hub.to(device=dev_dtype.device, dtype=dev_dtype.dtype)
     # order matters: capture x first, then LoRA on projections, then the sublayer-output hook
     for hub, refs in hubs.values():
         realized.handles.append(refs.reads.register_forward_pre_hook(hub.capture))
     for mod, entries in lora_hooks.values():
-        realized.handles.append(mod.register_forward_hook(_lora_hook(entries)))
-    for hub, refs in hubs.values():
-        if len(hub.sequential) or len(hub.parallel):
-            realized.handles.append(refs.out.register_forward_hook(hub.apply))
+        realized.handles.append(mod.register_forward_hook(LoraHook(entries)))
+    for hub, refs in hubs.values():  # also where x is dropped again, so every hub gets it
+        realized.handles.append(refs.out.register_forward_hook(hub.apply))
     if uses_slots:
         attention.use_slots(model)
+        # slots have no position: on a left-padded decoder-only batch, tokens must keep theirs
+        realized.handles += families.install_positions(model)
     for n, p in model.named_parameters():
         if "petl" in n:
             p.requires_grad_(True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from unipetl.spaces.accounting import count
+from unipetl.spaces.lr import LR_SCALE_RANGE
 from unipetl.spaces.presets import PRESETS, parse_preset
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.shapes import ModelShape
@@ -78,6 +79,7 @@ class SpaceConfig:
     budget_use: tuple[float, float] = (0.5, 1.0)  # fraction of the budget a variant uses (log-uniform)
     max_size: int | None = None  # cap on r / l (default: d_model)
     presets: tuple[str, ...] = DEFAULT_PRESETS
+    lr_scale: tuple[float, float] = LR_SCALE_RANGE  # shared multiplier on each kind's central lr (log-uniform; [1, 1] fixes it)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -94,6 +96,11 @@ class SpaceConfig:
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
                 raise UnipetlError(f"space `scales` must hold positive numbers, got {s!r}.")
         set_(self, "scales", tuple(float(s) for s in self.scales))
+        lr_rng = self.lr_scale
+        if (not isinstance(lr_rng, (list, tuple)) or len(lr_rng) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in lr_rng)
+                or not 0 < float(lr_rng[0]) <= float(lr_rng[1]) or not all(math.isfinite(float(x)) for x in lr_rng)):
+            raise UnipetlError(f"space `lr_scale` must be a [low, high] pair with 0 < low <= high, got {lr_rng!r}.")
+        set_(self, "lr_scale", (float(lr_rng[0]), float(lr_rng[1])))
         for name in ("attn_share", "budget_use"):
             rng = getattr(self, name)
             if not isinstance(rng, (list, tuple)) or len(rng) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng):
@@ -259,6 +266,15 @@ def suggest_variant(trial: SuggestTrial, shape: ModelShape, budget_fraction: flo
     if paper > b:  # pragma: no cover - the derivation above guarantees it; a bug if reached
         raise AssertionError(f"sampled variant {variant.describe()} has {paper} > budget {b} paper parameters")
     return variant
+
+
+def suggest_lr_scale(trial: SuggestTrial, space_cfg: SpaceConfig | None = None) -> float:
+    """The shared learning-rate multiplier (log-uniform over the space's `lr_scale` range): every
+    kind of module then trains at its central rate × this (`unipetl.spaces.lr`), so the rate is
+    searched together with the four design dimensions. Named methods are enqueued at 1."""
+    cfg = space_cfg or SpaceConfig()
+    lo, hi = cfg.lr_scale
+    return trial.suggest_float("lr_scale", lo, hi, log=True) if lo < hi else lo
 
 
 # --- named methods sized to the budget ----------------------------------------------------

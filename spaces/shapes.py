@@ -192,18 +192,34 @@ def get_card(name: str) -> ModelCard:
     return CARDS.get(name)
 
 
-@lru_cache(maxsize=64)
 def resolve_shape(model: str) -> ModelShape:
-    """A card name / alias, a local model directory, or a hub id (when a hub is reachable)."""
+    """A card name / alias, a local model directory, or a hub id (when a hub is reachable).
+
+    Cached by what produced the shape: a local directory's key is its resolved path plus its
+    config.json's size, mtime and content hash, so an edited config is read again."""
     if model in CARDS:
         return get_card(model).shape()
     path = Path(model)
     if path.is_dir():
-        from transformers import AutoConfig
-
-        if not (path / "config.json").is_file():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
             raise UnipetlError(f"model directory {model!r} has no config.json.")
-        return shape_from_config(AutoConfig.from_pretrained(str(path)), name=model)
+        import hashlib
+
+        raw = cfg_file.read_bytes()
+        return _shape_of_dir(str(path.resolve()), model, hashlib.sha256(raw).hexdigest())
+    return _shape_of_name(model)
+
+
+@lru_cache(maxsize=64)
+def _shape_of_dir(resolved: str, name: str, config_digest: str) -> ModelShape:
+    from transformers import AutoConfig
+
+    return shape_from_config(AutoConfig.from_pretrained(resolved), name=name)
+
+
+@lru_cache(maxsize=64)
+def _shape_of_name(model: str) -> ModelShape:
     if "/" in model:
         from transformers import AutoConfig
 

@@ -279,14 +279,15 @@ class Variant:
 
     @classmethod
     def from_file(cls, path: str) -> Variant:
+        """A variant JSON file; every bad input is one UnipetlError that names the file (too large,
+        not UTF-8 with the offset of the first bad byte, malformed, or a bad field)."""
+        from unipetl.spaces.files import read_text_file
+
+        text = read_text_file(path, "variant file", limit=4_000_000)
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read(4_000_000)
-        except OSError as err:
-            raise UnipetlError(f"cannot read variant file {path!r}: {err.strerror}.") from None
-        except UnicodeDecodeError:
-            raise UnipetlError(f"variant file {path!r} is not a UTF-8 text file.") from None
-        return cls.from_json(text)
+            return cls.from_json(text)
+        except UnipetlError as err:
+            raise UnipetlError(f"variant file {path!r}: {err}") from None
 
     def replace(self, **changes: Any) -> Variant:
         return dataclasses.replace(self, **changes)

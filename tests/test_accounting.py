@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from unipetl.spaces.accounting import count
 from unipetl.spaces.presets import PRESETS, parse_preset
 from unipetl.spaces.registry import UnipetlError

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from unipetl.search import study as studies
 from unipetl.search.cli import main
 
@@ -126,6 +127,7 @@ def test_at_least_twenty_cases() -> None:
 def test_variant_directory_whose_weights_do_not_match_the_model(tmp_path: Path) -> None:
     """unipetl.spaces.io.load_variant refuses weights of another shape / another variant, model untouched."""
     import torch
+
     from unipetl.spaces.io import load_variant, save_variant
     from unipetl.spaces.presets import parse_preset
     from unipetl.spaces.realize import apply_variant

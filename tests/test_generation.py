@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant
 from unipetl.spaces.registry import UnipetlError

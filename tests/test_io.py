@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from unipetl.spaces.io import ADAPTER_FILE, META_FILE, VARIANT_FILE, load_variant, read_saved, save_variant
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant, variant_state_dict

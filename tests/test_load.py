@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from unipetl.search import study as studies
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

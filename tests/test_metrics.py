@@ -7,6 +7,7 @@ import math
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
+
 from unipetl.evaluators.metrics import METRICS, compute_metrics, load_metric, metric_key_direction
 from unipetl.spaces.registry import UnipetlError
 

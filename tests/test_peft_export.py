@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from unipetl.spaces.peft_export import CONFIG_FILE, WEIGHTS_FILE, export_peft
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant

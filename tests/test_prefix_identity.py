@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from unipetl.spaces import families
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant

@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 from test_search import FAST, data_dir, search_args  # noqa: F401 - the fixture is reused
+
 from unipetl.search import study as studies
 from unipetl.search.cli import main
 from unipetl.search.worker import run_worker

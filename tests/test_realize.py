@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+
 from unipetl.spaces.presets import PRESETS, parse_preset
 from unipetl.spaces.realize import apply_variant, load_variant_state_dict, variant_state_dict
 from unipetl.spaces.registry import UnipetlError

@@ -33,6 +33,7 @@ from typing import Any
 
 import optuna
 import pytest
+
 from unipetl.search import study as studies
 from unipetl.search.cli import main
 
@@ -91,7 +92,7 @@ def _wait(cond: Any, proc: subprocess.Popen[bytes], timeout: float = 60) -> bool
 
 def _search_argv(url: str, name: str) -> list[str]:
     return ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", str(TRIALS), "--storage", url, "--study", name,
-            "--pruner", "none", "--no-progress", *HB]
+            "--pruner", "none", "--seeds", "1", "--no-progress", *HB]
 
 
 def _one_crash(url: str, name: str, point: str, rng: random.Random) -> None:
@@ -218,6 +219,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 @pytest.mark.timeout(300)
 def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
+
     from unipetl.search.ray_backend import run_ray_workers
 
     data = _tiny_sst2(tmp_path / "data")

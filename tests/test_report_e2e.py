@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import polars as pl
 import pytest
+
 from unipetl.search.cli import main
 
 _spec = importlib.util.spec_from_file_location("report_records", Path(__file__).parent / "fixtures" / "report_records.py")

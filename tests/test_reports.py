@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from unipetl.reports import effects as fx
 from unipetl.reports.build import build_sections
 from unipetl.reports.frontier import (
@@ -175,23 +176,58 @@ def test_effects_numbers_per_dimension_and_bin():
     assert ins["choice"].to_list() == ["parallel", "sequential"]
 
 
-def test_findings_verdicts_and_support():
-    eff = fx.effects(table(effect_records()))
-    got = {f["lesson"]: f for f in fx.findings(eff)}
+def test_findings_paired_verdicts_over_seeds():
+    """holds / reversed / inconclusive from paired seeds at matched budgets; untested without seeds."""
+    recs = (rr.seeded("pa-ffn:r=8", 0.004, [0.86, 0.87, 0.88], 0)              # parallel, add, ffn (trials 0-2)
+            + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.85, 0.855], 3)           # sequential: a steady 2-point gap per seed
+            + rr.seeded("scaled-pa:r=12", 0.006, [0.86, 0.89, 0.85], 6))       # scaled vs add: +0, +2, -3 points: noise
+    got = {f["lesson"]: f for f in fx.findings(table(recs))}
     par = got["parallel insertion beats sequential"]
-    assert (par["verdict"], par["bins"], par["wins"], par["losses"], par["trials"]) == ("mixed", 2, 1, 1, 8)
+    assert par["verdict"] == "holds" and par["pairs"] == 3
+    assert par["effect"] == pytest.approx((0.02 + 0.02 + 0.025) / 3)
+    assert par["lo"] > 0 and par["bins"][0]["budget"] == "0.3%–1%"
     sc = got["scaled add beats simple add"]
-    assert (sc["verdict"], sc["bins"], sc["wins"], sc["trials"]) == ("confirmed", 2, 2, 9)
-    ffn = got["modifying the FFN beats modifying attention"]
-    assert (ffn["verdict"], ffn["bins"], ffn["wins"], ffn["losses"]) == ("mixed", 2, 1, 1)  # 0.1–0.3 %: LoRA@attn 0.81 > SA@ffn 0.80
-    small = {f["lesson"]: f["verdict"] for f in fx.findings(fx.effects(table(effect_records()[6:])))}
-    assert small["parallel insertion beats sequential"] == "refuted"
-    assert small["modifying the FFN beats modifying attention"] == "refuted"
-    assert small["scaled add beats simple add"] == "confirmed"
-    tied = {f["lesson"]: f["verdict"] for f in fx.findings(fx.effects(table([rr.record("pa-ffn:r=2", 0.002, 0.8), rr.record("sa-ffn:r=2", 0.002, 0.8)])))}
-    assert tied["parallel insertion beats sequential"] == "tied"
-    assert tied["scaled add beats simple add"].startswith("untested")
+    assert sc["verdict"] == "inconclusive" and sc["lo"] < 0 < sc["hi"]  # the effect is smaller than its noise
+    assert "95 % CI" in sc["text"] and "inconclusive" in sc["text"]
+    untested = got["modifying the FFN beats modifying attention at larger budgets"]
+    assert untested["verdict"] == "inconclusive" and untested["why"].startswith("untested") and untested["pairs"] == 0
+    rev = {f["lesson"]: f for f in fx.findings(table(rr.seeded("pa-ffn:r=8", 0.004, [0.80, 0.81, 0.80], 0)
+                                                       + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.86, 0.85], 3)))}
+    assert rev["parallel insertion beats sequential"]["verdict"] == "reversed"
+    # one seed each: a single pair never gives a verdict
+    single = {f["lesson"]: f for f in fx.findings(table([rr.record("pa-ffn:r=2", 0.002, 0.9), rr.record("sa-ffn:r=2", 0.002, 0.5)]))}
+    assert single["parallel insertion beats sequential"]["verdict"] == "inconclusive"
+    assert single["parallel insertion beats sequential"]["why"].startswith("untested")
     assert fx.budget_bin(0.005) == "0.3%–1%" and fx.budget_bin(0.0) == "0%–0.01%"
+
+
+def test_design_points_fold_seeds_with_intervals_and_baseline():
+    recs = rr.seeded("lora:r=4", 0.002, [0.80, 0.82, 0.81], 0, baseline=0.509, eval_examples=872) + [
+        rr.record("lora:r=1", 0.001, 0.52, baseline=0.509, eval_examples=872)]     # at chance: 0.52 < 0.509 + 1/sqrt(872)
+    from unipetl.reports.frontier import design_points
+
+    pts = {r["trial"]: r for r in design_points(table(recs)).iter_rows(named=True)}
+    assert set(pts) == {0, 3}
+    p = pts[0]
+    assert p["n_seeds"] == 3 and p["metric"] == pytest.approx(0.81) and p["metric_std"] == pytest.approx(0.01)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t_{2, 0.975} · s / √n
+    assert p["metric_lo"] == pytest.approx(0.81 - half) and p["metric_hi"] == pytest.approx(0.81 + half)
+    assert json.loads(p["seed_list"]) == [0, 1, 2] and p["beats_baseline"] is True
+    assert pts[3]["beats_baseline"] is False and pts[3]["n_seeds"] == 1 and pts[3]["metric_lo"] is None
+    front = frontier_of(table(recs))
+    assert front["trial"].to_list() == [0]  # the chance-level point is cheaper but not on the frontier
+    summ = group_summary(table(recs))
+    assert summ["baseline"] == pytest.approx(0.509) and summ["below_baseline"].height == 1
+    assert summ["hypervolume"] == pytest.approx(hypervolume([0.002], [0.81], True, 0.509))
+
+
+def test_frontier_marks_steps_that_are_not_significant():
+    recs = (rr.seeded("lora:r=1", 0.001, [0.80, 0.81, 0.79], 0)
+            + rr.seeded("lora:r=4", 0.004, [0.81, 0.80, 0.815], 3)      # +0.5 points on average: noise
+            + rr.seeded("pa-ffn:r=8", 0.008, [0.90, 0.91, 0.905], 6))   # +9 points, every seed
+    front = frontier_of(table(recs))
+    assert front["trial"].to_list() == [0, 3, 6]
+    assert front["vs_cheaper"].to_list() == [None, "not significant", "significant"]
 
 
 # --- loading ---------------------------------------------------------------------------------------

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.test_tasks import DATA
 from unipetl.evaluators.models import load_model
 from unipetl.evaluators.tasks import get_task
 from unipetl.search.cli import main
 from unipetl.spaces.io import load_variant
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant
-
-from tests.test_tasks import DATA
 
 
 def test_run_writes_record_and_reloadable_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 import pytest
+
 from unipetl.search import study as studies
 from unipetl.search.cli import main
 from unipetl.search.worker import run_worker
@@ -23,7 +24,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 POS, NEG = ["good", "great", "fine", "lovely", "superb"], ["bad", "awful", "poor", "dull", "boring"]
-FAST = ["--max-train-examples", "48", "--max-eval-examples", "24", "--max-steps", "2", "--batch-size", "8", "--eval-every", "1", "--max-length", "16"]
+FAST = ["--max-train-examples", "48", "--max-eval-examples", "24", "--max-steps", "2", "--batch-size", "8", "--eval-every", "1", "--max-length", "16",
+        "--seeds", "1"]  # extra seeds have tests of their own (test_seeds.py)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
+
 from unipetl.search import study as studies
 from unipetl.search.cli import main
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from transformers.models.bert import modeling_bert  # noqa: F401 - imported before torch.load / pickle are patched
+
 from unipetl.search import study as studies
 from unipetl.search.cli import main
 from unipetl.search.worker import run_worker

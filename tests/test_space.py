@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+
 from unipetl.spaces.accounting import count
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.search_space import (

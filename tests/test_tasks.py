@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from unipetl.evaluators.data import load_split, prepare
 from unipetl.evaluators.models import load_model
 from unipetl.evaluators.tasks import TASKS, get_task

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+
+from tests.test_tasks import DATA
 from unipetl.evaluators import train as train_mod
 from unipetl.evaluators.record import RECORD_KEYS
 from unipetl.evaluators.trial import TrialConfig, run_trial
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
-
-from tests.test_tasks import DATA
 
 
 def _cfg(**kw: object) -> TrialConfig:
@@ -99,7 +99,7 @@ def test_exception_during_training_ends_as_failed(monkeypatch: pytest.MonkeyPatc
     def boom(*_a: object, **_k: object) -> torch.Tensor:
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(train_mod, "_loss", boom)
+    monkeypatch.setattr(train_mod, "_loss_sum", boom)
     rec = run_trial(_cfg())
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: CUDA out of memory (simulated)"
 

@@ -15,6 +15,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
+
 from unipetl.search import study as studies
 from unipetl.search import tune_backend as tb
 from unipetl.search.cli import main

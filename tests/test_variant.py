@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from unipetl.spaces.presets import PRESETS, parse_preset
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.variant import Module, Variant

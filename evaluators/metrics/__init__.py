@@ -4,6 +4,11 @@
 module directory inside the project loads offline with `evaluate.load(<dir>)`. Each metric is
 declared once here with the keys it produces and whether higher is better, and everything
 downstream (tasks, the trial record, the search direction) reads that.
+
+Text metrics score every script: ROUGE tokenizes letters / marks / digits of any script (Han and
+kana per character; rouge-score's own tokenizer on ASCII, so English scores are unchanged) and
+BLEU segments Han references with sacreBLEU's `zh`; each module's description states its
+tokenization.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import json
 
 NAME = "ls"
 HELP = "list presets, built-in model cards, tasks and models"
-EPILOG = "examples:\n  unipetl ls presets\n  unipetl ls cards --json"
+EPILOG = "examples:\n  unipetl ls presets\n  unipetl ls lr\n  unipetl ls cards --json"
 
-WHAT = ("presets", "cards", "tasks", "models")
+WHAT = ("presets", "cards", "tasks", "models", "lr")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +22,11 @@ def _rows(what: str) -> list[dict[str, object]]:
         from unipetl.spaces.presets import PRESETS
 
         return [{"name": n, "summary": p.summary, "defaults": p.defaults} for n, p in PRESETS.items()]
+    if what == "lr":
+        from unipetl.spaces.lr import LR_CENTRAL, kind_range
+
+        return [{"name": k, "central": c, "range": kind_range(k), "summary": f"central {c:g}, searched {kind_range(k)[0]:.2g}–{kind_range(k)[1]:.2g}"}
+                for k, c in LR_CENTRAL.items()]
     if what == "cards":
         from unipetl.spaces.shapes import CARDS
 

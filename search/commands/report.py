@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import polars as pl
+
     from unipetl.reports.build import write_report
     from unipetl.reports.load import load_records, load_studies, mask_url
 

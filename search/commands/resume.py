@@ -6,6 +6,7 @@ import argparse
 import warnings
 
 import optuna
+
 from unipetl.search.commands.search import add_worker_arguments, check_workers, drive
 
 NAME = "resume"

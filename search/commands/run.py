@@ -37,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     steps.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
     steps.add_argument("--max-steps", type=int, metavar="S", help="optimizer steps (instead of epochs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, the paper's GLUE value)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="one peak learning rate for every trained parameter (default: method-aware — each kind of module at its own "
+                        "central rate, e.g. LoRA / adapters 2e-3, prefix 2e-2, prompt 3e-2, full fine-tuning 1e-4; see `unipetl ls lr`)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply every kind's central rate (default 1; ignored with --lr)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrialConfig(
         task=args.task, model=args.model, variant=variant, data_dir=args.data_dir, max_train_examples=args.max_train_examples,
         max_eval_examples=args.max_eval_examples, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, grad_accum=args.grad_accum, label_smoothing=args.label_smoothing,
+        lr_scale=args.lr_scale, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, grad_accum=args.grad_accum, label_smoothing=args.label_smoothing,
         eval_every=args.eval_every, seed=args.seed, max_length=args.max_length, device=args.device, scheduler=args.scheduler,
         max_new_tokens=args.max_new_tokens,
     )
@@ -73,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         shown = f"{metric:.4f}" if metric is not None else "none"
         print(f"{record['task']} / {record['model']} / {record['variant_description']}")
         print(f"status {record['status']}" + (f": {record['error']}" if record["error"] else ""))
+        if record.get("lr"):
+            rates = ", ".join(f"{k} {v:.3g}" for k, v in record["lr"]["rates"].items())
+            print(f"learning rates: {rates} ({'--lr' if record['lr']['source'] == 'override' else 'method-aware'})")
         print(f"{record['main_metric']} = {shown}  (best step {record['best_step']}; " + ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items()) + ")")
         print(f"paper params {record['paper_params']:,} ({record['paper_percent']:.4f} %), trainable {record['trainable_params']:,} + head {record['head_params']:,}")
         print(f"wall {record['wall_seconds']:.1f} s, {record['train_tokens_per_second']:.0f} train tokens/s; wrote {args.out}/record.json"

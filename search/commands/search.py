@@ -30,7 +30,7 @@ Studies in studies/{task}-{model}.yaml supply defaults (training caps) when task
 
 _TRAIN_FLAGS: list[tuple[str, type]] = [
     ("max_train_examples", int), ("max_eval_examples", int), ("epochs", float), ("max_steps", int), ("batch_size", int),
-    ("lr", float), ("warmup_ratio", float), ("weight_decay", float), ("grad_accum", int), ("max_grad_norm", float),
+    ("lr", float), ("lr_scale", float), ("warmup_ratio", float), ("weight_decay", float), ("grad_accum", int), ("max_grad_norm", float),
     ("label_smoothing", float), ("eval_every", int), ("seed", int), ("max_length", int), ("device", str),
 ]
 
@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--with-full", action="store_true", default=None, help="also run full fine-tuning once (the 100 %% reference)")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], help="pruner in budget mode (default median)")
     p.add_argument("--sampler", choices=["tpe", "random"], help="sampler (default tpe)")
+    p.add_argument("--seeds", type=int, help="seeds per frontier point and named method (default 3; 1 = none extra): the extra "
+                                              "seeds are ordinary, resumable trials of the study, linked to their parent trial")
     p.add_argument("--backend", choices=["optuna", "tune"], default="optuna",
                    help="optuna: workers claim the study's tickets (default); tune: Ray Tune with OptunaSearch + ASHA, "
                         "results mirrored into the study (only finished trials COMPLETE)")
@@ -80,7 +82,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     if not args.study_file and (bundled := bundled_study_file(task, model)):
         data = load_study_file(bundled)  # its training caps are the defaults of this task / model pair
     data.update(task=task, model=model)
-    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler"):
+    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler", "seeds"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     train = dict(data.get("train") or {})
@@ -101,23 +103,23 @@ def check_workers(args: argparse.Namespace) -> None:
 
 
 def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
-    """Run the workers to the trial budget with a progress bar; Ctrl-C leaves the study resumable."""
+    """Run the workers to the trial budget with a progress bar; Ctrl-C leaves the study resumable.
+
+    Two phases over one study: the design trials, then the extra seeds of the frontier points
+    and named methods (`unipetl.search.study.enqueue_seed_trials`; ordinary tickets, so a kill in
+    either phase is resumed by running `drive` again)."""
     from unipetl.search import study as studies
-    from unipetl.search.worker import run_worker
 
     hb = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
     study = studies.load(storage_url, study_name, **hb)
     bar = _Progress(study, disable=args.no_progress)
     t0 = time.time()
     try:
-        if args.ray_address:
-            from unipetl.search.ray_backend import run_ray_workers
-
-            run_ray_workers(storage_url, study_name, workers=args.workers, address=args.ray_address, gpus_per_trial=args.gpus_per_trial, **hb)
-        elif args.workers == 1:
-            run_worker(storage_url, study_name, on_trial=lambda s, _state: bar.update(), **hb)
-        else:
-            _local_processes(storage_url, study_name, args, bar)
+        _run_workers(storage_url, study_name, args, bar, hb)
+        design = studies.state_counts(study, design_only=True)
+        if design["COMPLETE"] + design["PRUNED"] >= study.user_attrs["trials"] and studies.enqueue_seed_trials(study) + _open_seed_tickets(study):
+            bar.retarget()
+            _run_workers(storage_url, study_name, args, bar, hb)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: study {study_name!r} is resumable with `unipetl resume --storage {_safe(storage_url)} --study {study_name}`", file=sys.stderr)
@@ -130,13 +132,36 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
     best = _best_line(study)
     if best:
         print(best)
-    return 0 if c["COMPLETE"] + c["PRUNED"] >= study.user_attrs["trials"] else 1
+    return 0 if c["COMPLETE"] + c["PRUNED"] >= studies.target(study) else 1
+
+
+def _open_seed_tickets(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    from unipetl.search.study import is_seed_trial
+
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)) if is_seed_trial(t))
+
+
+def _run_workers(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress, hb: dict[str, Any]) -> None:
+    from unipetl.search.worker import run_worker
+
+    if args.ray_address:
+        from unipetl.search.ray_backend import run_ray_workers
+
+        run_ray_workers(storage_url, study_name, workers=args.workers, address=args.ray_address, gpus_per_trial=args.gpus_per_trial, **hb)
+    elif args.workers == 1:
+        run_worker(storage_url, study_name, on_trial=lambda s, _state: bar.update(), **hb)
+    else:
+        _local_processes(storage_url, study_name, args, bar)
 
 
 def _local_processes(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress) -> None:
     # the storage URL travels in the environment, not on the command line, so a password in it
     # never shows in `ps` output
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), UNIPETL_STORAGE=storage_url)
+    if getattr(args, "verbose", False):
+        env["UNIPETL_LOG"] = "INFO"
     cmd = [sys.executable, "-m", "unipetl.search.worker", "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
     if args.grace_period:
         cmd += ["--grace-period", str(args.grace_period)]
@@ -160,9 +185,18 @@ class _Progress:
     def __init__(self, study: Any, *, disable: bool) -> None:
         from tqdm import tqdm
 
+        from unipetl.search.study import target
+
         self.study = study
-        self.bar = tqdm(total=study.user_attrs["trials"], desc=study.study_name, unit="trial", disable=disable or not sys.stderr.isatty())
+        self.bar = tqdm(total=target(study), desc=study.study_name, unit="trial", disable=disable or not sys.stderr.isatty())
         self.update()
+
+    def retarget(self) -> None:
+        """The total grew by the extra-seed tickets."""
+        from unipetl.search.study import target
+
+        self.bar.total = target(self.study)
+        self.bar.refresh()
 
     def update(self) -> None:
         from unipetl.search.study import state_counts
@@ -210,6 +244,7 @@ def _safe(url: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import optuna
+
     from unipetl.search import study as studies
 
     if not getattr(args, "verbose", False):
@@ -230,6 +265,7 @@ def check_backend(spec: Any, backend: str) -> None:
     """A study stays with the backend that created it (its tickets are filled differently);
     checked before anything is written."""
     import optuna
+
     from unipetl.search import study as studies
 
     name = spec.study or studies.default_study_name(spec)

@@ -40,6 +40,7 @@ def pareto(points: list[dict[str, Any]], higher_is_better: bool) -> list[dict[st
 
 def summary(study: Any) -> dict[str, Any]:
     from optuna.trial import TrialState
+
     from unipetl.search.study import state_counts
 
     attrs = study.user_attrs
@@ -54,6 +55,7 @@ def summary(study: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     import optuna
+
     from unipetl.search import study as studies
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

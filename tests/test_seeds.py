@@ -1,0 +1,126 @@
+"""Extra seeds: linked, resumable trials of the same study, for frontier points and named methods.
+
+A stub evaluator stands in for training (metric = a fixed function of the variant and the seed),
+so the bookkeeping is tested exactly: which trials get seeds, how they link to their parent,
+that a kill mid-phase resumes without duplicates, and that reports fold them into intervals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from unipetl.search import study as studies
+from unipetl.search.worker import run_worker
+from unipetl.spaces.accounting import count
+from unipetl.spaces.variant import Variant
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+CALLS: list[tuple[str, int, float | None]] = []
+KILL_AT: dict[str, Any] = {}
+
+
+def stub(attrs: dict[str, Any], variant: Variant, report: Any, preset: str | None) -> dict[str, Any]:
+    """metric = 0.7 + a stable per-variant offset (≤ 0.2) + 0.01 · seed; baseline 0.5 on 10,000 examples."""
+    seed = int(attrs["train"]["seed"])
+    CALLS.append((variant.describe(), seed, attrs["train"].get("lr_scale")))
+    if KILL_AT and len(CALLS) == KILL_AT["call"]:
+        raise KeyboardInterrupt  # what a worker killed mid-trial leaves behind (the ticket is re-queued)
+    c = count(variant, studies.model_shape(attrs["model"]))
+    offset = int(hashlib.sha256(variant.describe().encode()).hexdigest()[:6], 16) / 0xFFFFFF * 0.2
+    return {"schema": 1, "status": "ok", "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(),
+            "variant_description": variant.describe(), "preset": preset, "paper_params": c.paper_params, "base_params": c.base_params,
+            "paper_fraction": c.paper_params / c.base_params, "metric": 0.7 + offset + 0.01 * seed, "main_metric": "accuracy",
+            "higher_is_better": True, "seed": seed, "baseline_metric": 0.5, "eval_examples": 10_000, "fidelity": "final",
+            "lr": {"rates": {"head": 1.0}, "source": "method", "scale": attrs["train"].get("lr_scale", 1.0), "principal": "lora"}}
+
+
+def _study(tmp_path: Path, *, trials: int = 5, seeds: int = 3, mode: str = "frontier") -> tuple[str, optuna.Study]:
+    url = f"sqlite:///{tmp_path}/seeds.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode=mode, trials=trials, storage=url, study="z", seeds=seeds,
+                             train={"max_steps": 1}, space={"presets": ["lora", "pa-ffn"]})
+    return url, studies.create_or_check(spec)
+
+
+def _pairs(study: optuna.Study, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)) -> list[tuple[int, int]]:
+    return sorted((int(t.user_attrs["parent"]), int(t.user_attrs["seed_index"])) for t in study.get_trials(deepcopy=False, states=states)
+                  if studies.is_seed_trial(t))
+
+
+def test_frontier_points_and_named_methods_get_linked_seed_trials(tmp_path: Path) -> None:
+    CALLS.clear()
+    KILL_AT.clear()
+    url, study = _study(tmp_path)
+    run_worker(url, "z", runner=stub)
+    assert studies.finished(study) == 5 and studies.enqueue_seed_trials(study) > 0
+    parents = studies.seed_candidates(study)
+    named = [t.number for t in parents if t.user_attrs.get("preset")]
+    assert named == [0, 1]  # both named methods, whatever the front
+    run_worker(url, "z", runner=stub)
+    pairs = _pairs(study)
+    assert pairs == sorted((p.number, i) for p in parents for i in (1, 2))  # seeds 1 and 2 of every candidate, once
+    assert study.user_attrs["seed_trials"] == len(pairs) and studies.finished(study) == studies.target(study) == 5 + len(pairs)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not studies.is_seed_trial(t):
+            continue
+        parent = by_number[t.user_attrs["parent"]]
+        rec, prec = t.user_attrs["record"], parent.user_attrs["record"]
+        assert rec["variant"] == prec["variant"] and rec["parent"] == parent.number  # the same design …
+        assert rec["seed"] == t.user_attrs["seed_index"] and prec["seed"] == 0       # … another seed
+        assert rec["lr"]["scale"] == prec["lr"]["scale"]                               # … at the same learning rate
+    # named methods train at their kinds' central rate; sampled trials at a searched multiplier in [1/4, 4]
+    scales = [s for d, _seed, s in CALLS]
+    assert scales[:2] == [1.0, 1.0] and all(0.25 <= s <= 4.0 for s in scales)
+    assert len({s for s in scales[2:5]}) == 3
+    assert studies.enqueue_seed_trials(study) == 0  # idempotent
+
+
+def test_kill_during_the_seed_phase_resumes_without_duplicates(tmp_path: Path) -> None:
+    CALLS.clear()
+    KILL_AT.clear()
+    url, study = _study(tmp_path, trials=4)
+    run_worker(url, "z", runner=stub)
+    studies.enqueue_seed_trials(study)
+    KILL_AT["call"] = len(CALLS) + 2  # the second seed trial is killed while it trains
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(url, "z", runner=stub)
+    KILL_AT.clear()
+    # resume = the driver again: enqueue (idempotent) and run workers
+    assert studies.enqueue_seed_trials(study) == 0
+    run_worker(url, "z", runner=stub)
+    pairs = _pairs(study)
+    assert len(pairs) == len(set(pairs)) == study.user_attrs["seed_trials"]  # every (parent, seed) exactly once
+    assert {p for p, _ in pairs} == {t.number for t in studies.seed_candidates(study)}
+    assert len(_pairs(study, (TrialState.FAIL,))) == 1  # the killed run stays as a FAIL, its retry COMPLETE
+
+
+def test_seeds_one_adds_no_trials_and_bad_seeds_are_refused(tmp_path: Path) -> None:
+    url, study = _study(tmp_path, trials=3, seeds=1, mode="budget")
+    run_worker(url, "z", runner=stub)
+    assert studies.enqueue_seed_trials(study) == 0 and studies.target(study) == 3
+    with pytest.raises(studies.UnipetlError, match="`seeds` should be an integer in 1..20, got 0"):
+        studies.StudySpec(task="sst2", model="tiny-bert", seeds=0).validate()
+
+
+def test_report_folds_seed_trials_into_intervals(tmp_path: Path) -> None:
+    from unipetl.reports.frontier import design_points
+    from unipetl.reports.load import load_studies
+
+    CALLS.clear()
+    KILL_AT.clear()
+    url, study = _study(tmp_path, trials=3, mode="budget")
+    run_worker(url, "z", runner=stub)
+    studies.enqueue_seed_trials(study)
+    run_worker(url, "z", runner=stub)
+    df, _ = load_studies(url, ["z"])
+    pts = design_points(df)
+    seeded = pts.filter(pts["n_seeds"] == 3)
+    assert seeded.height == len(studies.seed_candidates(study))
+    for r in seeded.iter_rows(named=True):  # stub: seeds 0, 1, 2 add 0, 0.01, 0.02 → mean +0.01, std 0.01
+        assert r["metric_std"] == pytest.approx(0.01) and r["metric_hi"] - r["metric_lo"] == pytest.approx(2 * 4.302652729911275 * 0.01 / 3 ** 0.5)

@@ -52,7 +52,7 @@ test-latest:
 
 ## the main job: a budget-constrained search on SST-2 with the packaged MiniLM (SQLite under runs/)
 search: venv
-	$(BIN)/unipetl search --task sst2 --model minilm --budget 0.5% --trials 6 --data-dir $(DATA_DIR)
+	$(BIN)/unipetl search --task sst2 --model minilm --budget 0.5% --trials 4 --workers 2 --data-dir $(DATA_DIR)
 
 ## the fast test tier (tiny random-init models)
 test: venv

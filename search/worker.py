@@ -183,14 +183,28 @@ def _store(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], reco
     _retry_locked(lambda: trial.set_user_attr("record", record), "store record")
     if ok:
         values = [metric] if attrs["mode"] == "budget" else [metric, record.get("paper_fraction", trial.user_attrs.get("paper_fraction"))]
-        _retry_locked(lambda: study.tell(trial, values), "tell")
+        _retry_locked(lambda: _tell_once(study, trial, TrialState.COMPLETE, values), "tell")
         return TrialState.COMPLETE
     if status == "pruned":
-        _retry_locked(lambda: study.tell(trial, state=TrialState.PRUNED), "tell")
+        _retry_locked(lambda: _tell_once(study, trial, TrialState.PRUNED), "tell")
         return TrialState.PRUNED
-    _retry_locked(lambda: study.tell(trial, state=TrialState.FAIL), "tell")
+    _retry_locked(lambda: _tell_once(study, trial, TrialState.FAIL), "tell")
     _retry_locked(lambda: _replace_failed(study, trial), "replace failed")
     return TrialState.FAIL
+
+
+def _tell_once(study: optuna.Study, trial: optuna.Trial, state: TrialState, values: list[float] | None = None) -> None:
+    """`study.tell`, safe to retry: when an earlier attempt reached the storage before the
+    database refused a later statement of the same call (SQLite "database is locked"), the
+    trial is already in `state`, and telling it again must not look like a lost trial."""
+    try:
+        if values is not None:
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if study._storage.get_trial(trial._trial_id).state != state:
+            raise  # finished by someone else (stale): the caller reports the trial as lost
 
 
 def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dict[str, Any]], holder: dict[str, Any]) -> dict[str, Any]:

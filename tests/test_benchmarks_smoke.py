@@ -22,9 +22,17 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import common, reproduce_sst2, search_efficiency  # noqa: E402
 
 
-def _rec(acc: float, status: str = "ok") -> dict:
-    return {"status": status, "metric": acc if status == "ok" else None, "preset": "x", "paper_percent": 0.487, "trainable_percent": 0.5,
-            "step_seconds": 1.0}
+def _rec(acc: float | None, scale: float = 1.0, seed: int = 0, kind: str = "adapter", status: str = "ok") -> dict:
+    """A trial record as `run_trial` writes it, with only the fields the summaries read."""
+    return {"status": status, "metric": acc if status == "ok" else None, "seed": seed, "preset": "x", "paper_percent": 0.081,
+            "trainable_percent": 0.09, "step_seconds": 0.2,
+            "lr": {"rates": {kind: 2e-3 * scale, "head": 2e-3 * scale}, "source": "method", "scale": scale, "principal": kind}}
+
+
+def _arm(sweep: dict[float, float | None], chosen: float, later: list[float | None]) -> list[dict]:
+    """Seed-0 records at each scale (None: failed), then seeds 1, 2, … at `chosen` (None: failed)."""
+    recs = [_rec(a, s, 0, status="ok" if a is not None else "failed") for s, a in sweep.items()]
+    return recs + [_rec(a, chosen, k, status="ok" if a is not None else "failed") for k, a in enumerate(later, start=1)]
 
 
 def test_median_ratio_and_mean_std() -> None:
@@ -51,38 +59,82 @@ def test_make_batch_is_deterministic() -> None:
     assert a["labels"].shape == (4, 8) and int(a["input_ids"].min()) >= 5
 
 
-def test_reproduce_lessons_verdicts() -> None:
+def test_reproduce_chooses_the_lr_scale_from_seed_0() -> None:
+    choose = reproduce_sst2.choose_scale
+    assert choose([_rec(0.80, 0.5), _rec(0.84, 1.0), _rec(0.82, 2.0)]) == 1.0
+    assert choose([_rec(0.80, 0.5), _rec(0.80, 1.0), _rec(0.80, 2.0)]) == 1.0  # a tie goes to the scale nearest 1
+    assert choose([_rec(0.80, 0.5), _rec(0.80, 2.0)]) == 0.5  # equally far from 1 in log: the smaller
+    assert choose([_rec(0.80, 0.5), _rec(None, 2.0, status="failed"), _rec(0.95, 2.0, seed=1)]) == 0.5  # failed and seed-1 records never choose
+    assert choose([_rec(0.80, 0.5), _rec(0.90, 4.0)], scales=(0.5, 1.0, 2.0)) == 0.5  # a scale outside --lr-scales does not take part
+    assert choose([_rec(None, 1.0, status="failed")]) is None and choose([]) is None
+
+
+def test_reproduce_summary_and_paired_lessons() -> None:
     records = {
-        "full": [_rec(0.90), _rec(0.92)], "mam": [_rec(0.905), _rec(0.905)],
-        "pa-ffn": [_rec(0.86), _rec(0.88)], "sa-ffn": [_rec(0.80), _rec(0.80)],
-        "scaled-pa": [_rec(0.87), _rec(0.874)],  # +0.2 points, well inside the seed noise
-        "pa-attn@2%": [_rec(0.85), _rec(0.85)], "pa-ffn@2%": [_rec(0.84), _rec(0.84), _rec(0.0, "failed")],
+        ("pa-ffn", 0.001): _arm({0.5: 0.80, 1.0: 0.84, 2.0: None}, 1.0, [0.86, 0.82]) + [_rec(0.99, 2.0, seed=1)],  # a stale seed 1 at ×2: ignored
+        ("sa-ffn", 0.001): _arm({0.5: 0.78, 1.0: 0.78, 2.0: 0.79}, 2.0, [0.80, 0.77]),
+        ("prefix", 0.001): _arm({0.5: 0.69, 1.0: 0.70, 2.0: 0.70}, 1.0, [0.71, 0.69]),
+        ("mam", 0.005): _arm({0.5: 0.83, 1.0: 0.835, 2.0: 0.80}, 1.0, [0.845, None]),
+        ("full", None): _arm({0.5: 0.84, 1.0: 0.82, 2.0: 0.81}, 0.5, [0.85, 0.845]),
     }
-    s = reproduce_sst2.summarize(records)
-    lessons = {x["lesson"]: x for x in s["lessons"]}
-    assert lessons["parallel > sequential (FFN, 0.5 %)"]["verdict"] == "holds (same sign on all 2 seeds)"
-    assert lessons["parallel > sequential (FFN, 0.5 %)"]["difference"] == pytest.approx(0.07)
-    assert lessons["parallel > sequential (FFN, 0.5 %)"]["paired"] == pytest.approx([0.06, 0.08])  # per seed: same data order, same head init
-    assert lessons["scaled add (s = 4) > simple add (PA at FFN, 0.5 %)"]["verdict"] == "holds (mixed: better on 1 of 2 seeds)"
-    assert lessons["FFN > attention at a larger budget (PA, 2 %)"]["verdict"] == "does not hold (same sign on all 2 seeds)"
-    assert lessons["MAM close to full fine-tuning"]["difference"] == pytest.approx(-0.005)
-    assert lessons["MAM close to full fine-tuning"]["verdict"].startswith("holds")
-    assert "parallel > sequential (attention, 0.5 %)" not in lessons  # neither side was run
-    row = next(r for r in s["rows"] if r["method"] == "pa-ffn@2%")
-    assert row["seeds"] == 2 and row["failed"] == 1 and row["mean"] == pytest.approx(0.84)
+    s = reproduce_sst2.summarize_runs(records)
+    rows = {(r["method"], r["budget"]): r for r in s["rows"]}
+    pa = rows[("pa-ffn", 0.001)]
+    assert pa["chosen_scale"] == 1.0 and pa["lr_sweep"] == {0.5: 0.80, 1.0: 0.84, 2.0: "failed"}
+    assert pa["rates"] == {"adapter": 2e-3, "head": 2e-3} and pa["by_seed"] == {0: 0.84, 1: 0.86, 2: 0.82}
+    assert pa["seeds_ok"] == 3 and pa["failed"] == 0
+    assert pa["mean"] == pytest.approx(0.84) and pa["std"] == pytest.approx(0.02)
+    half = 4.302652729749464 * 0.02 / math.sqrt(3)  # t_{2, 0.975} · s / √n
+    assert (pa["ci_lo"], pa["ci_hi"]) == (pytest.approx(0.84 - half), pytest.approx(0.84 + half))
+    sa = rows[("sa-ffn", 0.001)]
+    assert sa["chosen_scale"] == 2.0 and sa["rates"] == {"adapter": 4e-3, "head": 4e-3} and sa["by_seed"] == {0: 0.79, 1: 0.80, 2: 0.77}
+    mam = rows[("mam", 0.005)]
+    assert mam["seeds_ok"] == 2 and mam["failed"] == 1 and mam["mean"] == pytest.approx(0.84)
+    assert rows[("full", None)]["chosen_scale"] == 0.5
+
+    lessons = {(x["lesson"], x["budget"]): x for x in s["lessons"]}
+    par = lessons[("parallel > sequential (FFN)", 0.001)]  # each side at its own chosen scale, paired by seed
+    assert par["seeds"] == [0, 1, 2] and par["diffs"] == pytest.approx([0.05, 0.06, 0.05])
+    d_half = 4.302652729749464 * (0.01 / math.sqrt(3)) / math.sqrt(3)  # sd of (5, 6, 5) points = 1/√3 point
+    assert par["effect"] == pytest.approx(0.16 / 3) and par["ci_lo"] == pytest.approx(0.16 / 3 - d_half)
+    assert par["verdict"] == "holds"
+    prefix = lessons[("head-wise attention wins at a small budget: prefix > PA at FFN", 0.001)]
+    assert prefix["diffs"] == pytest.approx([-0.14, -0.15, -0.13]) and prefix["verdict"] == "reversed"
+    close = lessons[("MAM close to full fine-tuning (≤ 1 point below)", 0.005)]
+    assert close["seeds"] == [0, 1]  # MAM's seed 2 failed: only the seeds both sides have are paired
+    assert close["diffs"] == pytest.approx([-0.005, -0.005]) and close["verdict"] == "holds"  # 0.5 point below full FT, within the 1-point margin
+    assert lessons[("parallel > sequential (FFN)", 0.005)]["verdict"] == "not run (pa-ffn @ 0.5 %, sa-ffn @ 0.5 %)"
+    assert lessons[("MAM close to full fine-tuning (≤ 1 point below)", 0.001)]["verdict"] == "not run (mam @ 0.1 %)"
+    picked = reproduce_sst2.summarize_runs(records, selected={("pa-ffn", 0.001), ("sa-ffn", 0.001)})["lessons"]
+    assert [(x["lesson"], x["budget"]) for x in picked] == [("parallel > sequential (FFN)", 0.001)]
 
 
-def test_reproduce_methods_are_sized_by_accounting() -> None:
+def test_reproduce_one_pair_is_inconclusive_and_too_wide_a_gap_is_reversed() -> None:
+    one = reproduce_sst2.summarize_runs({("pa-ffn", 0.005): _arm({1.0: 0.9}, 1.0, []), ("sa-ffn", 0.005): _arm({1.0: 0.5}, 1.0, [])}, (1.0,))
+    par = next(x for x in one["lessons"] if x["lesson"] == "parallel > sequential (FFN)" and x["budget"] == 0.005)
+    assert par["verdict"] == "inconclusive" and par["effect"] == pytest.approx(0.4) and par["ci_lo"] is None  # never a verdict from one pair
+    far = reproduce_sst2.summarize_runs({("mam", 0.005): _arm({1.0: 0.80}, 1.0, [0.81, 0.79]), ("full", None): _arm({1.0: 0.84}, 1.0, [0.86, 0.85])},
+                                        (1.0,))
+    close = next(x for x in far["lessons"] if x["lesson"].startswith("MAM") and x["budget"] == 0.005)
+    assert close["effect"] == pytest.approx(-0.05) and close["verdict"] == "reversed"  # the whole interval is > 1 point below
+
+
+def test_reproduce_arms_are_sized_by_accounting() -> None:
     from unipetl.spaces.accounting import count
     from unipetl.spaces.shapes import resolve_shape
 
     shape = resolve_shape("minilm")
-    for m in reproduce_sst2.METHODS:
-        if m.budget is None:
-            continue
-        frac = count(reproduce_sst2.resolve(m), shape).paper_params / shape.base_params
-        assert 0.8 * m.budget < frac <= m.budget, m.label
-    assert reproduce_sst2.resolve(reproduce_sst2.METHODS[-1]).name == "pa-ffn:r=98"  # 2 %: 4608·r ≤ 454,264
+    for budget in reproduce_sst2.BUDGETS:
+        for method in reproduce_sst2.SIZED:
+            variant = reproduce_sst2.resolve((method, budget))
+            assert variant is not None, (method, budget)
+            assert 0.8 * budget < count(variant, shape).paper_params / shape.base_params <= budget, (method, budget)
+    assert reproduce_sst2.resolve(("mam", 0.001)).name == "mam:l=3,r=1,s=4.0,mlp=0"  # MAM's l halves until size 1 fits
+    assert reproduce_sst2.resolve(("pa-ffn", 0.005)).name == "pa-ffn:r=24"
+    assert reproduce_sst2.resolve(("prompt", None)).name == "prompt:l=20"
+    assert reproduce_sst2.resolve(("pa-ffn", 1e-6)) is None  # size 1 does not fit: the run skips it and says so
+    assert reproduce_sst2.record_path(Path("r"), ("pa-ffn", 0.001), 0.5, 2).name == "pa-ffn__0.1pct__x0.5__seed2.json"
+    assert reproduce_sst2.record_path(Path("r"), ("full", None), 1.0, 0).name == "full__ref__x1__seed0.json"
 
 
 def test_search_efficiency_summary() -> None:
@@ -149,11 +201,21 @@ def test_reproduce_sst2_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "reproduce_sst2_quick.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    assert set(rows) == {"probe", "lora"}
+    assert set(rows) == {"probe", "lora"} and rows["lora"]["budget"] == 0.005 and rows["probe"]["budget"] is None
     assert rows["lora"]["paper_percent"] == pytest.approx(100 * 110592 / 22713216)
     assert rows["probe"]["paper_percent"] == 0
+    assert rows["lora"]["rates"] == {"lora": 2e-3, "head": 2e-3} and rows["probe"]["rates"] == {"head": 2e-2}  # central rates × 1
     for r in rows.values():
-        assert r["seeds"] == 1 and 0.0 <= r["mean"] <= 1.0
+        assert r["chosen_scale"] == 1.0 and r["seeds_ok"] == 1 and 0.0 <= r["mean"] <= 1.0 and r["ci_lo"] is None
+    records = sorted(p.name for p in (tmp_path / "reproduce_sst2_quick" / "records").iterdir())
+    assert records == ["lora__0.5pct__x1__seed0.json", "probe__ref__x1__seed0.json"]
+    md = (tmp_path / "reproduce_sst2_quick.md").read_text()
+    assert "caps: max_train_examples=96" in md and "lr scale" in md
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "reproduce_sst2_quick" / "records").iterdir()}
+    again = _run("reproduce_sst2.py", tmp_path)  # resumable: finished records are read back, not retrained
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((tmp_path / "reproduce_sst2_quick.json").read_text())["rows"] == data["rows"]
 
 
 @pytest.mark.slow

@@ -115,3 +115,21 @@ def test_best_step_before_the_last_is_what_is_saved(monkeypatch: pytest.MonkeyPa
     for n in changed:  # … and the file holds step 1's
         key = next(k for k in saved if k.endswith(n) or n.endswith(k))
         assert torch.equal(saved[key], first[n]), n
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-roberta", "tiny-gpt2", "tiny-llama", "tiny-bart"])
+def test_prompt_tokens_leave_room_in_the_position_table(model: str, tmp_path: Path) -> None:
+    """Inputs at the tokenization limit plus l soft tokens must fit the model's positions
+    (was: tiny-bert, prompt:l=8, 150-word texts → "RuntimeError … (136) must match … (128)")."""
+    import json
+
+    words = ["good", "bad", "movie", "plot", "actor", "scene"]
+    rows = [{"text": " ".join(words[(i + j) % 6] for j in range(150)), "label": i % 2} for i in range(16)]
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    (tmp_path / "long.yaml").write_text("name: long\nkind: classification\ndata_files: {train: train.jsonl, eval: dev.jsonl}\n"
+                                        "text_fields: [text]\nlabel_field: label\nmetrics: [accuracy]\nmax_length: 512\n", encoding="utf-8")
+    cfg = TrialConfig(task=str(tmp_path / "long.yaml"), model=model, variant=parse_preset("prompt:l=8"), max_steps=1, batch_size=4)
+    rec = run_trial(cfg)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["train_settings"]["max_length"] == 128 - 8  # 128 usable positions in every tiny config (RoBERTa: 130 − 2)

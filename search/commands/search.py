@@ -132,6 +132,8 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
     best = _best_line(study)
     if best:
         print(best)
+    print(f"next: unipetl report --storage {_safe(storage_url)} --study {study_name} --out runs/report   "
+          "(frontier with seed intervals, lesson verdicts, report.html)")
     return 0 if c["COMPLETE"] + c["PRUNED"] >= studies.target(study) else 1
 
 
@@ -188,6 +190,8 @@ class _Progress:
         from unipetl.search.study import target
 
         self.study = study
+        self.shown: set[int] = set()
+        self.initial = True
         self.bar = tqdm(total=target(study), desc=study.study_name, unit="trial", disable=disable or not sys.stderr.isatty())
         self.update()
 
@@ -201,10 +205,32 @@ class _Progress:
     def update(self) -> None:
         from unipetl.search.study import state_counts
 
+        self.print_finished()
         c = state_counts(self.study)
         self.bar.n = c["COMPLETE"] + c["PRUNED"]
         best = _best_value(self.study)
         self.bar.set_postfix(running=c["RUNNING"], failed=c["FAIL"], best="-" if best is None else f"{best:.4g}")
+
+    def print_finished(self) -> None:
+        """One line per newly finished trial: number, variant in unified-view words, paper %,
+        metric, learning-rate multiplier, seed (and the trial it repeats), seconds."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            if t.number in self.shown:
+                continue
+            self.shown.add(t.number)
+            if self.initial:
+                continue  # finished before this driver started: not news
+            rec = t.user_attrs.get("record") or {}
+            metric = rec.get("metric")
+            lr = rec.get("lr") or {}
+            seed = f"seed {rec.get('seed', t.user_attrs.get('seed', 0))}" + (f" of #{t.user_attrs['parent']}" if t.user_attrs.get("parent") is not None else "")
+            line = (f"#{t.number:<3} {t.state.name.lower():<8} {100 * (t.user_attrs.get('paper_fraction') or 0):.3f} %  "
+                    f"{self.study.user_attrs.get('main_metric', 'metric')} {'-' if metric is None else f'{metric:.4f}'}  "
+                    f"lr×{lr.get('scale', 1.0):.2g}  {seed}  {rec.get('wall_seconds') or 0:.0f} s  {t.user_attrs.get('variant_description', '')}")
+            self.bar.write(line) if not self.bar.disable else print(line, flush=True)
+        self.initial = False
 
     def close(self) -> None:
         self.bar.close()

@@ -83,7 +83,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("db") / "u.db"
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=f"sqlite:///{path}", study="u",
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=2, storage=f"sqlite:///{path}", study="u",
                                               space={"presets": ["lora"]}))
     return path
 

@@ -72,7 +72,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, kinds: list[str]) -> dict[str, int]
 
 def test_failed_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, data_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     url = f"sqlite:///{tmp_path}/f.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="f", data_dir=data_dir, max_failures=len(FAULTS),
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="f", data_dir=data_dir, max_failures=len(FAULTS),
                              space={"presets": ["lora"]}, pruner="none", train=dict(TRAIN))
     studies.create_or_check(spec)
     state = _inject(monkeypatch, [k for k, _ in FAULTS])
@@ -110,7 +110,7 @@ def test_failed_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, data_
 def test_failed_trial_with_best_metric_never_on_frontier_even_when_best(tmp_path: Path) -> None:
     """A FAIL trial whose partial record carries the best metric of the study stays off the frontier."""
     url = f"sqlite:///{tmp_path}/x.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="x", space={"presets": []}, pruner="none")
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="x", space={"presets": []}, pruner="none")
     studies.create_or_check(spec)
     calls = {"n": 0}
 
@@ -130,7 +130,7 @@ def test_failed_trial_with_best_metric_never_on_frontier_even_when_best(tmp_path
 
 def test_ok_record_without_a_finite_metric_is_a_failure(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/m.db"
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="m", space={"presets": []}))
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="m", space={"presets": []}))
     calls = {"n": 0}
 
     def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ N = 200
 
 
 def _load(url: str, name: str, workers: int, tmp_path: Path) -> float:
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=N, storage=url, study=name,
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=N, storage=url, study=name,
                                               space={"presets": ["lora", "pa-ffn", "prefix"]}, pruner="none", sampler="random"))
     log = tmp_path / "calls.log"
     env = dict(os.environ, UNIPETL_RUNNER="test_reliability:crash_runner", UNIPETL_TEST_TRAIN_MS="300", UNIPETL_TEST_CALL_LOG=str(log),

@@ -95,7 +95,7 @@ def test_median_pruner_of_the_study_prunes_below_the_median(tmp_path: Path) -> N
     """The default `pruner: median` (3 startup trials): a trial worse than the median of the
     earlier trials at the same step is pruned at its first report; a better one completes."""
     url = f"sqlite:///{tmp_path}/m.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=6, storage=url, study="m", space={"presets": []})
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=6, storage=url, study="m", space={"presets": []})
     studies.create_or_check(spec)
     values = [0.6, 0.7, 0.8, 0.5, 0.9, 0.65]
     assert run_worker(url, "m", runner=_runner(values), poll_seconds=0.1) == 6

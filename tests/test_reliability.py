@@ -101,7 +101,7 @@ def _one_crash(url: str, name: str, point: str, rng: random.Random) -> None:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 2.5))
     else:
-        studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=TRIALS, storage=url, study=name,
+        studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=TRIALS, storage=url, study=name,
                                                   space={"presets": ["lora", "pa-ffn"]}, pruner="none"))
         extra = {"UNIPETL_TEST_KILL_AFTER_MS": f"{rng.uniform(0, 15):.1f}"} if point == "storage_write" else {}
         cmd = [sys.executable, "-m", "unipetl.search.worker", "--storage", url, "--study", name, *HB]
@@ -224,7 +224,7 @@ def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: p
 
     data = _tiny_sst2(tmp_path / "data")
     url = f"sqlite:///{tmp_path}/ray.db"  # both nodes share this machine's file system
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=4, storage=url, study="ray2", data_dir=data, pruner="none",
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=4, storage=url, study="ray2", data_dir=data, pruner="none",
                              space={"presets": ["lora", "pa-ffn"]},
                              train={"max_train_examples": 48, "max_eval_examples": 16, "max_steps": 120, "batch_size": 8, "max_length": 16, "eval_every": 120})
     studies.create_or_check(spec)

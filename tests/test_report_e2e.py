@@ -204,5 +204,9 @@ def test_report_on_a_study_made_by_unipetl_search(tmp_path, capsys):
     assert done.height >= 1 and done["metric"].is_not_null().all() and done["paper_fraction"].is_not_null().all()
     assert set(trials["task"].to_list()) == {"sst2"} and set(trials["model"].to_list()) == {"tiny-bert"}
     front = pl.read_csv(tmp_path / "r" / "frontier.csv")
-    assert front.height >= 1 and front["like"].is_not_null().all()
-    assert "## sst2 / tiny-bert" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "## sst2 / tiny-bert" in printed and "Trivial baseline (majority class)" in printed
+    # a 4-step random-init model on real SST-2 is usually at chance: then the report says so and
+    # keeps it off the frontier; whatever beats the baseline is on it with its nearest named method
+    n_below = int(printed.split("Trivial baseline (majority class) ")[1].split(": ")[1].split(" design point")[0])
+    assert n_below + front.height >= 1 and (front.height == 0 or front["like"].is_not_null().all())

@@ -108,7 +108,7 @@ def test_frontier_mode_spreads_the_named_methods_over_the_budget_range(tmp_path:
     shares = [1.0, 0.02 ** 0.2, 0.02 ** 0.4, 0.02 ** 0.6, 0.02 ** 0.8, 0.02]
     got = {}
     for mode in ("budget", "frontier"):
-        spec = studies.StudySpec(task="sst2", model="minilm", budget="0.5%", mode=mode, trials=24, storage=url, study=mode, pruner="none")
+        spec = studies.StudySpec(seeds=1, task="sst2", model="minilm", budget="0.5%", mode=mode, trials=24, storage=url, study=mode, pruner="none")
         attrs = studies.study_attrs(spec)
         assert studies.preset_shares(attrs, 6) == (pytest.approx(shares) if mode == "frontier" else [1.0] * 6)
         study = optuna.create_study(storage=url, study_name=mode, directions=studies.directions(attrs))
@@ -134,7 +134,7 @@ def _stub_runner(fail_every: int = 0) -> Any:
 
 def test_failed_trials_are_replaced_so_the_budget_is_exact(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/x.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=5, storage=url, study="x", space={"presets": ["lora"]}, pruner="none")
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=5, storage=url, study="x", space={"presets": ["lora"]}, pruner="none")
     studies.create_or_check(spec)
     ran = run_worker(url, "x", runner=_stub_runner(fail_every=3), poll_seconds=0.1)
     study = load(url, "x")
@@ -146,7 +146,7 @@ def test_failed_trials_are_replaced_so_the_budget_is_exact(tmp_path: Path) -> No
 
 def test_same_study_name_continues_and_raises_trials(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/c.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="c", space={"presets": []})
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="c", space={"presets": []})
     studies.create_or_check(spec)
     assert studies.state_counts(load(url, "c"))["WAITING"] == 2
     spec.trials = 4
@@ -166,7 +166,7 @@ def test_same_study_name_continues_and_raises_trials(tmp_path: Path) -> None:
 )
 def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
     url = f"sqlite:///{tmp_path}/u.db"
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", trials=2, storage=url, study="u", space={"presets": ["lora"]}))
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", trials=2, storage=url, study="u", space={"presets": ["lora"]}))
     before = [(t.number, t.state, t.user_attrs) for t in load(url, "u").get_trials()]
     args = search_args(url, "u", data_dir, *extra)  # argparse: the last value of a repeated flag wins
     capsys.readouterr()
@@ -178,7 +178,7 @@ def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path: Path, data_d
 
 def test_existing_study_with_other_task_or_space_is_refused(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path}/e.db"
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="e"))
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study="e"))
     attrs = dict(load(url, "e").user_attrs)
     assert cli("search", "--task", "rte", "--model", "tiny-bert", "--budget", "5%", "--storage", url, "--study", "e") == 2
     assert "exists with task='sst2'" in capsys.readouterr().err
@@ -204,7 +204,7 @@ def test_study_file_unknown_keys_and_bundled_files(tmp_path: Path, capsys: pytes
 
 def test_status_of_missing_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path}/m.db"
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="real"))
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="real"))
     assert cli("status", "--storage", url, "--study", "reall") == 2
     assert "Did you mean: real" in capsys.readouterr().err
 
@@ -216,7 +216,7 @@ def _worker_cmd(url: str, name: str) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_worker_mid_trial_then_resume(tmp_path: Path, data_dir: str) -> None:
     url = f"sqlite:///{tmp_path}/k.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study="k", data_dir=data_dir, space={"presets": ["lora"]},
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study="k", data_dir=data_dir, space={"presets": ["lora"]},
                              train={"max_train_examples": 48, "max_eval_examples": 24, "max_steps": 400, "batch_size": 8, "max_length": 16, "eval_every": 400})
     studies.create_or_check(spec)
     proc = subprocess.Popen(_worker_cmd(url, "k"), cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -124,7 +124,7 @@ def test_password_never_in_logs_errors_records_reports_or_status(tmp_path: Path,
     caplog.set_level(logging.DEBUG)
     url = f"postgresql+psycopg2://postgres:{SECRET}@{PG_HOST}/test"
     name = f"sec-{uuid.uuid4().hex[:8]}"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study=name, space={"presets": ["lora"]})
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study=name, space={"presets": ["lora"]})
     try:
         studies.create_or_check(spec)
         run_worker(url, name, runner=_stub, poll_seconds=0.1)
@@ -149,7 +149,7 @@ def test_report_html_escapes_every_string_from_a_study(tmp_path: Path) -> None:
     evil = "<script>alert('x')</script>"
     url = f"sqlite:///{tmp_path}/h.db"
     name = f"study{evil}"
-    studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study=name,
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=2, storage=url, study=name,
                                               space={"presets": ["lora"]}, max_failures=1))
     calls = {"n": 0}
 

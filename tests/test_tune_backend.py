@@ -30,7 +30,7 @@ TRAIN = {"max_train_examples": 48, "max_eval_examples": 24, "max_steps": 2, "bat
 
 def _study(tmp_path: Path, name: str = "t", trials: int = 3, presets: tuple[str, ...] = ("lora",), **kw: Any) -> tuple[str, optuna.Study]:
     url = f"sqlite:///{tmp_path}/{name}.db"
-    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", trials=trials, storage=url, study=name, space={"presets": list(presets)},
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=trials, storage=url, study=name, space={"presets": list(presets)},
                              train=dict(TRAIN), **kw)
     study = studies.create_or_check(spec)
     tb.prepare_study(study, url)

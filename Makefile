@@ -43,7 +43,8 @@ test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PY) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q $(TORCH_PIN)
-	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	# newest versions of everything but torch, which stays the pinned CPU build (a newer torch here is a multi-GB CUDA wheel)
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -c torch-override.txt -e '.[test]'
 	$(LATEST_VENV)/bin/pip check
 	@$(LATEST_VENV)/bin/python -c "import importlib.metadata as m; print('newest allowed:', ', '.join(f'{p} {m.version(p)}' for p in ('torch', 'transformers', 'datasets', 'optuna', 'ray', 'peft', 'evaluate', 'polars', 'moocore')))"
 	UNIPETL_DATA_DIR=$(DATA_DIR) $(LATEST_VENV)/bin/python -m pytest -q

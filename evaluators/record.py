@@ -31,12 +31,20 @@ _PACKAGES = ("unipetl", "torch", "transformers", "datasets", "evaluate", "tokeni
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
+    """Package versions of this process. torch's is the running build's own `torch.__version__`
+    (e.g. 2.14.1+cu130 vs 2.13.0+cpu): wheel metadata may drop the build label, which matters
+    when comparing numbers across machines."""
+    import sys
+
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "__version__", None):
+        out["torch"] = str(torch.__version__)
     return out
 
 

@@ -225,39 +225,48 @@ def load_studies(url: str, names: list[str] | None = None) -> tuple[pl.DataFrame
     attrs_by_study: dict[str, dict[str, Any]] = {}
     for name in wanted:
         study = optuna.load_study(study_name=name, storage=storage)
-        attrs = dict(study.user_attrs)
-        attrs_by_study[name] = attrs
-        for t in study.get_trials(deepcopy=False):
-            state = t.state.name
-            record = t.user_attrs.get("record")
-            preset = t.user_attrs.get("preset")
-            if isinstance(record, str):
-                try:
-                    record = json.loads(record)
-                except json.JSONDecodeError:
-                    record = None
-            if isinstance(record, dict):
-                row = record_row(record, study=name, source=mask_url(url), trial=t.number, state=state, preset=preset, study_attrs=attrs)
-                # a failed trial's record may be partial; the search set the counts on the trial before training
-                for key in ("paper_fraction", "paper_params"):
-                    if row[key] is None:
-                        row[key] = t.user_attrs.get(key)
-                row["description"] = row["description"] or t.user_attrs.get("variant_description")
-                if row["parent"] is None:
-                    row["parent"] = t.user_attrs.get("parent")
-                if attrs.get("budget_params") and row["base_params"]:  # the budget on this trial's own backbone count (tiny models'
-                    row["budget_fraction"] = attrs["budget_params"] / row["base_params"]  # vocabularies follow the data)
-            else:  # running / waiting / failed before a record existed
-                row = record_row({}, study=name, source=mask_url(url), trial=t.number, state=state, preset=preset, study_attrs=attrs)
-                row["status"] = {"FAIL": "failed", "PRUNED": "pruned"}.get(state)
-                row["error"] = t.user_attrs.get("error") or t.system_attrs.get("fail_reason")
-                row["paper_fraction"] = t.user_attrs.get("paper_fraction")
-                row["paper_params"] = t.user_attrs.get("paper_params")
-                row["description"] = t.user_attrs.get("variant_description")
-                row["parent"] = t.user_attrs.get("parent")
-            rows.append(row)
+        attrs_by_study[name] = dict(study.user_attrs)
+        rows += study_rows(study, mask_url(url))
     logger.info("loaded %d trials from %d studies in %s", len(rows), len(wanted), mask_url(url))
     return frame(rows), attrs_by_study
+
+
+def study_rows(study: Any, source: str = "") -> list[dict[str, Any]]:
+    """One table row per trial of an open Optuna study (what `load_studies` reads per study;
+    `unipetl status` uses it too, so both see the same design points and frontier)."""
+    name = study.study_name
+    attrs = dict(study.user_attrs)
+    rows: list[dict[str, Any]] = []
+    for t in study.get_trials(deepcopy=False):
+        state = t.state.name
+        record = t.user_attrs.get("record")
+        preset = t.user_attrs.get("preset")
+        if isinstance(record, str):
+            try:
+                record = json.loads(record)
+            except json.JSONDecodeError:
+                record = None
+        if isinstance(record, dict):
+            row = record_row(record, study=name, source=source, trial=t.number, state=state, preset=preset, study_attrs=attrs)
+            # a failed trial's record may be partial; the search set the counts on the trial before training
+            for key in ("paper_fraction", "paper_params"):
+                if row[key] is None:
+                    row[key] = t.user_attrs.get(key)
+            row["description"] = row["description"] or t.user_attrs.get("variant_description")
+            if row["parent"] is None:
+                row["parent"] = t.user_attrs.get("parent")
+            if attrs.get("budget_params") and row["base_params"]:  # the budget on this trial's own backbone count (tiny models'
+                row["budget_fraction"] = attrs["budget_params"] / row["base_params"]  # vocabularies follow the data)
+        else:  # running / waiting / failed before a record existed
+            row = record_row({}, study=name, source=source, trial=t.number, state=state, preset=preset, study_attrs=attrs)
+            row["status"] = {"FAIL": "failed", "PRUNED": "pruned"}.get(state)
+            row["error"] = t.user_attrs.get("error") or t.system_attrs.get("fail_reason")
+            row["paper_fraction"] = t.user_attrs.get("paper_fraction")
+            row["paper_params"] = t.user_attrs.get("paper_params")
+            row["description"] = t.user_attrs.get("variant_description")
+            row["parent"] = t.user_attrs.get("parent")
+        rows.append(row)
+    return rows
 
 
 # --- record files -----------------------------------------------------------------------------

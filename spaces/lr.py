@@ -14,7 +14,7 @@ best rates measured for every method below. Named methods enqueued first use `lr
 
 Where the central rates come from (all measured on this project's 2-core machines, MiniLM,
 SST-2, 4,000 training sentences, 1 epoch, full dev set; benchmarks/RESULTS.md §2 and the
-probe runs of `benchmarks/reproduce_sst2.py`):
+one-seed probe runs made for it on 2026-11-30, before `reproduce_sst2.py` chose rates itself):
 
 | kind | central | measured |
 |---|---|---|

@@ -53,3 +53,18 @@ def tiny_model(name: str, head: Head = "base", *, seed: int = 0, num_labels: int
     else:
         model = AutoModel.from_config(cfg)
     return model.eval()
+
+
+def randomize_variant(model: Any, std: float = 0.5, seed: int = 0) -> Any:
+    """Give every inserted (`petl*`) parameter N(0, std²) values, in place; returns the model.
+
+    Most modules start as exact no-ops (W_up = 0, B = 0), so an equivalence checked at init
+    would hold for any hook; tests randomize first so a wrong tensor changes the numbers."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "petl" in n:
+                p.normal_(0, std)
+    return model

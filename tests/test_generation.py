@@ -13,7 +13,7 @@ import torch
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant
 from unipetl.spaces.registry import UnipetlError
-from unipetl.spaces.testing import tiny_model
+from unipetl.spaces.testing import randomize_variant, tiny_model
 
 FAMILIES = {"bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
 VARIANTS = ["prefix:l=3", "lora:r=4", "houlsby:r=4", "mam:l=3,r=4", "prompt:l=3", "mh-pa:l=3", "unipelt:l=2,r=4,lora_r=2"]
@@ -22,12 +22,7 @@ VARIANTS = ["prefix:l=3", "lora:r=4", "houlsby:r=4", "mam:l=3,r=4", "prompt:l=3"
 def _model(family: str, preset: str, **overrides: float) -> torch.nn.Module:
     model = tiny_model(family, FAMILIES[family], **overrides)
     apply_variant(model, parse_preset(preset))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "petl" in n:
-                p.normal_(0, 0.5)
-    return model
+    return randomize_variant(model)
 
 
 def _inputs() -> dict[str, torch.Tensor]:

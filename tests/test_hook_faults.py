@@ -21,7 +21,7 @@ import torch
 
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant
-from unipetl.spaces.testing import tiny_model
+from unipetl.spaces.testing import randomize_variant, tiny_model
 from unipetl.spaces.variant import Module, Variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,12 +33,7 @@ ATOL = 1e-5
 def realize(family: str, head: str, variant: str | Variant, **overrides: object) -> torch.nn.Module:
     model = tiny_model(family, head, **overrides)  # type: ignore[arg-type]
     apply_variant(model, parse_preset(variant) if isinstance(variant, str) else variant)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "petl" in n:
-                p.normal_(0, 0.5)
-    return model
+    return randomize_variant(model)
 
 
 def pad_batch(rows: list[list[int]], pad: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,7 +81,9 @@ def test_budget_study_end_to_end(tmp_path: Path, data_dir: str, capsys: pytest.C
     assert cli("status", "--storage", url, "--study", "b", "--json") == 0
     s = json.loads(capsys.readouterr().out)
     assert s["states"]["COMPLETE"] + s["states"]["PRUNED"] == 4 and s["states"]["FAIL"] == 0
-    assert s["best"]["metric"] == max(p["metric"] for p in s["pareto"])
+    # status shows the report's design points: tiny 2-step models may all sit at chance, and then
+    # there is no best and no front (not a point ranked for being cheapest)
+    assert (s["best"] is None and s["pareto"] == []) or s["best"]["metric"] == max(p["metric"] for p in s["pareto"])
 
 
 def test_frontier_study_end_to_end_with_search_samples(tmp_path: Path, data_dir: str) -> None:

@@ -120,6 +120,10 @@ def test_report_folds_seed_trials_into_intervals(tmp_path: Path) -> None:
     run_worker(url, "z", runner=stub)
     df, _ = load_studies(url, ["z"])
     pts = design_points(df)
+    from unipetl.search.commands.status import summary
+
+    st = summary(study)  # `unipetl status` sees the same design points: means over seeds, not a lucky seed
+    assert st["best"]["n_seeds"] == 3 and st["best"]["metric"] == pytest.approx(max(pts["metric"].to_list()))
     seeded = pts.filter(pts["n_seeds"] == 3)
     assert seeded.height == len(studies.seed_candidates(study))
     for r in seeded.iter_rows(named=True):  # stub: seeds 0, 1, 2 add 0, 0.01, 0.02 → mean +0.01, std 0.01

@@ -14,7 +14,7 @@ from unipetl.evaluators.train import accumulate
 from unipetl.evaluators.trial import TrialConfig, run_trial
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant
-from unipetl.spaces.testing import tiny_model
+from unipetl.spaces.testing import randomize_variant, tiny_model
 
 DATA = os.environ.get("UNIPETL_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
@@ -39,11 +39,7 @@ def test_accumulation_equals_one_batch_whatever_the_target_lengths(family: str, 
     """batch 2 × accumulation 1 == batch 1 × accumulation 2, targets of 2 and 9 tokens (was: relative error 1.01, cosine 0.85)."""
     model = tiny_model(family, "seq2seq", dropout_rate=0.0) if family == "t5" else tiny_model(family, "seq2seq", dropout=0.0, attention_dropout=0.0)
     apply_variant(model, parse_preset(preset))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "petl" in n:
-                p.normal_(0, 0.3)
+    randomize_variant(model, std=0.3)
     model.train()
     task = get_task("xsum")
     src, tgt = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]], [[20, 21], [30, 31, 32, 33, 34, 35, 36, 37, 38]]

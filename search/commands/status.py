@@ -28,29 +28,40 @@ def _point(t: Any, attrs: dict[str, Any]) -> dict[str, Any]:
             "variant": t.user_attrs.get("variant_description"), "preset": t.user_attrs.get("preset")}
 
 
-def pareto(points: list[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
-    """Points not dominated in (metric better, paper fraction lower), by increasing fraction."""
-    sign = 1.0 if higher_is_better else -1.0
-    out: list[dict[str, Any]] = []
-    for p in sorted(points, key=lambda p: (p["paper_fraction"], -sign * p["metric"])):
-        if not out or sign * p["metric"] > sign * out[-1]["metric"]:
-            out.append(p)
-    return out
+def _point(row: dict[str, Any]) -> dict[str, Any]:
+    return {"number": row["trial"], "metric": row["metric"], "metric_lo": row.get("metric_lo"), "metric_hi": row.get("metric_hi"),
+            "n_seeds": row.get("n_seeds"), "paper_params": row["paper_params"], "paper_fraction": row["paper_fraction"],
+            "variant": row["description"], "preset": row["preset"], "vs_cheaper": row.get("vs_cheaper")}
 
 
 def summary(study: Any) -> dict[str, Any]:
-    from optuna.trial import TrialState
+    """States, the best design point and the Pareto front of one study — the report's own
+    design points (a trial and its extra seeds as one mean with its interval) and frontier, so
+    `status` and `report` never disagree."""
+    import polars as pl
 
+    from unipetl.reports.frontier import design_points, frontier_of
+    from unipetl.reports.load import frame, study_rows
     from unipetl.search.study import state_counts
 
     attrs = study.user_attrs
-    done = [_point(t, attrs) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    done = [p for p in done if p["metric"] is not None and p["paper_fraction"] is not None]
     hib = attrs.get("higher_is_better", True)
-    best = (max if hib else min)(done, key=lambda p: p["metric"]) if done else None
+    df = frame(study_rows(study)).filter(pl.col("task").is_not_null() & pl.col("model").is_not_null())
+    pts = design_points(df) if not df.is_empty() else None
+    counted = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline")) if pts is not None else None
+    best = None
+    if counted is not None and not counted.is_empty():
+        best = _point(counted.sort("metric", descending=hib).row(0, named=True))
+    front = [_point(r) for r in frontier_of(df).iter_rows(named=True)] if pts is not None else []
     return {"study": study.study_name, "task": attrs.get("task"), "model": attrs.get("model"), "mode": attrs.get("mode"),
-            "budget_fraction": attrs.get("budget_fraction"), "trials": attrs.get("trials"), "main_metric": attrs.get("main_metric"),
-            "higher_is_better": hib, "states": state_counts(study), "best": best, "pareto": pareto(done, hib)}
+            "budget_fraction": attrs.get("budget_fraction"), "trials": attrs.get("trials"), "seed_trials": attrs.get("seed_trials", 0),
+            "main_metric": attrs.get("main_metric"), "higher_is_better": hib, "states": state_counts(study), "best": best, "pareto": front}
+
+
+def _value(p: dict[str, Any]) -> str:
+    if p.get("n_seeds") and p["n_seeds"] >= 2 and p.get("metric_lo") is not None:
+        return f"{p['metric']:.4f} ± {(p['metric_hi'] - p['metric_lo']) / 2:.4f} ({p['n_seeds']} seeds)"
+    return f"{p['metric']:.4f} (1 seed)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{k} {v}" for k, v in st.items()))
     if s["best"]:
         b = s["best"]
-        print(f"best: trial {b['number']} {s['main_metric']}={b['metric']:.4f}  {b['variant']}  ({100 * b['paper_fraction']:.4f} %)")
+        print(f"best: trial {b['number']} {s['main_metric']} {_value(b)}  {b['variant']}  ({100 * b['paper_fraction']:.4f} %)")
     if s["pareto"]:
-        print("pareto front (paper % → metric):")
+        print("pareto front (paper % → seed-mean metric; points at chance left out):")
         for p in s["pareto"]:
-            print(f"  {100 * p['paper_fraction']:9.4f} %  {p['metric']:.4f}  #{p['number']} {p['preset'] or ''} {p['variant']}")
+            print(f"  {100 * p['paper_fraction']:9.4f} %  {_value(p)}  #{p['number']} {p['preset'] or ''} {p['variant']}")
     return 0

@@ -247,24 +247,17 @@ def _best_value(study: Any) -> float | None:
 
 
 def _best_line(study: Any) -> str | None:
-    """The best *design point*: a trial and its extra seeds together, by their mean, with the
-    interval (never the luckiest single seed)."""
-    from optuna.trial import TrialState
+    """The best *design point* (a trial and its extra seeds, by their mean, with the interval;
+    never the luckiest single seed), as `unipetl status` and the report compute it."""
+    from unipetl.reports.summary import interval
+    from unipetl.search.commands.status import summary
 
-    from unipetl.reports.stats import summarize
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
-    if not done:
+    s = summary(study)
+    b = s["best"]
+    if b is None:
         return None
-    groups: dict[int, list[Any]] = {}
-    for t in done:
-        groups.setdefault(int(t.user_attrs.get("parent", t.number)), []).append(t)
-    higher = study.user_attrs.get("higher_is_better", True)
-    stats = {k: summarize([t.values[0] for t in ts]) for k, ts in groups.items()}
-    key = (max if higher else min)(stats, key=lambda k: stats[k].mean)
-    head = min(groups[key], key=lambda t: t.number)
-    return (f"best: {study.user_attrs['main_metric']} {stats[key].text()} — {head.user_attrs.get('variant_description', '')} "
-            f"({100 * head.user_attrs.get('paper_fraction', 0):.3f} % paper params; trials {', '.join(f'#{t.number}' for t in sorted(groups[key], key=lambda t: t.number))})")
+    return (f"best: {s['main_metric']} {interval(b)} — {b['variant']} "
+            f"({100 * (b['paper_fraction'] or 0):.3f} % paper params; trial #{b['number']} and its extra seeds)")
 
 
 def _safe(url: str) -> str:

@@ -58,18 +58,14 @@ def summary(study: Any) -> dict[str, Any]:
             "main_metric": attrs.get("main_metric"), "higher_is_better": hib, "states": state_counts(study), "best": best, "pareto": front}
 
 
-def _value(p: dict[str, Any]) -> str:
-    if p.get("n_seeds") and p["n_seeds"] >= 2 and p.get("metric_lo") is not None:
-        return f"{p['metric']:.4f} ± {(p['metric_hi'] - p['metric_lo']) / 2:.4f} ({p['n_seeds']} seeds)"
-    return f"{p['metric']:.4f} (1 seed)"
-
-
 def run(args: argparse.Namespace) -> int:
     import optuna
 
     from unipetl.search import study as studies
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from unipetl.reports.summary import interval as _value
+
     study = studies.load(args.storage, args.study)
     s = summary(study)
     if args.json:

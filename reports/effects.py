@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from unipetl.reports.frontier import _higher, eligible
+from unipetl.reports.frontier import _higher, _seeds, design_points, eligible
 from unipetl.reports.stats import paired_verdict
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,6 @@ def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
     fewer than two paired seeds — never a verdict from a single pair — or, with `why` saying
     "untested", no bin has both choices with seeds). Points below the trivial baseline take no part.
     """
-    from unipetl.reports.frontier import design_points
-
     higher = _higher(group) if not group.is_empty() else True
     pts = design_points(group) if not group.is_empty() else pl.DataFrame()
     if not pts.is_empty():
@@ -152,8 +150,6 @@ def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
                 a, b = _best(g.filter(pl.col(dim) == win), higher), _best(g.filter(pl.col(dim) == lose), higher)
                 if a is None or b is None:
                     continue
-                from unipetl.reports.frontier import _seeds
-
                 sa, sb = _seeds(a), _seeds(b)
                 common = [k for k in sa if k in sb]
                 if not common:

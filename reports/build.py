@@ -1,14 +1,14 @@
 """Build a whole report from the trials table: sections per (task, model), then files on disk.
 
-`build_sections` is the computation (frontier, hypervolume history, effects, plots); `write_report`
-writes report.html, frontier.csv, trials.parquet and, when plotly is importable,
-report_interactive.html; it returns the Markdown summary that the CLI prints.
+`build_sections` is the computation (frontier, hypervolume history, effects, PNG plots);
+`write_report` writes report.html (interactive by itself: its frontier plots are inline SVG with
+hover, see `reports/html.py`), frontier.csv and trials.parquet; it returns the Markdown summary
+that the CLI prints.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -57,27 +57,6 @@ def frontier_csv_frame(sections: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(schema=dict.fromkeys(FRONTIER_COLUMNS, pl.Utf8))
 
 
-def _plotly(sections: list[dict[str, Any]], path: Path) -> bool:
-    """An interactive scatter per group (hover shows the variant); skipped without plotly."""
-    if importlib.util.find_spec("plotly") is None:
-        return False
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=max(len(sections), 1), cols=1, subplot_titles=[f"{s['summary']['task']} / {s['summary']['model']}" for s in sections])
-    for i, sec in enumerate(sections, 1):
-        g = sec["group"].filter(pl.col("metric").is_not_null() & pl.col("paper_fraction").is_not_null())
-        fig.add_trace(go.Scatter(x=g["paper_fraction"].to_list(), y=g["metric"].to_list(), mode="markers", name=f"trials {i}",
-                                 text=[f"#{t} {d} [{s}]" for t, d, s in zip(g["trial"], g["description"], g["state"], strict=True)]), row=i, col=1)
-        f = sec["summary"]["frontier_rows"]
-        fig.add_trace(go.Scatter(x=f["paper_fraction"].to_list(), y=f["metric"].to_list(), mode="lines+markers", line_shape="hv",
-                                 name=f"frontier {i}", text=f["description"].to_list()), row=i, col=1)
-        fig.update_xaxes(type="log", title_text="paper fraction", row=i, col=1)
-    fig.update_layout(height=420 * max(len(sections), 1))
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return True
-
-
 def write_report(df: pl.DataFrame, out_dir: str | Path, sources: list[str]) -> tuple[str, dict[str, Path]]:
     """Write every output file into `out_dir`; return (Markdown summary, name → path)."""
     out = Path(out_dir)
@@ -88,7 +67,5 @@ def write_report(df: pl.DataFrame, out_dir: str | Path, sources: list[str]) -> t
     files["report.html"].write_text(render(sections, sources, generated), encoding="utf-8")
     frontier_csv_frame(sections).write_csv(files["frontier.csv"])
     df.write_parquet(files["trials.parquet"])
-    if _plotly(sections, out / "report_interactive.html"):
-        files["report_interactive.html"] = out / "report_interactive.html"
     logger.info("report written to %s (%d sections)", out, len(sections))
     return markdown(sections, sources), files

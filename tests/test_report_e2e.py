@@ -106,6 +106,11 @@ def test_report_cli_on_a_two_task_study(study_url, tmp_path, capsys):
     assert "| sst2 | minilm | 14 | 9 complete, 1 pruned, 2 failed, 1 running, 1 waiting | 3 | 0.9 accuracy | 2% | 2.6 | 0.93 |" in printed
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 6 and "http" not in page.replace("http-equiv", "")
+    # one interactive plot per task: sst2 plots 9 trials (not full FT, not the metric-less failure), mnli 4
+    assert page.count('<svg class="plot frontier-plot"') == 2 and "<script" not in page
+    sst2_plot, mnli_plot = page.split('<svg class="plot frontier-plot"')[1:]
+    assert (sst2_plot.count('class="trial-point'), sst2_plot.count('class="frontier-label"')) == (9, 3)
+    assert (mnli_plot.count('class="trial-point'), mnli_plot.count('class="frontier-label"')) == (4, 3)
     assert "<i>budget</i>" not in page and "sst2 &lt;i&gt;budget&lt;/i&gt; &amp; co" in page
     assert "CUDA &lt;oom&gt; &amp; &#x27;boom&#x27;" in page
 
@@ -157,20 +162,30 @@ def test_report_on_a_postgresql_study(tmp_path, capsys):
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run"]
-# appended to a copy of the report only: after load, write how many images decoded and which errors fired into the DOM
+                  "--no-first-run", "--hide-scrollbars", "--window-size=1280,2400"]
+# appended to a copy of the report only: after load, write into the DOM how many images decoded, which errors fired and, per
+# frontier plot, its element counts, where the labels really landed (getBBox, so in the browser's own font) and the plot's place
 CHECK_SCRIPT = """<script>window.__errs=[];window.addEventListener('error',function(e){window.__errs.push(String(e.message||(e.target&&e.target.src)||'error'))},true);
+function plot(s){var b=[].slice.call(s.querySelectorAll('.frontier-label')).map(function(t){var r=t.getBBox();return [r.x,r.y,r.x+r.width,r.y+r.height]});
+var n=0;for(var i=0;i<b.length;i++)for(var j=i+1;j<b.length;j++){if(b[i][0]<b[j][2]&&b[j][0]<b[i][2]&&b[i][1]<b[j][3]&&b[j][1]<b[i][3])n++;}
+var r=s.getBoundingClientRect();return {trials:s.querySelectorAll('.trial-point').length,frontier:s.querySelectorAll('.frontier-point').length,
+labels:b.length,overlaps:n,tips:s.querySelectorAll('.trial-point>title,.frontier-point>title').length,rect:[r.left+scrollX,r.top+scrollY,r.width,r.height]};}
 window.addEventListener('load',function(){var im=[].slice.call(document.images);var bad=im.filter(function(i){return !(i.complete&&i.naturalWidth>0)});
-var d=document.createElement('pre');d.id='unipetl-check';d.textContent=JSON.stringify({images:im.length,broken:bad.length,errors:window.__errs});
-document.body.appendChild(d);});</script>"""
+var d=document.createElement('pre');d.id='unipetl-check';d.textContent=JSON.stringify({images:im.length,broken:bad.length,errors:window.__errs,
+plots:[].slice.call(document.querySelectorAll('svg.frontier-plot')).map(plot)});document.body.appendChild(d);});</script>"""
 
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(study_url, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is not installed (apt-get install -y chromium)"
+    # the shared studies plus a third task whose twelve frontier points crowd under its 0.5 % budget line
+    db = tmp_path / "studies.db"
+    shutil.copy(study_url.split(":///", 1)[1], db)
+    crowd = [rr.record(f"lora:r={4 + i}", 0.004 + 0.0001 * i, 0.80 + 0.002 * i, task="qnli") for i in range(11)]
+    make_study_with_optuna(f"sqlite:///{db}", "qnli-crowd", [rr.record("lora:r=1", 0.001, 0.7, task="qnli"), *crowd], mode="budget", budget=0.005)
     out = tmp_path / "report"
-    assert main(["report", "--storage", study_url, "--out", str(out), "--quiet"]) == 0
+    assert main(["report", "--storage", f"sqlite:///{db}", "--out", str(out), "--quiet"]) == 0
     checked = tmp_path / "checked.html"
     checked.write_text((out / "report.html").read_text().replace("<head>", "<head>" + CHECK_SCRIPT, 1))
     res = subprocess.run([browser, *CHROMIUM_FLAGS, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
@@ -179,16 +194,32 @@ def test_report_renders_in_headless_chromium(study_url, tmp_path):
     marker = '<pre id="unipetl-check">'
     assert marker in res.stdout, res.stdout[-2000:]
     check = json.loads(res.stdout.split(marker, 1)[1].split("</pre>", 1)[0].replace("&quot;", '"'))
-    assert check == {"images": 6, "broken": 0, "errors": []}
+    plots = check.pop("plots")
+    assert check == {"images": 9, "broken": 0, "errors": []}  # three PNGs per task, the frontier one the plot's static fallback
+    # one element per plotted trial and per frontier point, each with its hover text; the labels, as drawn, never overlap
+    assert [(p["trials"], p["frontier"], p["labels"], p["tips"], p["overlaps"]) for p in plots] == [(9, 3, 3, 12, 0), (4, 3, 3, 7, 0),
+                                                                                                     (12, 12, 12, 24, 0)]
     console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "report.png"
     shot.unlink(missing_ok=True)
-    subprocess.run([browser, *CHROMIUM_FLAGS, "--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # not blank: the page has ink, and so does the first plot where the browser laid it out, with the blue of eligible trials
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        page = im.convert("RGB")
+    x, y, w, h = (round(v) for v in plots[0]["rect"])
+    assert w > 400 and h > 200 and y + h <= page.height, plots[0]["rect"]
+    area = page.crop((x, y, x + w, y + h))
+    pixels = list(area.getdata())
+    ink = sum(1 for p in pixels if min(p) < 200) / len(pixels)
+    blue = sum(1 for r, g, b in pixels if b > 150 and b - r > 70)
+    assert ink > 0.005 and len(set(pixels)) > 30 and blue > 100, (ink, len(set(pixels)), blue)
+    assert sum(1 for p in page.getdata() if min(p) < 200) > 50_000
 
 
 DATA_DIR = os.environ.get("UNIPETL_DATA_DIR", str(REPO.parent / "shared" / "data"))

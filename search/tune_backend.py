@@ -26,15 +26,17 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray import tune
 
+from unipetl.search import optuna_ext
 from unipetl.search import study as studies
 from unipetl.spaces.accounting import count
 from unipetl.spaces.presets import parse_preset
@@ -47,30 +49,6 @@ logger = logging.getLogger(__name__)
 BACKEND_ATTR = "backend"  # study user attr: "tune" for studies run by this backend (absent: optuna workers)
 DIR_ATTR = "tune_dir"  # study user attr: the absolute Tune run directory of the study
 TRAIN_ATTRS = ("task", "model", "mode", "budget_fraction", "space", "train", "data_dir", "main_metric", "higher_is_better")
-
-
-class Replay:
-    """A stored parameter dict replayed through the define-by-run space.
-
-    Gives back the same variant the sampler saw and records each parameter's distribution, which
-    the Optuna study needs to store the parameter (`set_trial_param`)."""
-
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
-        self.distributions: dict[str, BaseDistribution] = {}
-
-    def _get(self, name: str) -> Any:
-        if name not in self.params:
-            raise UnipetlError(f"Tune trial config lacks parameter {name!r} of the space (config keys: {sorted(self.params)}).")
-        return self.params[name]
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        self.distributions[name] = CategoricalDistribution(list(choices))
-        return self._get(name)
-
-    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
-        self.distributions[name] = FloatDistribution(low, high, log=log)
-        return float(self._get(name))
 
 
 @dataclass
@@ -95,8 +73,16 @@ def variant_of(config: dict[str, Any], attrs: dict[str, Any]) -> tuple[Variant, 
     """(variant, params, distributions) of a Tune trial config; presets carry no parameters."""
     if config.get("preset"):
         return parse_preset(config["preset"]), {}, {}
-    replay = Replay(config)
-    variant = suggest_variant(replay, studies.model_shape(attrs["model"]), attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+    # the stored parameters replayed through the define-by-run space: the same variant the
+    # sampler saw, and each parameter's distribution (the study needs it to store the parameter)
+    replay = optuna.trial.FixedTrial(config)
+    try:
+        variant = suggest_variant(replay, studies.model_shape(attrs["model"]), attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+    except ValueError as err:
+        missing = re.search(r"parameter '(.+?)' is not found", str(err))
+        if missing is None:
+            raise
+        raise UnipetlError(f"Tune trial config lacks parameter {missing.group(1)!r} of the space (config keys: {sorted(config)}).") from None
     return variant, {k: config[k] for k in replay.distributions}, replay.distributions
 
 
@@ -123,7 +109,7 @@ def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
         tune.report({"step": int(step), "value": float(value), "paper_fraction": fraction, "final": False, "curve": json.dumps(curve)})
         return False  # Tune stops the trial itself
 
-    cfg = TrialConfig.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs["data_dir"]})
+    cfg = TrialConfig.for_trial(attrs, variant)
     record = run_trial(cfg, report=report, out_dir=tune.get_context().get_trial_dir())
     if config.get("preset") and record.get("preset") is None:
         record["preset"] = config["preset"]
@@ -141,15 +127,12 @@ def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
 def _claim_ticket(study: optuna.Study, preset: str | None) -> int:
     """Trial id of a WAITING ticket moved to RUNNING: the preset's own ticket first, then an
     empty one; a fresh ticket when none is left (a round sampled past the study's tickets)."""
-    storage = study._storage
-    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-    ordered = [t for t in waiting if t.user_attrs.get("preset") == preset] + [t for t in waiting if not t.user_attrs.get("preset")]
-    for t in ordered:
-        try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                return t._trial_id
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+    def order(waiting: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in waiting if t.user_attrs.get("preset") == preset] + [t for t in waiting if not t.user_attrs.get("preset")]
+
+    tid = optuna_ext.claim_waiting(study, order)
+    if tid is not None:
+        return tid
     study.enqueue_trial({}, user_attrs={"preset": preset} if preset else None)
     return _claim_ticket(study, preset)
 
@@ -203,17 +186,16 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
     else:
         record, state = _partial_record(attrs, variant, counts, result, preset), TrialState.PRUNED
     trial_id = _claim_ticket(study, preset)
-    storage = study._storage
     for name, value in params.items():
-        storage.set_trial_param(trial_id, name, dists[name].to_internal_repr(value), dists[name])
+        optuna_ext.set_param(study, trial_id, name, value, dists[name])
     if attrs["mode"] == "budget":  # the evaluations as intermediate values, as Optuna workers report them
         for step, value in json.loads(result.get("curve") or "[]"):
-            storage.set_trial_intermediate_value(trial_id, int(step), float(value))
+            optuna_ext.set_intermediate(study, trial_id, step, value)
     fraction = counts.paper_params / counts.base_params
     for key, value in {"record": record, "tune_trial_id": tune_trial_id, "tune_round": round_, "paper_params": counts.paper_params,
                        "paper_fraction": fraction, "variant_description": variant.describe(), **({"preset": preset} if preset else {})}.items():
-        storage.set_trial_user_attr(trial_id, key, value)
-    trial = optuna.Trial(study, trial_id)
+        optuna_ext.set_user_attr(study, trial_id, key, value)
+    trial = optuna_ext.live(study, trial_id)
     if state == TrialState.COMPLETE:
         study.tell(trial, [record["metric"]] if attrs["mode"] == "budget" else [record["metric"], fraction])
     else:

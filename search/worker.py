@@ -32,6 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from unipetl.search import optuna_ext
 from unipetl.search import study as studies
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
@@ -82,19 +83,18 @@ def _retry_locked(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
 class _Heartbeat:
     """Beats for one trial until stopped (Optuna's own heartbeat runs only inside optimize())."""
 
-    def __init__(self, storage: Any, trial_id: int) -> None:
-        self._storage, self._trial_id = storage, trial_id
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        (self._interval, self._beat), self._trial_id = optuna_ext.heartbeat(study), optuna_ext.trial_id(trial)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        interval = self._storage.get_heartbeat_interval() or 10
         while not self._stop.is_set():
             try:
-                self._storage.record_heartbeat(self._trial_id)
+                self._beat(self._trial_id)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
                 logger.warning("heartbeat for trial %d failed", self._trial_id, exc_info=True)
-            self._stop.wait(interval)
+            self._stop.wait(self._interval)
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -106,20 +106,13 @@ class _Heartbeat:
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically move one WAITING trial to RUNNING (the storage refuses a second claimer).
+    """Atomically move one WAITING trial to RUNNING (no second process can claim it too).
 
     The heartbeat is written *before* the claim, so a RUNNING trial always has a heartbeat
     row: a worker killed right after claiming still leaves a trial that turns stale."""
-    storage = study._storage
-    waiting = _retry_locked(lambda: storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)), "list tickets")
-    for t in waiting:
-        try:
-            _retry_locked(lambda t=t: storage.record_heartbeat(t._trial_id), "heartbeat")
-            if _retry_locked(lambda t=t: storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING), "claim"):
-                return optuna.Trial(study, t._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-    return None
+    _interval, beat = optuna_ext.heartbeat(study)
+    tid = optuna_ext.claim_waiting(study, before=beat, retry=_retry_locked)
+    return None if tid is None else optuna_ext.live(study, tid)
 
 
 def variant_for(trial: optuna.Trial, attrs: dict[str, Any]) -> Variant:
@@ -144,15 +137,15 @@ def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Runner | None =
     had already failed this trial as stale: its retry ticket runs it again, nothing is stored twice."""
     attrs = study.user_attrs
     holder: dict[str, Any] = {}
-    with _Heartbeat(study._storage, trial._trial_id):
+    with _Heartbeat(study, trial):
         try:
             record = _train(trial, attrs, runner or _run_trial, holder)
         except KeyboardInterrupt:
             # leave the study resumable: this ticket fails and an identical one is queued again
             # (the mark first: a finished trial's attributes can no longer be written)
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            optuna_ext.set_user_attr(study, optuna_ext.trial_id(trial), "interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
-            studies.retry_callback(max_retry=None)(study, study._storage.get_trial(trial._trial_id))
+            studies.retry_callback(max_retry=None)(study, optuna_ext.frozen(study, trial))
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             return _lost(trial)
@@ -203,7 +196,7 @@ def _tell_once(study: optuna.Study, trial: optuna.Trial, state: TrialState, valu
         else:
             study.tell(trial, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
-        if study._storage.get_trial(trial._trial_id).state != state:
+        if optuna_ext.frozen(study, trial).state != state:
             raise  # finished by someone else (stale): the caller reports the trial as lost
 
 
@@ -249,7 +242,7 @@ def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:
 def _run_trial(attrs: dict[str, Any], variant: Variant, report: Callable[[int, float], bool], preset: str | None) -> dict[str, Any]:
     from unipetl.evaluators.trial import TrialConfig, run_trial
 
-    cfg = TrialConfig.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs["data_dir"]})
+    cfg = TrialConfig.for_trial(attrs, variant)
     record = run_trial(cfg, report=report)
     if preset and record.get("preset") is None:
         record["preset"] = preset

@@ -1,0 +1,139 @@
+"""Everything unipetl needs beyond Optuna's public API, in one module.
+
+unipetl's workers run tickets (WAITING trials) that `unipetl search` / `resume` enqueue, from
+several processes or machines at once, and store what a trial did while it runs (heartbeat,
+parameters replayed from Ray Tune, records). Optuna's public `Study` API covers one process
+asking and telling; the rest goes through the study's storage, addressed by the storage's own
+trial ids — names Optuna keeps private (`Study._storage`, `Study._study_id`, `Trial._trial_id`,
+`FrozenTrial._trial_id`). They are read here and nowhere else, and tests/test_optuna_ext.py pins
+the behaviour unipetl relies on, so an Optuna release that changes it fails loudly.
+
+Claiming a ticket is the one place where Optuna's storage alone is not enough:
+`RDBStorage.set_trial_state_values(id, RUNNING)` reads the row (`SELECT … FOR UPDATE`) and then
+writes it. PostgreSQL and MySQL lock the row, so a second claimer waits and then sees RUNNING.
+SQLite ignores `FOR UPDATE`, and Python's sqlite3 driver runs the SELECT outside a transaction,
+so two processes can both read WAITING and both "claim" the same ticket: one ticket trained twice
+(seen in CI: 201 evaluations for 200 tickets). On SQLite every claim therefore runs under an
+exclusive file lock beside the database file (SQLite databases live on one machine's disk; the
+lock covers every process that can open the file).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+_MEMORY_LOCK = threading.Lock()  # in-memory SQLite: one process, threads only
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage behind a study (Optuna's private `Study._storage`; for an RDB storage Optuna
+    wraps it in a private caching layer, which this returns: reads and writes go through it)."""
+    return study._storage
+
+
+def database_url(study: optuna.Study) -> str | None:
+    """The SQLAlchemy URL of an RDB-backed study; None for other storages (journal, in-memory).
+
+    Optuna wraps an `RDBStorage` in its private `_CachedStorage` (attribute `_backend`)."""
+    storage = storage_of(study)
+    backend = getattr(storage, "_backend", storage)
+    return backend.url if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (not `trial.number`, which counts within one study)."""
+    return trial._trial_id
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> FrozenTrial:
+    """The trial as stored now (state, attributes), read fresh from the storage."""
+    return storage_of(study).get_trial(trial_id(trial))
+
+
+def live(study: optuna.Study, tid: int) -> optuna.Trial:
+    """The `optuna.Trial` handle a worker reports and tells through, for a claimed trial id."""
+    return optuna.Trial(study, tid)
+
+
+def set_user_attr(study: optuna.Study, tid: int, key: str, value: Any) -> None:
+    """Store a user attribute on any unfinished trial of the study by id."""
+    storage_of(study).set_trial_user_attr(tid, key, value)
+
+
+def set_param(study: optuna.Study, tid: int, name: str, value: Any, distribution: BaseDistribution) -> None:
+    """Store a parameter (external value) on a trial by id, with its distribution."""
+    storage_of(study).set_trial_param(tid, name, distribution.to_internal_repr(value), distribution)
+
+
+def set_intermediate(study: optuna.Study, tid: int, step: int, value: float) -> None:
+    """Store an intermediate value (what `Trial.report` writes) on a trial by id."""
+    storage_of(study).set_trial_intermediate_value(tid, int(step), float(value))
+
+
+def heartbeat(study: optuna.Study) -> tuple[int, Callable[[int], None]]:
+    """(interval in seconds, a function recording one beat for a trial id)."""
+    storage = storage_of(study)
+    return int(storage.get_heartbeat_interval() or 10), storage.record_heartbeat
+
+
+def _lock_path(study: optuna.Study) -> Path | None:
+    """The claim lock file of a file-backed SQLite storage; None for other storages."""
+    from sqlalchemy.engine import make_url
+
+    url = database_url(study)
+    if not url:
+        return None
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file::memory:"):
+        return Path()  # in-memory: the process lock
+    return Path(db + ".claim.lock")
+
+
+def claim_waiting(study: optuna.Study, order: Callable[[list[FrozenTrial]], Iterable[FrozenTrial]] = list,
+                  before: Callable[[int], None] | None = None,
+                  retry: Callable[[Callable[[], Any], str], Any] = lambda fn, _what: fn()) -> int | None:
+    """Move one WAITING trial to RUNNING so that no other process can also claim it.
+
+    `order` ranks the waiting trials (first claimable wins); `before(trial_id)` runs just before
+    the state change (the worker writes its first heartbeat there, so a RUNNING trial always has
+    one); `retry(fn, what)` wraps each storage call (the worker retries "database is locked").
+    Returns the claimed trial's storage id, or None when no ticket is left."""
+    lock = _lock_path(study)
+    if lock is None:
+        return _claim(study, order, before, retry)
+    if lock == Path():
+        with _MEMORY_LOCK:
+            return _claim(study, order, before, retry)
+    from filelock import FileLock
+
+    with FileLock(str(lock)):
+        return _claim(study, order, before, retry)
+
+
+def _claim(study: optuna.Study, order: Callable[[list[FrozenTrial]], Iterable[FrozenTrial]], before: Callable[[int], None] | None,
+           retry: Callable[[Callable[[], Any], str], Any]) -> int | None:
+    storage = storage_of(study)
+    waiting = retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), "list tickets")
+    for t in order(waiting):
+        tid = trial_id(t)
+        try:
+            if before is not None:
+                retry(lambda tid=tid: before(tid), "heartbeat")
+            if retry(lambda tid=tid: storage.set_trial_state_values(tid, state=TrialState.RUNNING), "claim"):
+                return tid
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+__all__ = ["claim_waiting", "database_url", "frozen", "heartbeat", "live", "set_intermediate", "set_param", "set_user_attr", "storage_of", "trial_id"]

@@ -1,0 +1,133 @@
+"""What unipetl needs beyond Optuna's public API (unipetl.search.optuna_ext), pinned.
+
+Two kinds of test:
+- Optuna's behaviour that optuna_ext relies on (private names, storage semantics of a claim,
+  FixedTrial replay). An Optuna release that changes any of it fails here first, by name.
+- The claim itself: processes claiming tickets of one study at the same moment never claim the
+  same ticket twice (SQLite through the file lock, PostgreSQL through its row lock).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from unipetl.search import optuna_ext
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+PG = os.environ.get("UNIPETL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def _study(url: str, name: str, tickets: int) -> optuna.Study:
+    study = optuna.create_study(storage=url, study_name=name)
+    for i in range(tickets):
+        study.enqueue_trial({}, user_attrs={"ticket": i})
+    return study
+
+
+# --- Optuna's behaviour, pinned ---------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_private_names_unipetl_reads_still_exist_and_mean_the_same(tmp_path: Path) -> None:
+    study = _study(f"sqlite:///{tmp_path}/s.db", "s", 2)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert optuna_ext.database_url(study) == f"sqlite:///{tmp_path}/s.db"  # the claim lock is found through it
+    assert optuna_ext._lock_path(study) == Path(f"{tmp_path}/s.db.claim.lock")
+    assert optuna_ext.database_url(optuna.create_study()) is None
+    tid = optuna_ext.trial_id(waiting[1])
+    assert isinstance(tid, int) and optuna_ext.storage_of(study).get_trial(tid).number == waiting[1].number == 1
+    assert study._study_id == optuna_ext.storage_of(study).get_study_id_from_name("s")
+    live = optuna_ext.live(study, tid)
+    assert optuna_ext.trial_id(live) == tid and live.number == 1
+    optuna_ext.set_user_attr(study, tid, "k", [1, 2])
+    optuna_ext.set_param(study, tid, "lr", 0.5, FloatDistribution(0.1, 1.0, log=True))
+    optuna_ext.set_intermediate(study, tid, 7, 0.25)
+    got = optuna_ext.frozen(study, live)
+    assert got.user_attrs["k"] == [1, 2] and got.params["lr"] == 0.5 and got.intermediate_values == {7: 0.25}
+    interval, beat = optuna_ext.heartbeat(optuna.load_study(study_name="s", storage=optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path}/s.db", heartbeat_interval=3)))
+    assert interval == 3 and callable(beat)
+
+
+def test_storage_state_change_is_the_claim_primitive(tmp_path: Path) -> None:
+    """RUNNING is granted from WAITING only; a second claim of a RUNNING trial answers False and a
+    finished trial raises — the two answers `claim_waiting` uses to skip taken tickets."""
+    study = _study(f"sqlite:///{tmp_path}/c.db", "c", 2)
+    storage = optuna_ext.storage_of(study)
+    first, second = (optuna_ext.trial_id(t) for t in study.get_trials(deepcopy=False))
+    assert storage.set_trial_state_values(first, state=TrialState.RUNNING) is True
+    assert storage.set_trial_state_values(first, state=TrialState.RUNNING) is False
+    study.tell(optuna_ext.live(study, first), state=TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(first, state=TrialState.RUNNING)
+    assert optuna_ext.claim_waiting(study) == second and optuna_ext.claim_waiting(study) is None
+
+
+def test_fixed_trial_replays_parameters_with_their_distributions() -> None:
+    trial = optuna.trial.FixedTrial({"kind": "lora", "s": 2.0})
+    assert trial.suggest_categorical("kind", ["lora", "adapter"]) == "lora" and trial.suggest_float("s", 0.5, 4.0, log=True) == 2.0
+    assert trial.distributions == {"kind": CategoricalDistribution(["lora", "adapter"]), "s": FloatDistribution(0.5, 4.0, log=True)}
+    with pytest.raises(ValueError, match=r"parameter 'r' is not found"):
+        trial.suggest_float("r", 1, 8)
+
+
+def test_claim_order_and_hook(tmp_path: Path) -> None:
+    study = _study(f"sqlite:///{tmp_path}/o.db", "o", 3)
+    seen: list[int] = []
+    tid = optuna_ext.claim_waiting(study, order=lambda ts: sorted(ts, key=lambda t: -t.number), before=seen.append)
+    assert optuna_ext.frozen(study, optuna_ext.live(study, tid)).number == 2 and seen == [tid]
+    assert optuna_ext.frozen(study, optuna_ext.live(study, tid)).state == TrialState.RUNNING
+
+
+def test_in_memory_sqlite_claims_once_per_ticket() -> None:
+    study = _study("sqlite://", "m", 3)
+    assert [optuna_ext.claim_waiting(study) for _ in range(4)].count(None) == 1
+
+
+# --- concurrent claims -----------------------------------------------------------------------
+
+
+def _claimer(url: str, name: str, start: float, out: str) -> None:
+    study = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
+                                                                                    if url.startswith("sqlite") else {}))
+    time.sleep(max(0.0, start - time.time()))
+    claimed = []
+    while (tid := optuna_ext.claim_waiting(study)) is not None:
+        claimed.append(tid)
+    Path(out).write_text("\n".join(map(str, claimed)))
+
+
+def _race(url: str, name: str, tmp_path: Path, tickets: int = 120, procs: int = 4) -> list[int]:
+    _study(url, name, tickets)
+    ctx = mp.get_context("spawn")
+    start = time.time() + 8.0  # every process loaded and waiting before the first claim
+    outs = [str(tmp_path / f"claims{i}.txt") for i in range(procs)]
+    ps = [ctx.Process(target=_claimer, args=(url, name, start, out)) for out in outs]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(120)
+        assert p.exitcode == 0
+    return [int(x) for out in outs for x in Path(out).read_text().split()]
+
+
+def test_concurrent_claims_on_sqlite_never_share_a_ticket(tmp_path: Path) -> None:
+    """4 processes race for 120 tickets of one SQLite study: each ticket claimed exactly once.
+    Without the claim lock this fails (two processes read WAITING before either writes)."""
+    claims = _race(f"sqlite:///{tmp_path}/race.db", "race", tmp_path)
+    assert len(claims) == 120 and len(set(claims)) == 120
+
+
+@pytest.mark.cluster
+def test_concurrent_claims_on_postgresql_never_share_a_ticket(tmp_path: Path) -> None:
+    claims = _race(PG, f"race-{uuid.uuid4().hex[:8]}", tmp_path)
+    assert len(claims) == 120 and len(set(claims)) == 120

@@ -30,21 +30,25 @@ log = logging.getLogger(__name__)
 Report = Callable[[int, float], bool]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoopSettings:
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 32
-    lr: float = 1e-4
-    scheduler: str = "linear"  # linear | polynomial | constant_with_warmup | cosine
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    label_smoothing: float = 0.0  # seq2seq only
-    eval_every: int | None = None  # optimizer steps; None → every epoch
-    eval_batch_size: int | None = None
-    seed: int = 0
+    """What the loop needs, resolved: built by `run_trial` from a TrialConfig, whose fields hold
+    the defaults (no second set of defaults here). `lr` is the peak rate of the schedule when the
+    optimizer gets per-kind parameter groups; `label_smoothing` is resolved (seq2seq only)."""
+
+    epochs: float
+    max_steps: int | None  # overrides epochs
+    batch_size: int
+    lr: float
+    scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    grad_accum: int
+    max_grad_norm: float | None
+    label_smoothing: float
+    eval_every: int | None  # optimizer steps; None → every epoch
+    seed: int
+    eval_batch_size: int | None = None  # None: 2 × batch_size (batch_size for seq2seq generation)
 
 
 @dataclass

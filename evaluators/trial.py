@@ -30,30 +30,37 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "adapter.safetensors"  # written by spaces.io.save_variant, with variant.json and unipetl.json
 
 
+def _setting(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+    """A training setting: a TrialConfig field that is also a command-line flag and a study-file key."""
+    return dataclasses.field(default=default, metadata={"setting": True, "help": help})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrialConfig:
     task: str
     model: str
     variant: Variant
     data_dir: str | None = None  # else env UNIPETL_DATA_DIR, else the hub
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 32
-    lr: float | None = None  # one rate for every parameter; None: method-aware (each kind its central rate × lr_scale)
-    lr_scale: float = 1.0  # multiplier on every kind's central rate (unipetl.spaces.lr); what the search samples
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    label_smoothing: float | None = None  # None: 0.1 for seq2seq (the paper's XSum set-up), 0 otherwise
-    eval_every: int | None = None  # optimizer steps; None: once per epoch and at the end
-    seed: int = 0
-    max_length: int | None = None  # None: the task's (128 for GLUE; source limit for seq2seq)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    scheduler: str = "linear"  # linear | polynomial | cosine | constant_with_warmup
-    max_new_tokens: int | None = None  # seq2seq: cap the task's generation length (quick runs); None keeps the paper's
+    # --- training settings: each field below is also a `unipetl run` / `unipetl search` flag
+    # (--max-train-examples, …) and a key of a study file's `train:` block; adding a setting is one line here
+    max_train_examples: int | None = _setting(None, "train on a fixed-seed subset of N examples")
+    max_eval_examples: int | None = _setting(None, "evaluate on a fixed-seed subset of N examples")
+    epochs: float = _setting(1.0, "training epochs")
+    max_steps: int | None = _setting(None, "optimizer steps (overrides --epochs)")
+    batch_size: int = _setting(32, "examples per micro-batch")
+    lr: float | None = _setting(None, "one learning rate for every trained parameter (default: method-aware, each kind's central rate × lr_scale)")
+    lr_scale: float = _setting(1.0, "multiplier on every kind's central rate (unipetl.spaces.lr); what the search samples; ignored with lr")
+    warmup_ratio: float = _setting(0.06, "fraction of steps with linear warm-up")
+    weight_decay: float = _setting(0.0, "AdamW weight decay")
+    grad_accum: int = _setting(1, "micro-batches per optimizer step")
+    max_grad_norm: float | None = _setting(1.0, "gradient clipping norm")
+    label_smoothing: float | None = _setting(None, "label smoothing (default 0.1 for seq2seq, the paper's XSum set-up; 0 otherwise)")
+    eval_every: int | None = _setting(None, "evaluate every S optimizer steps (default: once per epoch and at the end)")
+    seed: int = _setting(0, "seed of the data order, initialisation and subsets")
+    max_length: int | None = _setting(None, "input token limit (default: the task's, 128 for GLUE)")
+    device: str = _setting("auto", "auto | cpu | cuda[:N]")
+    scheduler: str = _setting("linear", "linear | polynomial | cosine | constant_with_warmup | constant")
+    max_new_tokens: int | None = _setting(None, "seq2seq: cap the task's generation length (quick runs); default keeps the paper's")
 
     def __post_init__(self) -> None:
         if isinstance(self.variant, dict):
@@ -96,6 +103,29 @@ class TrialConfig:
             if key not in known:
                 raise UnipetlError(f"Unknown key {key!r} in trial config.{did_you_mean(str(key), known)}")
         return cls(**data)
+
+    @classmethod
+    def for_trial(cls, attrs: dict[str, Any], variant: Variant) -> TrialConfig:
+        """The config a search worker trains: a study's attributes (task, model, data_dir, the
+        `train` settings) and the trial's variant. Raises UnipetlError for a bad setting."""
+        return cls.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(),
+                              "data_dir": attrs.get("data_dir")})
+
+
+def settings() -> tuple[dataclasses.Field, ...]:
+    """The training settings of TrialConfig (every field but task, model, variant, data_dir), in order.
+
+    Each one is a `unipetl run` / `unipetl search` flag and a study-file `train:` key."""
+    return tuple(f for f in dataclasses.fields(TrialConfig) if f.metadata.get("setting"))
+
+
+def setting_type(f: dataclasses.Field) -> type:
+    """The type a setting's flag parses to (int, float or str), from the field's annotation."""
+    names = {part.strip() for part in str(f.type).split("|")} - {"None"}
+    for typ in (int, float, str):
+        if names == {typ.__name__}:
+            return typ
+    raise TypeError(f"setting {f.name!r} has annotation {f.type!r}; a setting is int, float or str, optionally | None")
 
 
 def _device(name: str) -> Any:

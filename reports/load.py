@@ -50,9 +50,23 @@ STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
-def mask_url(url: str) -> str:
-    """The storage URL with any password replaced by *** (safe to print or write to HTML)."""
-    return re.sub(r"(//[^:/@\s]+:)[^@/\s]*@", r"\1***@", str(url))
+def mask_url(text: str, url: str | None = None) -> str:
+    """`text` (a storage URL, or a message that quotes one) with every password replaced by ***.
+
+    The one masker: whatever prints, logs or writes a storage URL goes through it. A password in
+    `//user:password@host` form is masked even when it holds '@'; with `url` given, that URL's
+    password is also masked wherever else it appears (drivers quote the DSN as `password=…`)."""
+    out = re.sub(r"(//[^:/@\s]+:)[^/\s]*@", r"\1***@", str(text))
+    if url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(url).password
+        except Exception:  # noqa: BLE001 - not a URL: nothing more to mask
+            password = None
+        if password:
+            out = out.replace(str(password), "***")
+    return out
 
 
 def _mixed(values: Iterable[str]) -> str | None:

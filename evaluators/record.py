@@ -1,7 +1,7 @@
 """The trial record: one JSON-serializable dict per trial, the same for `unipetl run` and the search.
 
 Exactly the fields of the shared contract (schema 1); `reports/` reads only these. Both parameter
-counts are always present (DESIGN.md §2): the paper count (what the paper reports) and the
+counts are always present (README, "Parameter accounting"): the paper count (what the paper reports) and the
 trainable count (everything with requires_grad, the task head excluded; `head_params` apart).
 """
 
@@ -25,6 +25,10 @@ RECORD_KEYS = (
     "device", "seed", "train_settings", "versions", "git_commit", "fidelity",
     # added with seeds / method-aware learning rates (still schema 1: readers treat missing keys as null)
     "weights_step", "lr", "baseline_metric", "baseline", "eval_examples", "parent",
+    # where a trial's wall time went (seconds per phase; see evaluators.trial.PHASES)
+    "time_breakdown",
+    # inference cost of the trained variant (evaluators.latency): batch1_ms, batch_ms_per_example, batch_size, merged
+    "latency",
 )
 _PACKAGES = ("unipetl", "torch", "transformers", "datasets", "evaluate", "tokenizers", "optuna", "sacrebleu", "rouge-score", "safetensors")
 

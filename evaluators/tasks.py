@@ -3,7 +3,7 @@
 A `Task` states its kind (classification / regression / seq2seq), the data fields, where its
 splits live (local files under a data directory, and the hub dataset id for users with a hub),
 its metrics, the main metric and direction, and for generation the decoding set-up of the paper
-(DESIGN.md §3: beam 6 for XSum, beam 5 for en-ro). Built-in GLUE / XSum / WMT16 tasks sit in
+(beam 6 for XSum, beam 5 for en-ro). Built-in GLUE / XSum / WMT16 tasks sit in
 the `TASKS` registry; a *generic local task* comes from a small YAML or JSON file so users can
 bring their own data without writing code (`load_task_file`).
 """

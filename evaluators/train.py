@@ -61,7 +61,8 @@ class LoopResult:
     curve: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     weights_step: int | None = None  # the step whose trainable tensors the model ends with (the best evaluation's)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the loop's wall time less its evaluations
+    eval_seconds: float = 0.0  # the evaluations inside the loop (all eval splits, every eval step)
     train_tokens: int = 0
     peak_memory_bytes: int = 0
 
@@ -72,6 +73,12 @@ def _collator(task: Task, tokenizer: Any, model: Any) -> Any:
     if task.kind == "seq2seq":  # the model builds decoder_input_ids from the labels (shift right)
         return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=None)
     return DataCollatorWithPadding(tokenizer)
+
+
+def eval_batch_size(task: Task, batch_size: int) -> int:
+    """The evaluation batch: twice the training batch (no activations kept for backward), the
+    training batch itself for seq2seq (beam search multiplies the batch by the beams)."""
+    return batch_size if task.kind == "seq2seq" else 2 * batch_size
 
 
 def loss_units(task: Task, batch: dict[str, torch.Tensor]) -> int:
@@ -95,7 +102,12 @@ def _loss_sum(task: Task, model: Any, batch: dict[str, torch.Tensor], label_smoo
 
 @torch.no_grad()
 def evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> dict[str, float]:
-    """The task's metrics on one tokenized split (generation for seq2seq)."""
+    """The task's metrics on one tokenized split (generation for seq2seq); no autograd graph."""
+    with torch.no_grad():
+        return _evaluate_split(task, model, tokenizer, ds, batch_size=batch_size, device=device)
+
+
+def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> dict[str, float]:
     from torch.utils.data import DataLoader
 
     model.eval()
@@ -207,7 +219,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     total = s.max_steps or max(1, math.ceil(s.epochs * steps_per_epoch))
     scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=int(s.warmup_ratio * total), num_training_steps=total)
     eval_every = s.eval_every or steps_per_epoch
-    eval_bs = s.eval_batch_size or (s.batch_size if task.kind == "seq2seq" else 2 * s.batch_size)
+    eval_bs = s.eval_batch_size or eval_batch_size(task, s.batch_size)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(total=total, desc=f"{task.name}", unit="step", disable=None if progress else True)
 
@@ -254,6 +266,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
                 p.copy_(best_state[n].to(p.device))
     res.weights_step = res.best_step if best_state is not None else (step or None)
     res.train_seconds = time.perf_counter() - t_start - t_eval
+    res.eval_seconds = t_eval
     bar.close()
     res.steps = step
     res.peak_memory_bytes = _peak_memory(device)

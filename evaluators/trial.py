@@ -194,6 +194,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     from unipetl.spaces.realize import apply_variant
 
     t_start = time.perf_counter()
+    clock = _Clock()
     task = get_task(config.task)
     device = _device(config.device)
     loaded = load_model(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
@@ -206,13 +207,16 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         task = dataclasses.replace(task, generation=dataclasses.replace(
             gen, max_target_length=_length_limit(loaded.model, gen.max_target_length), max_new_tokens=_length_limit(loaded.model, gen.max_new_tokens) - 1,
             min_new_tokens=min(gen.min_new_tokens, _length_limit(loaded.model, gen.max_new_tokens) - 1)))
+    clock.lap("load_model")
     data = prepare(task, loaded.tokenizer, data_dir=config.data_dir, max_train=config.max_train_examples, max_eval=config.max_eval_examples,
                    max_length=max_length, model_key=loaded.key)
+    baseline = _baseline(task, data)
+    clock.lap("data")
     realized = apply_variant(loaded.model, config.variant)  # UnipetlError for a variant the model cannot take
     counts = realized.counts
     lr_plan, kinds = lr_rules.plan(realized.model, config.variant, scale=config.lr_scale, override=config.lr)
     groups = lr_rules.param_groups(realized.model, lr_plan, kinds, config.weight_decay)
-    baseline = _baseline(task, data)
+    clock.lap("realize")
     label_smoothing = config.label_smoothing if config.label_smoothing is not None else (0.1 if task.kind == "seq2seq" else 0.0)
     settings = LoopSettings(epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, lr=max(lr_plan.rates.values()), scheduler=config.scheduler,
                             warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay, grad_accum=config.grad_accum,
@@ -228,6 +232,19 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         from unipetl.evaluators.train import LoopResult
 
         res, status, error = LoopResult(), "failed", f"{type(err).__name__}: {err}"
+    clock.lap("loop")
+    clock.laps.pop("loop")
+    clock.laps.update(train=res.train_seconds, eval=res.eval_seconds)
+    latency = None
+    if status != "failed" and "eval" in data.eval:
+        from unipetl.evaluators.latency import measure_latency
+        from unipetl.evaluators.train import eval_batch_size
+
+        latency = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=eval_batch_size(task, config.batch_size), device=device)
+        clock.lap("latency")
+    if out_dir is not None and status != "failed":
+        save_weights(realized, out_dir, loaded.name)
+        clock.lap("write")
     train_settings = {k: v for k, v in config.to_dict().items() if k not in ("task", "model", "variant")}
     train_settings.update(label_smoothing=label_smoothing, max_length=max_length, steps=res.steps, train_examples=len(data.train),
                           eval_examples={k: len(v) for k, v in data.eval.items()}, data_sources=data.sources,
@@ -241,24 +258,53 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         metrics=res.metrics, main_metric=task.main_metric, higher_is_better=task.higher_is_better, metric=res.metric, best_step=res.best_step,
         weights_step=res.weights_step, lr={"rates": lr_plan.rates, "source": lr_plan.source, "scale": lr_plan.scale, "principal": lr_plan.principal},
         baseline_metric=baseline, baseline=_BASELINE_NAME.get(task.kind) if baseline is not None else None, eval_examples=len(data.eval["eval"]) if "eval" in data.eval else None,
-        curve=res.curve, wall_seconds=time.perf_counter() - t_start,
+        curve=res.curve, wall_seconds=(wall := time.perf_counter() - t_start), time_breakdown=clock.breakdown(wall),
         train_tokens_per_second=res.train_tokens / res.train_seconds if res.train_seconds > 0 else 0.0,
         step_seconds=res.train_seconds / res.steps if res.steps else 0.0, peak_memory_bytes=res.peak_memory_bytes,
-        device=str(device), seed=config.seed, train_settings=train_settings, fidelity="final" if status == "ok" else "partial",
+        device=str(device), seed=config.seed, train_settings=train_settings, latency=latency, fidelity="final" if status == "ok" else "partial",
     )
     if out_dir is not None:
-        write_outputs(record, realized if status != "failed" else None, out_dir)
+        write_record(record, out_dir)
     return record
 
 
-def write_outputs(record: dict[str, Any], realized: Any | None, out_dir: str | Path) -> None:
-    """DIR/record.json and, when training ran, the trained variant as `unipetl.spaces.io.save_variant` writes it
-    (adapter.safetensors with the variant + head tensors only, variant.json, unipetl.json), so the
-    directory reloads with `unipetl.spaces.io.load_variant` and exports with `unipetl export`."""
+PHASES = ("load_model", "data", "realize", "train", "eval", "latency", "write", "other")  # time_breakdown's keys, in order
+
+
+class _Clock:
+    """Wall time per phase of a trial: `lap(name)` books the time since the last lap."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
+
+    def breakdown(self, wall: float) -> dict[str, float]:
+        """Seconds per phase (PHASES; "other" is the rest of `wall`) and `outside_training`, the
+        fraction of the wall not spent in training steps."""
+        out = {name: round(self.laps.get(name, 0.0), 4) for name in PHASES[:-1]}
+        out["other"] = round(max(0.0, wall - sum(self.laps.values())), 4)
+        out["outside_training"] = round(1.0 - out["train"] / wall, 4) if wall > 0 else None
+        return out
+
+
+def save_weights(realized: Any, out_dir: str | Path, base_model_id: str) -> None:
+    """The trained variant as `unipetl.spaces.io.save_variant` writes it (adapter.safetensors with
+    the variant + head tensors only, variant.json, unipetl.json), so the directory reloads with
+    `unipetl.spaces.io.load_variant` and exports with `unipetl export`."""
     from unipetl.spaces.io import save_variant
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if realized is not None:
-        save_variant(realized, out, base_model_id=record["model"])
+    save_variant(realized, out, base_model_id=base_model_id)
+
+
+def write_record(record: dict[str, Any], out_dir: str | Path) -> None:
+    """DIR/record.json (the trial record, as `run_trial` returns it)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "record.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,91 @@
+"""Inference latency of a trained variant, measured the same way for every method.
+
+Practitioners choose between methods by what they cost at inference, not only by how many
+parameters they train: an unmerged adapter or prefix adds work to every forward pass, while a
+LoRA with add / scaled composition folds into the base weights (W + s·BA, Hu et al. 2022 §4.1)
+and adds none. So a trial measures, after training, on a copy of its model with its LoRA merged
+when the variant's LoRA can be (`Realized.merge_lora`; a variant with a gated / learned-scale
+LoRA, and every other kind of module, is measured as trained):
+
+- `batch1_ms`: median wall milliseconds of one forward pass over one example (the first
+  `n_single` examples of the eval split, after `warmup` untimed passes);
+- `batch_ms_per_example`: median wall milliseconds of one forward over `batch_size` examples,
+  divided by the batch size (`n_batches` batches);
+- `merged`: how many LoRA modules were merged for the measurement (0: nothing to merge).
+
+Forward passes only (for seq2seq: encoder + teacher-forced decoder over the reference, a fixed
+amount of work; generation length would confound the method with what it learned to write).
+Wall times depend on the machine and its load: compare trials of one study (one machine), or
+ratios to full fine-tuning's latency measured alongside.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from unipetl.evaluators.tasks import Task
+
+
+def mergeable_copy(realized: Any) -> tuple[Any, int]:
+    """A deep copy of the realized model with its LoRA merged into the base weights when every
+    LoRA of the variant can be (add / scaled composition; `Realized.merge_lora`), else as
+    trained; returns (model, merged LoRA count). The trained model itself is not touched."""
+    from unipetl.spaces.layers import Lora
+    from unipetl.spaces.registry import UnipetlError
+
+    twin = copy.deepcopy(realized)
+    loras = [m for m in twin.model.modules() if isinstance(m, Lora)]
+    try:
+        twin.merge_lora()
+    except UnipetlError:  # a gated / learned-scale LoRA depends on the input: measured as trained
+        return twin.model, 0
+    return twin.model, len(loras)
+
+
+def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device, n_single: int = 16,
+                    n_batches: int = 2, warmup: int = 2) -> dict[str, float | int | None]:
+    """Latency of the trained variant (see the module docstring); {} values are None when the
+    split is empty. Units: milliseconds. Raises nothing for a variant that cannot merge: it is
+    measured as trained."""
+    from torch.utils.data import DataLoader
+
+    from unipetl.evaluators.train import _collator
+
+    if len(ds) == 0:
+        return {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": batch_size, "merged": 0}
+    model, merged = mergeable_copy(realized)
+    model.to(device).eval()
+    keep = [c for c in ds.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")]
+    ds = ds.select_columns(keep)
+    collate = _collator(task, tokenizer, model)
+
+    def timed(batch: dict[str, torch.Tensor]) -> float:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if task.kind != "seq2seq":
+            batch.pop("labels", None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1000.0
+
+    with torch.no_grad():
+        singles = list(DataLoader(ds.select(range(min(len(ds), n_single + warmup))), batch_size=1, collate_fn=collate))
+        for b in singles[:warmup]:
+            timed(b)
+        one = [timed(b) for b in singles[warmup:] or singles]
+        batches = list(DataLoader(ds.select(range(min(len(ds), batch_size * (n_batches + 1)))), batch_size=batch_size, collate_fn=collate))
+        timed(batches[0])
+        full = [timed(b) / len(b["input_ids"]) for b in batches[1:] or batches]
+    return {"batch1_ms": round(statistics.median(one), 4), "batch_ms_per_example": round(statistics.median(full), 4),
+            "batch_size": batch_size, "merged": merged}
+
+
+__all__ = ["measure_latency", "mergeable_copy"]

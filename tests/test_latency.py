@@ -1,0 +1,82 @@
+"""Inference latency (evaluators.latency) and the per-phase time breakdown of a trial record."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unipetl.evaluators.latency import measure_latency, mergeable_copy
+from unipetl.evaluators.trial import PHASES, TrialConfig, run_trial
+from unipetl.spaces.presets import parse_preset
+from unipetl.spaces.realize import apply_variant
+from unipetl.spaces.testing import randomize_variant, tiny_model
+
+# one preset per kind of module (and the mixes), with the LoRA modules each merges
+KINDS = {"lora:r=4": True, "lora:r=4,s=learned": False, "houlsby:r=4": False, "pa-ffn:r=4": False, "prefix:l=3": False, "mh-pa:l=3": False,
+         "prompt:l=3": False, "bitfit": False, "full": False, "probe": False, "mam:l=3,r=4,s=2": False, "unipelt:l=3,r=4,lora_r=2": False}
+
+
+def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_merged_copy_computes_the_same_function_and_leaves_the_model_alone(name: str) -> None:
+    model = tiny_model("bert", "cls", seed=1)
+    realized = apply_variant(model, parse_preset(name))
+    randomize_variant(realized.model, seed=2)  # a no-op-at-init variant would hide a wrong merge
+    before = {k: v.clone() for k, v in realized.model.state_dict().items()}
+    with torch.no_grad():
+        want = realized.model(**_inputs()).logits
+        twin, merged = mergeable_copy(realized)
+        got = twin(**_inputs()).logits
+    assert (merged > 0) == KINDS[name]
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    after = realized.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the trained model is untouched
+
+
+def test_merged_lora_reads_the_base_weight_plus_s_ba() -> None:
+    realized = apply_variant(tiny_model("bert", "cls", seed=1), parse_preset("lora:r=4,s=2"))
+    randomize_variant(realized.model, seed=3)
+    twin, merged = mergeable_copy(realized)
+    name, base = next((n, p) for n, p in realized.model.named_parameters() if n.endswith("attention.self.query.weight"))
+    assert merged == 2 and not torch.equal(dict(twin.named_parameters())[name], base)
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_every_kind_gets_a_latency_in_its_record(name: str, tmp_path) -> None:
+    cfg = TrialConfig(task="sst2", model="tiny-bert", variant=parse_preset(name), max_train_examples=48, max_eval_examples=24, max_steps=2, batch_size=4)
+    rec = run_trial(cfg)
+    assert rec["status"] == "ok"
+    lat = rec["latency"]
+    assert lat["batch_size"] == 8 and (lat["merged"] > 0) == KINDS[name]
+    assert 0 < lat["batch1_ms"] < 10_000 and 0 < lat["batch_ms_per_example"] < 10_000
+    tb = rec["time_breakdown"]
+    assert list(tb) == [*PHASES, "outside_training"]
+    assert all(tb[p] >= 0 for p in PHASES) and tb["train"] > 0 and tb["latency"] > 0
+    assert math.isclose(sum(tb[p] for p in PHASES), rec["wall_seconds"], rel_tol=0.02, abs_tol=0.01)
+    assert math.isclose(tb["outside_training"], 1 - tb["train"] / rec["wall_seconds"], abs_tol=1e-3)
+
+
+def test_seq2seq_latency_is_a_teacher_forced_forward() -> None:
+    cfg = TrialConfig(task="xsum", model="tiny-bart", variant=parse_preset("lora:r=4"), max_train_examples=16, max_eval_examples=8, max_steps=1,
+                      batch_size=4, max_new_tokens=4)
+    rec = run_trial(cfg)
+    assert rec["status"] == "ok" and rec["latency"]["batch_size"] == 4 and rec["latency"]["merged"] > 0 and rec["latency"]["batch1_ms"] > 0
+
+
+def test_empty_split_has_no_latency() -> None:
+    from datasets import Dataset
+
+    from unipetl.evaluators.tasks import get_task
+
+    realized = apply_variant(tiny_model("bert", "cls"), parse_preset("lora"))
+    out = measure_latency(get_task("sst2"), realized, None, Dataset.from_dict({"input_ids": []}), batch_size=8, device=torch.device("cpu"))
+    assert out == {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": 8, "merged": 0}

@@ -4,7 +4,7 @@ For each design dimension (insertion, modified representation, composition, func
 kind of module) the eligible trials of a (task, model) group are split into bins of paper
 fraction; inside a bin the choices compete on the same budget, so "parallel beats sequential"
 is read off one row. Each cell says how many trials support it. `findings` turns the paper's
-lessons (DESIGN.md §3) into paired comparisons over seeds with an interval and one of
+lessons (He et al. 2022, §4) into paired comparisons over seeds with an interval and one of
 holds / reversed / inconclusive on the user's task.
 """
 
@@ -96,7 +96,7 @@ def compare(eff: pl.DataFrame, dimension: str, a: str, b: str, higher: bool = Tr
     return {"dimension": dimension, "a": a, "b": b, "bins": bins, "wins_a": wins_a, "wins_b": wins_b, "ties": ties, "trials": support}
 
 
-# the paper's lessons (He et al. 2022, §4 and DESIGN.md §3) as (sentence, dimension, winner, loser,
+# the paper's lessons (He et al. 2022, §4) as (sentence, dimension, winner, loser,
 # budgets): "large" = bins above 0.3 % of the backbone, "small" = bins up to 0.3 % (the paper's ≈ 0.1 %)
 SMALL_BUDGET = 3e-3
 LESSONS = (

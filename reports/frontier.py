@@ -27,6 +27,8 @@ import moocore
 import numpy as np
 import polars as pl
 
+from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from unipetl.reports.objectives import cost_columns
 from unipetl.reports.stats import beats_baseline, paired_verdict, summarize, unpaired_significant
 from unipetl.spaces.presets import PRESETS
 from unipetl.spaces.variant import ATTN_SITES, Module, Variant
@@ -78,6 +80,15 @@ def pareto_mask(fractions: Any, metrics: Any, higher: bool = True) -> np.ndarray
     if len(pts) == 0:
         return np.zeros(0, dtype=bool)
     return np.asarray(moocore.is_nondominated(pts, maximise=[False, higher], keep_weakly=False), dtype=bool)
+
+
+def nondominated(columns: list[Any], maximise: list[bool]) -> np.ndarray:
+    """True for points not dominated over any number of objectives (one array per objective,
+    `maximise[i]` its direction); exact duplicates keep the first."""
+    pts = np.column_stack([np.asarray(c, dtype=float) for c in columns]) if columns and len(columns[0]) else np.zeros((0, len(columns)))
+    if len(pts) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(moocore.is_nondominated(pts, maximise=maximise, keep_weakly=False), dtype=bool)
 
 
 def reference_metric(metrics: Any, higher: bool = True) -> float:
@@ -187,6 +198,9 @@ def _higher(group: pl.DataFrame) -> bool:
     return bool(vals[0]) if len(vals) else True
 
 
+SEED_MEAN_COSTS = ("latency_ms", "latency_batch_ms", "step_seconds", "peak_memory_bytes")  # peak memory: the max over seeds
+
+
 def design_points(group: pl.DataFrame) -> pl.DataFrame:
     """Eligible trials folded into design points: a trial and its extra seeds (trials whose
     `parent` is it) become one row with the parent's columns and
@@ -211,6 +225,9 @@ def design_points(group: pl.DataFrame) -> pl.DataFrame:
         values = [float(v) for v in g["metric"].to_list()]
         summ = summarize(values)
         row = {k: v for k, v in base.items() if k != "_design"}
+        for c in SEED_MEAN_COSTS:  # a cost of the design is its mean over the seeds that measured it
+            vals = [float(v) for v in g[c].to_list() if v is not None]
+            row[c] = (sum(vals) / len(vals) if vals else None) if c != "peak_memory_bytes" else (int(max(vals)) if vals else None)
         row.update(metric=summ.mean, metric_std=summ.std, metric_lo=summ.lo, metric_hi=summ.hi, n_seeds=summ.n,
                    seed_values=json.dumps(values), seed_list=json.dumps(g["seed"].to_list()),
                    beats_baseline=beats_baseline(summ.mean, base.get("baseline_metric"), base.get("eval_examples"), higher=higher))
@@ -236,19 +253,24 @@ def dominance(a: dict[str, Any], b: dict[str, Any], higher: bool = True) -> str:
     return "untested (one seed)" if sig is None else ("significant" if sig else "not significant")
 
 
-def frontier_of(group: pl.DataFrame) -> pl.DataFrame:
+def frontier_of(group: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES) -> pl.DataFrame:
     """The frontier of one (task, model) group over design points (mean over seeds), cheapest
-    first, with match and gap columns. Points that do not beat the trivial baseline are left out
+    first, with match and gap columns. `objectives` (reports.objectives): the metric and the
+    costs it trades against (default paper params); points without a value for a chosen cost
+    cannot be placed and are left out. Points that do not beat the trivial baseline are left out
     (`beats_baseline` false); `vs_cheaper` says whether each point's lead over the next cheaper
     frontier point is significant (`dominance`)."""
     higher = _higher(group)
     pts = design_points(group)
     pts = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
+    costs = cost_columns(objectives)
+    pts = pts.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in costs])) if costs else pts
     if pts.is_empty():
         return pts.with_columns(pl.lit(None, pl.Utf8).alias("nearest"), pl.lit(None, pl.Int64).alias("nearest_distance"),
                                 pl.lit(None, pl.Utf8).alias("like"), pl.lit(None, pl.Float64).alias("gap_to_full"),
                                 pl.lit(None, pl.Utf8).alias("vs_cheaper"))
-    front = pts.filter(pl.Series(pareto_mask(pts["paper_fraction"], pts["metric"], higher))).sort("paper_fraction")
+    mask = nondominated([pts["metric"], *(pts[c] for c in costs)], [higher, *([False] * len(costs))])
+    front = pts.filter(pl.Series(mask, dtype=pl.Boolean)).sort("paper_fraction")
     matches = [nearest_named(Variant.from_json(v)) if v else None for v in front["variant_json"].to_list()]
     full = full_reference(group, higher)
     sign = 1.0 if higher else -1.0
@@ -269,14 +291,14 @@ def baseline_of(group: pl.DataFrame) -> float | None:
     return float(vals.max()) if len(vals) else None
 
 
-def frontiers(df: pl.DataFrame) -> pl.DataFrame:
+def frontiers(df: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES) -> pl.DataFrame:
     """Frontier rows of every (task, model) group in one table."""
-    parts = [frontier_of(g) for _, g in df.group_by(list(GROUP), maintain_order=True)]
+    parts = [frontier_of(g, objectives) for _, g in df.group_by(list(GROUP), maintain_order=True)]
     parts = [p for p in parts if not p.is_empty()]
-    return pl.concat(parts, how="vertical_relaxed") if parts else frontier_of(df.clear())
+    return pl.concat(parts, how="vertical_relaxed") if parts else frontier_of(df.clear(), objectives)
 
 
-def group_summary(group: pl.DataFrame) -> dict[str, Any]:
+def group_summary(group: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES) -> dict[str, Any]:
     """Counts, hypervolume, best point, full-FT reference and best named method of one group.
 
     Everything is over design points (means over seeds). Hypervolume is scored over the
@@ -287,7 +309,7 @@ def group_summary(group: pl.DataFrame) -> dict[str, Any]:
     pts = design_points(group)
     below = pts.filter(pl.col("beats_baseline") == False)  # noqa: E712 - polars expression
     counted = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
-    front = frontier_of(group)
+    front = frontier_of(group, objectives)
     chance = baseline_of(group) if higher else None
     ref = chance if chance is not None else reference_metric(counted["metric"].to_numpy(), higher)
     states = {s: int(n) for s, n in group.group_by("state").len().iter_rows()}
@@ -304,5 +326,5 @@ def group_summary(group: pl.DataFrame) -> dict[str, Any]:
         "hypervolume": hypervolume(counted["paper_fraction"], counted["metric"], higher, ref), "hv_reference": (REF_FRACTION, ref),
         "hv_over": "the trivial baseline (majority class)" if chance is not None else "the fixed reference",
         "best": best, "best_named": best_named, "full_ft": full_reference(group, higher),
-        "frontier_rows": front, "design_rows": pts,
+        "frontier_rows": front, "design_rows": pts, "objectives": objectives,
     }

@@ -21,8 +21,10 @@ from typing import Any
 import polars as pl
 
 from unipetl.reports.frontier import FRACTION_FLOOR
+from unipetl.reports.objectives import COSTS
+from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from unipetl.reports.plots import Box, place_labels, short_name, step_samples, trial_layers
-from unipetl.reports.summary import hv_reference_text, interval, num, pct, sentences, states_text
+from unipetl.reports.summary import hv_reference_text, interval, num, objectives_text, pct, sentences, states_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;color:#222;padding:0 1rem}
@@ -73,17 +75,20 @@ def overview(sections: list[dict[str, Any]]) -> str:
                  rows, numeric={3, 5, 8, 9})
 
 
-def frontier_table(front: pl.DataFrame, metric: str) -> str:
+def frontier_table(front: pl.DataFrame, metric: str, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES) -> str:
     if front.is_empty():
         return "<p>No frontier yet.</p>"
-    from unipetl.reports.summary import lr_text
+    from unipetl.reports.summary import cost_cells, lr_text
 
+    extra = [o for o in objectives[1:] if o != "params"]
     rows = [[e(r["trial"]), e(r["study"]), e(pct(r["paper_fraction"])), e(f"{r['paper_params']:,}" if r["paper_params"] is not None else None),
+             *(e(c) for c in cost_cells(r, extra)),
              e(interval(r)), e(r.get("vs_cheaper") or "—"), e(r["description"]), e(lr_text(r).lstrip(", ")), e(r["like"]), e(r["preset"]),
              e(num(r["gap_to_full"]))] for r in front.iter_rows(named=True)]
-    return table(["trial", "study", "paper fraction", "paper params", f"{metric} (seed mean ± 95 % CI)", "lead over the cheaper point",
-                  "variant (unified view)", "learning rates", "nearest named method", "preset", "gap to full FT"],
-                 rows, numeric={0, 2, 3, 10})
+    k = len(extra)
+    return table(["trial", "study", "paper fraction", "paper params", *(COSTS[o].label for o in extra), f"{metric} (seed mean ± 95 % CI)",
+                  "lead over the cheaper point", "variant (unified view)", "learning rates", "nearest named method", "preset", "gap to full FT"],
+                 rows, numeric={0, 2, 3, *range(4, 4 + k), 10 + k})
 
 
 def effects_table(eff: pl.DataFrame) -> str:
@@ -150,6 +155,8 @@ def _costs(r: dict[str, Any]) -> str:
         parts.append(f"{r['train_tokens_per_second']:,.0f} train tokens/s")
     if r.get("peak_memory_bytes") is not None:
         parts.append(f"peak memory {r['peak_memory_bytes'] / 2**20:,.1f} MiB")
+    if r.get("latency_ms") is not None:
+        parts.append(f"inference {r['latency_ms']:.3g} ms/example at batch 1" + (f", {r['latency_batch_ms']:.3g} batched" if r.get("latency_batch_ms") is not None else ""))
     where = f" on {r['device']}" if r.get("device") else ""
     return f"costs: {', '.join(parts)}{where}" if parts else "costs: not recorded"
 
@@ -210,15 +217,22 @@ def _text(x: float, y_top: float, text: str, cls: str, anchor_end: bool = False)
             f'font-size="{FONT:g}" paint-order="stroke" stroke="#fff" stroke-width="3" stroke-opacity=".85">{e(text)}</text>')
 
 
-def frontier_svg(group: pl.DataFrame, front: pl.DataFrame, full_ft: float | None, title: str, metric: str, budget: float | None) -> str:
-    """Metric vs paper fraction (log x) as inline SVG: one element per plotted trial and per
-    frontier point, each with a <title> (variant in words, metric ± interval, params, costs) that
-    the browser shows on hover; frontier labels placed by `place_labels` (no two overlap)."""
+def frontier_svg(group: pl.DataFrame, front: pl.DataFrame, full_ft: float | None, title: str, metric: str, budget: float | None,
+                 x_col: str = "paper_fraction", x_label: str = "paper parameter fraction (log scale)", staircase: bool = True) -> str:
+    """Metric vs paper fraction (log x) — or vs another cost column `x_col` (linear x) — as inline
+    SVG: one element per plotted trial and per frontier point, each with a <title> (variant in
+    words, metric ± interval, params, costs) that the browser shows on hover; frontier labels
+    placed by `place_labels` (no two overlap). `staircase` joins the frontier points (only
+    meaningful when the frontier trades the metric against this one cost)."""
+    log_x = x_col == "paper_fraction"
     pts, layers = trial_layers(group)
-    keyed = [(key, r) for key, _, cond in layers for r in pts.filter(cond).iter_rows(named=True)]
-    frows = list(front.iter_rows(named=True))
-    lx = [math.log10(max(r["paper_fraction"], FRACTION_FLOOR)) for _, r in keyed] + \
-         [math.log10(max(r["paper_fraction"], FRACTION_FLOOR)) for r in frows] + ([math.log10(budget)] if budget else [])
+    keyed = [(key, r) for key, _, cond in layers for r in pts.filter(cond).iter_rows(named=True) if r.get(x_col) is not None]
+    frows = [r for r in front.iter_rows(named=True) if r.get(x_col) is not None]
+
+    def tx(v: float) -> float:
+        return math.log10(max(v, FRACTION_FLOOR)) if log_x else float(v)
+
+    lx = [tx(r[x_col]) for _, r in keyed] + [tx(r[x_col]) for r in frows] + ([math.log10(budget)] if budget and log_x else [])
     ys = [r["metric"] for _, r in keyed] + [v for r in frows for v in (r["metric"], r.get("metric_lo"), r.get("metric_hi")) if v is not None]
     ys += [full_ft] if full_ft is not None else []
     xlo, xhi = (min(lx), max(lx)) if lx else (-4.0, 0.0)
@@ -230,21 +244,23 @@ def frontier_svg(group: pl.DataFrame, front: pl.DataFrame, full_ft: float | None
     x0, y0, x1, y1 = PLOT
 
     def px(f: float) -> float:
-        return x0 + (math.log10(max(f, FRACTION_FLOOR)) - xlo) / (xhi - xlo) * (x1 - x0)
+        return x0 + (tx(f) - xlo) / (xhi - xlo) * (x1 - x0)
 
     def py(m: float) -> float:
         return y1 - (m - ylo) / (yhi - ylo) * (y1 - y0)
 
     out = [f'<svg class="plot frontier-plot" viewBox="0 0 {SVG_W} {SVG_H}" width="{SVG_W}" height="{SVG_H}" '
-           f'font-family="sans-serif"><title>{e(title)}: {e(metric)} vs paper fraction</title>',
+           f'font-family="sans-serif" data-x="{e(x_col)}"><title>{e(title)}: {e(metric)} vs {e(x_label)}</title>',
            f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" fill="none" stroke="#bbb"/>',
            f'<text x="{(x0 + x1) / 2}" y="20" text-anchor="middle" font-size="13">{e(title)}</text>',
-           f'<text x="{(x0 + x1) / 2}" y="{SVG_H - 8}" text-anchor="middle" font-size="{FONT:g}">paper parameter fraction (log scale)</text>',
+           f'<text x="{(x0 + x1) / 2}" y="{SVG_H - 8}" text-anchor="middle" font-size="{FONT:g}">{e(x_label)}</text>',
            f'<text transform="translate(16 {(y0 + y1) / 2}) rotate(-90)" text-anchor="middle" font-size="{FONT:g}">{e(metric)}</text>']
-    for t in _log_ticks(xlo, xhi):
+    xstep = _nice_step(xhi - xlo)
+    xticks = _log_ticks(xlo, xhi) if log_x else [k * xstep for k in range(math.ceil(xlo / xstep), math.floor(xhi / xstep) + 1)]
+    for t in xticks:
         x = x0 + (t - xlo) / (xhi - xlo) * (x1 - x0)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}"/>'
-                   f'<text x="{x:.1f}" y="{y1 + 15}" text-anchor="middle" font-size="10">{e(pct(10**t))}</text>')
+                   f'<text x="{x:.1f}" y="{y1 + 15}" text-anchor="middle" font-size="10">{e(pct(10**t) if log_x else f"{t:.4g}")}</text>')
     step = _nice_step(yhi - ylo)
     for k in range(math.ceil(ylo / step), math.floor(yhi / step) + 1):
         y = py(k * step)
@@ -252,7 +268,7 @@ def frontier_svg(group: pl.DataFrame, front: pl.DataFrame, full_ft: float | None
                    f'<text x="{x0 - 5}" y="{y + 3.5:.1f}" text-anchor="end" font-size="10">{k * step:.4g}</text>')
     obstacles: list[Box] = []
     h = round(FONT * 1.3, 1)
-    if budget:
+    if budget and log_x:
         bx, text = px(budget), f"budget {pct(budget)}"
         w, right = text_width(text), px(budget) + 3 + text_width(text) <= x1
         obstacles.append((bx + 3, y0 + 2, bx + 3 + w, y0 + 2 + h) if right else (bx - 3 - w, y0 + 2, bx - 3, y0 + 2 + h))
@@ -267,13 +283,15 @@ def frontier_svg(group: pl.DataFrame, front: pl.DataFrame, full_ft: float | None
                    + _text(x0 + 3, top, text, "full-ft-label"))
     for key, r in keyed:
         out.append(f'<g class="trial-point {key}" data-trial="{e(r["trial"])}"><title>{e(_trial_tip(r, key, metric, budget))}</title>'
-                   f'{_marker(key, px(r["paper_fraction"]), py(r["metric"]))}</g>')
+                   f'{_marker(key, px(r[x_col]), py(r["metric"]))}</g>')
     if frows:
-        xy = [(px(r["paper_fraction"]), py(r["metric"])) for r in frows]
-        path = f"M{xy[0][0]:.1f},{xy[0][1]:.1f}" + "".join(f"H{x:.1f}V{y:.1f}" for x, y in xy[1:])
-        out.append(f'<path class="frontier-line" d="{path}" fill="none" stroke="#000" stroke-width="1.5"/>')
+        frows.sort(key=lambda r: r[x_col])
+        xy = [(px(r[x_col]), py(r["metric"])) for r in frows]
+        if staircase:
+            path = f"M{xy[0][0]:.1f},{xy[0][1]:.1f}" + "".join(f"H{x:.1f}V{y:.1f}" for x, y in xy[1:])
+            out.append(f'<path class="frontier-line" d="{path}" fill="none" stroke="#000" stroke-width="1.5"/>')
         names = [short_name(r) for r in frows]
-        avoid = [(px(r["paper_fraction"]), py(r["metric"])) for _, r in keyed] + xy + step_samples(xy)
+        avoid = [(px(r[x_col]), py(r["metric"])) for _, r in keyed] + xy + (step_samples(xy) if staircase else [])
         boxes = place_labels(xy, [(text_width(n) + 2, h) for n in names], PLOT, obstacles=obstacles, avoid=avoid, radius=7.0)
         for r, (x, y), name, box in zip(frows, xy, names, boxes, strict=True):
             tip = e(_front_tip(r, metric))
@@ -304,11 +322,15 @@ def section(i: int, sec: dict[str, Any]) -> str:
     title = f"{s['task']} / {s['model']}"
     parts = [f'<h2 id="{_anchor(i)}">{e(title)}</h2>', "<ul>" + "".join(f"<li>{e(x)}</li>" for x in sentences(sec)) + "</ul>",
              f'<p class="muted">{e(hv_reference_text(sec))}.</p>',
-             "<h3>Efficiency frontier</h3>",
-             frontier_svg(sec["group"], s["frontier_rows"], s["full_ft"], title, s["main_metric"], s["budget_fraction"]), legend(sec["group"]),
+             "<h3>Efficiency frontier</h3>", f'<p class="muted">{e(objectives_text(s))}</p>',
+             frontier_svg(sec["group"], s["frontier_rows"], s["full_ft"], title, s["main_metric"], s["budget_fraction"],
+                          staircase=tuple(s.get("objectives", DEFAULT_OBJECTIVES)) == DEFAULT_OBJECTIVES),
+             *(frontier_svg(sec["group"], s["frontier_rows"], s["full_ft"], title, s["main_metric"], None, x_col=COSTS[o].column,
+                            x_label=COSTS[o].label, staircase=False) for o in s.get("objectives", DEFAULT_OBJECTIVES)[1:] if o != "params"),
+             legend(sec["group"]),
              f'<details class="fallback"><summary>The same plot as a static image (PNG)</summary>'
              f'{img(sec["png_frontier"], f"{title}: metric vs paper fraction")}</details>',
-             frontier_table(s["frontier_rows"], s["main_metric"]),
+             frontier_table(s["frontier_rows"], s["main_metric"], s.get("objectives", DEFAULT_OBJECTIVES)),
              "<h3>What drives it (matched budgets)</h3>", findings_table(sec["findings"]),
              img(sec["png_effects"], f"{title}: per-dimension comparison"), effects_table(sec["effects"]),
              "<h3>Hypervolume vs trials</h3>", img(sec["png_hv"], f"{title}: hypervolume vs trials"),

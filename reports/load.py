@@ -44,6 +44,8 @@ SCHEMA: dict[str, Any] = {
     # the trivial baseline on the same eval set and that set's size
     "representation": pl.Utf8, "parent": pl.Int64, "lr_scale": pl.Float64, "lr_json": pl.Utf8,
     "baseline_metric": pl.Float64, "baseline": pl.Utf8, "eval_examples": pl.Int64, "weights_step": pl.Int64,
+    # inference latency of the trained variant (ms per example; LoRA merged when it can be): batch 1 and the eval batch
+    "latency_ms": pl.Float64, "latency_batch_ms": pl.Float64,
 }
 
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -130,6 +132,9 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
                 "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "device", "seed", "parent", "baseline_metric", "baseline",
                 "eval_examples", "weights_step"):
         row[key] = record.get(key)
+    latency = record.get("latency")
+    if isinstance(latency, dict):
+        row["latency_ms"], row["latency_batch_ms"] = latency.get("batch1_ms"), latency.get("batch_ms_per_example")
     lr = record.get("lr")
     if isinstance(lr, dict):
         row["lr_json"] = json.dumps(lr, sort_keys=True, default=str)

@@ -1,7 +1,7 @@
 """Uncertainty for every number a report states: seed intervals, paired verdicts, the chance bar.
 
 A frontier measured with one seed ranks the noise: on SST-2 / MiniLM the seed spread is about
-±2 points (std over 3 seeds 0.8–2.9, DESIGN.md §7) while the paper's within-adapter lessons are
+±2 points (std over 3 seeds 0.8–2.9) while the paper's within-adapter lessons are
 0.5–1.5-point effects. So:
 
 - a design point's metric is the mean over its seeds, with a Student-t confidence interval

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from unipetl.reports.frontier import DECADES, FRACTION_FLOOR, REF_FRACTION
+from unipetl.reports.objectives import COSTS
+from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 
 
 def pct(fraction: float | None) -> str:
@@ -86,6 +88,31 @@ def sentences(section: dict[str, Any]) -> list[str]:
     return out
 
 
+def objectives_text(s: dict[str, Any]) -> str:
+    """What the section's frontier trades, in words (reports.objectives)."""
+    objectives = s.get("objectives", DEFAULT_OBJECTIVES)
+    arrow = "↑" if s.get("higher_is_better", True) else "↓"
+    parts = [f"{s.get('main_metric') or 'metric'} {arrow}"] + [f"{COSTS[o].label} ↓" for o in objectives[1:]]
+    note = "; latency measured with LoRA merged into the weights where it can be" if any(o.startswith("latency") for o in objectives) else ""
+    return "Frontier over " + ", ".join(parts) + " (a point is on it when no other point is at least as good on every objective and better on one)" + note
+
+
+def cost_cells(row: dict[str, Any], objectives: list[str]) -> list[str]:
+    """The row's value of each cost objective, formatted with its unit ('–' when not measured)."""
+    out = []
+    for o in objectives:
+        v = row.get(COSTS[o].column)
+        if v is None:
+            out.append("–")
+        elif o == "memory":
+            out.append(f"{v / 2**20:,.1f} MiB")
+        elif o == "params":
+            out.append(pct(v))
+        else:
+            out.append(f"{v:.4g}")
+    return out
+
+
 def interval(row: dict[str, Any]) -> str:
     """`0.8123 ± 0.0110 (95 % CI, 3 seeds)`, or the value and "1 seed" when there is no interval."""
     if row.get("metric") is None:
@@ -126,9 +153,13 @@ def markdown(sections: list[dict[str, Any]], sources: list[str]) -> str:
         lines += [f"- {_md_escape(x)}" for x in sentences(sec)]
         front = s["frontier_rows"]
         if not front.is_empty():
-            lines += ["", "| fraction | " + _md_escape(s["main_metric"]) + " (seed mean ± 95 % CI) | lead over cheaper | variant | learning rates | nearest named | gap to full FT |",
-                      "|---|---|---|---|---|---|---|"]
+            extra = [o for o in s.get("objectives", DEFAULT_OBJECTIVES)[1:] if o != "params"]
+            lines += ["", _md_escape(objectives_text(s)) + ".", "",
+                      "| fraction | " + "".join(f"{_md_escape(COSTS[o].label)} | " for o in extra) + _md_escape(s["main_metric"])
+                      + " (seed mean ± 95 % CI) | lead over cheaper | variant | learning rates | nearest named | gap to full FT |",
+                      "|---|" + "---|" * len(extra) + "---|---|---|---|---|---|"]
             for r in front.iter_rows(named=True):
-                lines.append(f"| {pct(r['paper_fraction'])} | {_md_escape(interval(r))} | {_md_escape(r.get('vs_cheaper') or '—')} | {_md_escape(r['description'])} | "
+                costs = "".join(f"{c} | " for c in cost_cells(r, extra))
+                lines.append(f"| {pct(r['paper_fraction'])} | {costs}{_md_escape(interval(r))} | {_md_escape(r.get('vs_cheaper') or '—')} | {_md_escape(r['description'])} | "
                              f"{_md_escape(lr_text(r).lstrip(', '))} | {_md_escape(r['like'])} | {num(r['gap_to_full'])} |")
     return "\n".join(lines) + "\n"

@@ -230,3 +230,27 @@ def test_search_efficiency_quick(tmp_path: Path) -> None:
         assert hv == sorted(hv) and hv[-1] > 0  # a hypervolume never shrinks as trials are added
     assert [p["preset"] for p in data["histories"]["grid"]] == search_efficiency.grid_presets(3)
     assert all(p["preset"] is None for p in data["histories"]["random"])
+
+
+@pytest.mark.slow
+def test_gpu_check_code_path_on_cpu(tmp_path: Path) -> None:
+    """The GPU check's code path, smoke-sized on the CPU (the real run needs a CUDA machine)."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--workers", "2", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["trials"]) == {"lora", "mam", "full"} and all(r["status"] == "ok" and r["steps"] == 3 for r in res["trials"].values())
+    assert res["trials"]["lora"]["latency"]["merged"] > 0 and res["trials"]["mam"]["latency"]["merged"] == 0
+    agree = res["bf16_vs_fp32_mam"]
+    assert agree["examples"] == 32 and 0.0 <= agree["prediction_agreement"] <= 1.0 and agree["max_abs_prob_diff"] < 0.1
+    assert res["concurrent"]["returncode"] == 0 and res["concurrent"]["states"]["COMPLETE"] == 4
+
+
+def test_gpu_check_refuses_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal path does not apply")  # CI machines have none
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and not (tmp_path / "x.json").exists()

@@ -63,7 +63,7 @@ test: venv
 test-all: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -m "" --timeout 1800
 
-## benchmarks (issue 7) at their CPU-sized defaults; results under benchmarks/out/, summary in benchmarks/RESULTS.md
+## benchmarks at their CPU-sized defaults; results under benchmarks/out/, summary in benchmarks/RESULTS.md
 bench: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py

@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/reproduce_sst2.py --methods pa-ffn,sa-ffn --budgets 0.001
     .venv/bin/python benchmarks/reproduce_sst2.py --report-only   # the tables from the records on disk
 
-Protocol (DESIGN.md §7: a comparison of designs at one learning rate is a comparison of rates):
+Protocol (a comparison of designs at one learning rate is a comparison of rates):
 
 - Sizes: each sized method gets the largest size whose paper count fits the budget (0.1 % and
   0.5 % of MiniLM's backbone), from the analytic accounting (`size_preset`); a method whose

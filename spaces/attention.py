@@ -3,7 +3,7 @@
 transformers 5.x routes every attention of the supported families through
 `ALL_ATTENTION_FUNCTIONS[config._attn_implementation](module, query, key, value, mask, ...)`,
 after the projections, RoPE and the KV-cache update. That is the one point where prefix tuning
-can be the *exact* concat of learned keys / values (DESIGN.md §1):
+can be the *exact* concat of learned keys / values (the identity tests/test_prefix_identity.py checks):
 
 - prefix keys are concatenated after RoPE (they are not rotated) and after the cache update
   (they are never cached, so generation with a cache prepends them at every step and beam
@@ -13,7 +13,7 @@ can be the *exact* concat of learned keys / values (DESIGN.md §1):
 
 We register `unipetl_sdpa` / `unipetl_eager` in `AttentionInterface` *and* the matching mask
 builders in `AttentionMaskInterface`: without the latter transformers builds no mask at all and
-padding is silently ignored (DESIGN.md §5). Modules without head-wise slots pass straight
+padding is silently ignored. Modules without head-wise slots pass straight
 through to the wrapped implementation, so everything else is unchanged.
 """
 

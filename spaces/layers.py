@@ -1,8 +1,9 @@
 """The nn modules a variant inserts: adapters, LoRA factors, head-wise prefixes, prompts.
 
-Every module can report its *paper* parameter count (DESIGN.md §2) so the realized model can be
-checked against `unipetl.spaces.accounting` exactly. Every parallel / LoRA / scaled module starts as an
-exact no-op (W_up = 0, B = 0, P_v = 0 for MH PA) so a fresh variant computes the base model.
+Every module can report its *paper* parameter count (README, "Parameter accounting") so the
+realized model can be checked against `unipetl.spaces.accounting` exactly. Every parallel / LoRA /
+scaled module starts as an exact no-op (W_up = 0, B = 0, P_v = 0 for MH PA) so a fresh variant
+computes the base model.
 Names of inserted parameters contain `petl` because the attributes holding these modules on
 the host model are all called `petl_*`.
 """

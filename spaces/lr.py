@@ -1,6 +1,6 @@
 """Learning rate as part of the design: one central rate per kind of trained parameter.
 
-Methods differ by an order of magnitude in the step size they need (DESIGN.md §7): on SST-2 /
+Methods differ by an order of magnitude in the step size they need: on SST-2 /
 MiniLM (4,000 sentences, 1 epoch, batch 32), LoRA r=8 stays at chance at 1e-4 and reaches 80 %
 at 2e-3; prefix slots need ~2e-2; full fine-tuning ~1e-4. A comparison of designs at one rate
 is a comparison of rates, so every trained parameter belongs to a *kind*, every kind has its

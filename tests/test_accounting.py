@@ -1,4 +1,4 @@
-"""Analytic parameter accounting against the paper's exact counts (DESIGN.md §2)."""
+"""Analytic parameter accounting against the paper's exact counts (README, "Parameter accounting")."""
 
 from __future__ import annotations
 

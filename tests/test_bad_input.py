@@ -1,4 +1,4 @@
-"""Bad input across the CLI (issue 8.5): one clear error line, exit code 2, nothing stored changed.
+"""Bad input across the CLI: one clear error line, exit code 2, nothing stored changed.
 
 Every case runs against a storage that already holds a study; the SQLite file's bytes and the
 study's trials are compared before and after. Hostile files (huge, binary, YAML with python

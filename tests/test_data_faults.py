@@ -90,7 +90,7 @@ def test_changing_a_task_field_in_one_process_gives_the_new_data(tmp_path: Path,
     assert read(_prepare(second), second) == want
 
 
-def test_the_issue_case_same_name_other_label_field(tmp_path: Path) -> None:
+def test_same_task_name_with_another_label_field_gets_its_own_labels(tmp_path: Path) -> None:
     _jsonl(tmp_path / "train.jsonl", ROWS)
     b = _task_file(tmp_path, "b.yaml", BASE.replace("label_field: a", "label_field: b"))
     a = _task_file(tmp_path, "a.yaml", BASE)

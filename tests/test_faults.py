@@ -1,4 +1,4 @@
-"""Trials that fail (issue 8.4): NaN loss, an exception in the model, CPU / CUDA out-of-memory.
+"""Trials that fail: NaN loss, an exception in the model, CPU / CUDA out-of-memory.
 
 The real evaluator fine-tunes a tiny BERT; the fault is injected into the model's code
 (`BertOutput.forward`, i.e. a bug or an allocation failure inside a transformer layer) with the
@@ -16,7 +16,6 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from test_search import data_dir  # noqa: F401 - the fixture is reused
 from transformers.models.bert import modeling_bert
 
 from unipetl.reports.build import build_sections
@@ -70,7 +69,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, kinds: list[str]) -> dict[str, int]
     return state
 
 
-def test_failed_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, data_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_failed_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, data_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path}/f.db"
     spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="f", data_dir=data_dir, max_failures=len(FAULTS),
                              space={"presets": ["lora"]}, pruner="none", train=dict(TRAIN))

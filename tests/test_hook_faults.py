@@ -1,4 +1,4 @@
-"""Silent numeric faults of hooks, one table per fault kind (DESIGN.md §9), every family.
+"""Silent numeric faults of hooks, one table per fault kind, every family.
 
 1. soft prompts and padding: a row's outputs do not depend on the padding around it (side,
    batch composition) for any head — classification heads pool the right token;

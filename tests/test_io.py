@@ -1,5 +1,5 @@
 """Save → load a variant into a fresh base model: identical logits, only the trained tensors stored,
-mismatches refused with one clear line, safetensors only (issue 3 point 4, issue 8 points 5–6)."""
+mismatches refused with one clear line, safetensors only."""
 
 from __future__ import annotations
 

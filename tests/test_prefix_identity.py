@@ -1,4 +1,4 @@
-"""The prefix identity of DESIGN.md §1, checked numerically on every attention kind.
+"""The prefix identity, checked numerically on every attention kind.
 
     Attn(q, [P_k; K], [P_v; V]) = (1 − λ)·Attn(q, K, V) + λ·softmax(q P_kᵀ) P_v
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
-from test_search import FAST, data_dir, search_args  # noqa: F401 - the fixture is reused
+from helpers import search_args
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -34,7 +34,7 @@ def always_prune(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(studies, "make_pruner", lambda attrs: PruneAfterFirstReport() if attrs["mode"] == "budget" else real(attrs))
 
 
-def test_pruned_trials_are_recorded_partial_and_count_toward_trials(tmp_path: Path, data_dir: str, always_prune: None,  # noqa: F811
+def test_pruned_trials_are_recorded_partial_and_count_toward_trials(tmp_path: Path, data_dir: str, always_prune: None,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path}/p.db"
     args = search_args(url, "p", data_dir, "--study-file", str(_file(tmp_path, "[lora]")), trials=3)
@@ -59,7 +59,7 @@ def test_pruned_trials_are_recorded_partial_and_count_toward_trials(tmp_path: Pa
     assert len(studies.load(url, "p").get_trials()) == 3
 
 
-def test_frontier_studies_are_never_pruned(tmp_path: Path, data_dir: str, always_prune: None) -> None:  # noqa: F811
+def test_frontier_studies_are_never_pruned(tmp_path: Path, data_dir: str, always_prune: None) -> None:
     url = f"sqlite:///{tmp_path}/f.db"
     assert main(search_args(url, "f", data_dir, "--mode", "frontier", "--study-file", str(_file(tmp_path, "[lora]")), trials=2)) == 0
     study = studies.load(url, "f")

@@ -1,4 +1,4 @@
-"""Crashes and dead nodes (issue 8.1, 8.2): after resume the study holds exactly its trials.
+"""Crashes and dead nodes: after resume the study holds exactly its trials.
 
 - `test_crash_at_random_points_*`: 20 iterations against SQLite and against PostgreSQL. Each
   starts a driver (`unipetl search`) or a worker (`python -m unipetl.search.worker`) process and SIGKILLs
@@ -6,7 +6,7 @@
   storage write of the result, or between trials. Then the same search is run again (`search`
   when creation never finished, else `resume`) and the study must hold exactly `--trials`
   COMPLETE trials, each with a complete record, none lost and none counted twice.
-  The evaluator is `crash_runner` below, plugged in through the documented `UNIPETL_RUNNER`
+  The evaluator is `helpers.crash_runner`, plugged in through the documented `UNIPETL_RUNNER`
   hook: it "trains" for a few hundred ms and returns a full record, so 20 iterations fit in
   a minute or two; the fault handling under test is the worker's and the storage's, not the model's.
 - `test_ray_two_node_cluster_node_dies_mid_trial`: a head and a second Ray node started with
@@ -33,6 +33,7 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import CRASH_RUNNER, NEG, POS
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -45,32 +46,8 @@ HB = ["--heartbeat-interval", "1", "--grace-period", "2"]
 KILL_POINTS = ("creation", "training", "storage_write", "between_trials")
 
 
-def crash_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
-    """A stand-in evaluator: sleeps UNIPETL_TEST_TRAIN_MS, reports once, returns a complete record.
-
-    With UNIPETL_TEST_CALL_LOG set, every call appends a line to that file. With UNIPETL_TEST_KILL_AFTER_MS set, the process SIGKILLs itself that many ms after returning
-    the record, i.e. while the worker writes it to the storage."""
-    from unipetl.evaluators.record import make_record
-
-    time.sleep(int(os.environ.get("UNIPETL_TEST_TRAIN_MS", "200")) / 1000)
-    if log := os.environ.get("UNIPETL_TEST_CALL_LOG"):  # one line per evaluation, appended atomically (load test)
-        with open(log, "a") as fh:
-            fh.write(f"{os.getpid()} {preset or variant.describe()}\n")
-    metric = 0.5 + 0.01 * len(variant.modules)
-    report(1, metric)
-    kill_ms = os.environ.get("UNIPETL_TEST_KILL_AFTER_MS")
-    if kill_ms is not None:
-        threading.Timer(float(kill_ms) / 1000, os.kill, (os.getpid(), signal.SIGKILL)).start()
-    return make_record(status="ok", error=None, task=attrs["task"], model=attrs["model"], variant=variant.to_dict(), variant_description=variant.describe(),
-                       preset=preset, paper_params=1000, trainable_params=1000, head_params=66, base_params=100000, paper_percent=1.0,
-                       paper_fraction=0.01, trainable_percent=1.0, trainable_fraction=0.01, metrics={"accuracy": metric}, main_metric="accuracy",
-                       higher_is_better=True, metric=metric, best_step=1, curve=[{"step": 1, "loss": 0.5, "metrics": {"accuracy": metric}}],
-                       wall_seconds=0.3, train_tokens_per_second=0.0, step_seconds=0.3, peak_memory_bytes=0, device="cpu", seed=0,
-                       train_settings={}, fidelity="final")
-
-
 def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, UNIPETL_RUNNER="test_reliability:crash_runner", PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+    return dict(os.environ, UNIPETL_RUNNER=CRASH_RUNNER, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
                 OMP_NUM_THREADS="1", **extra)
 
 
@@ -118,7 +95,7 @@ def _one_crash(url: str, name: str, point: str, rng: random.Random) -> None:
 
 
 def _recover(url: str, name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("UNIPETL_RUNNER", "test_reliability:crash_runner")
+    monkeypatch.setenv("UNIPETL_RUNNER", CRASH_RUNNER)
     monkeypatch.delenv("UNIPETL_TEST_KILL_AFTER_MS", raising=False)
     monkeypatch.setenv("UNIPETL_TEST_TRAIN_MS", "50")
     time.sleep(2.2)  # past the grace period: a killed trial is stale now
@@ -287,8 +264,6 @@ def test_ray_two_node_cluster_node_dies_mid_trial(tmp_path: Path, monkeypatch: p
 
 def _tiny_sst2(root: Path) -> str:
     import json
-
-    from test_search import NEG, POS
 
     rng = random.Random(0)
     (root / "sst2").mkdir(parents=True)

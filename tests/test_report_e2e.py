@@ -2,8 +2,8 @@
 
 Studies are built with optuna directly (`make_study_with_optuna`), trial records shaped like the
 shared contract in each trial's user attribute "record", with running, waiting, failed and
-pruned trials. `make_study_with_search_cli` builds one through `unipetl search` instead, for when
-that command exists (issue: search); switch `study_url` to it then.
+pruned trials, so the expected frontier is known exactly. `make_study_with_search_cli` builds one
+through the real `unipetl search` instead.
 """
 
 from __future__ import annotations

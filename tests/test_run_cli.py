@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DATA
 from safetensors.torch import load_file
 
-from tests.test_tasks import DATA
 from unipetl.evaluators.models import load_model
 from unipetl.evaluators.tasks import get_task
 from unipetl.search.cli import main

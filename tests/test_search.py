@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import search_args
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -23,25 +23,6 @@ from unipetl.spaces.search_space import DEFAULT_PRESETS, budget_params, size_pre
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-POS, NEG = ["good", "great", "fine", "lovely", "superb"], ["bad", "awful", "poor", "dull", "boring"]
-FAST = ["--max-train-examples", "48", "--max-eval-examples", "24", "--max-steps", "2", "--batch-size", "8", "--eval-every", "1", "--max-length", "16",
-        "--seeds", "1"]  # extra seeds have tests of their own (test_seeds.py)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A small SST-2 layout (sst2/train.jsonl, sst2/dev.jsonl) with a learnable signal."""
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    (root / "sst2").mkdir()
-    for split, n in (("train", 64), ("dev", 32)):
-        with open(root / "sst2" / f"{split}.jsonl", "w") as fh:
-            for i in range(n):
-                label = i % 2
-                words = rng.choices(POS if label else NEG, k=3) + rng.choices(["the", "movie", "was", "a", "plot"], k=3)
-                rng.shuffle(words)
-                fh.write(json.dumps({"sentence": " ".join(words), "label": label}) + "\n")
-    return str(root)
 
 
 def cli(*argv: str) -> int:
@@ -50,11 +31,6 @@ def cli(*argv: str) -> int:
 
 def load(url: str, name: str) -> optuna.Study:
     return studies.load(url, name)
-
-
-def search_args(url: str, name: str, data_dir: str, *extra: str, trials: int = 3, budget: str = "5%") -> list[str]:
-    return ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", budget, "--trials", str(trials), "--storage", url, "--study", name,
-            "--data-dir", data_dir, "--no-progress", *FAST, *extra]
 
 
 def test_budget_study_end_to_end(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:

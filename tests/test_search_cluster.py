@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
+from helpers import FAST
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -35,7 +35,7 @@ def _check(url: str, name: str, trials: int) -> None:
     assert all(t.user_attrs["record"]["schema"] == 1 for t in study.get_trials())
 
 
-def test_postgresql_two_workers(data_dir: str) -> None:  # noqa: F811
+def test_postgresql_two_workers(data_dir: str) -> None:
     if not _pg_available():
         pytest.fail(f"PostgreSQL is not reachable at {PG}")
     name = f"pg-{uuid.uuid4().hex[:10]}"
@@ -47,7 +47,7 @@ def test_postgresql_two_workers(data_dir: str) -> None:  # noqa: F811
         optuna.delete_study(study_name=name, storage=PG)
 
 
-def test_ray_workers_local(data_dir: str, tmp_path: Path) -> None:  # noqa: F811
+def test_ray_workers_local(data_dir: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ray.db"
     assert main(["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "r",
                  "--data-dir", data_dir, "--workers", "2", "--ray", "--no-progress", *FAST]) == 0

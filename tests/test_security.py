@@ -1,4 +1,4 @@
-"""Security (issue 8.6): safetensors only, YAML safe loader, no password in any output, escaped HTML.
+"""Security: safetensors only, YAML safe loader, no password in any output, escaped HTML.
 
 - Saved variants load without unpickling: torch.load and every pickle entry point are made to
   explode while a variant is saved and loaded; a directory holding only a pickle is refused.

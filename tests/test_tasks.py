@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers import DATA
 
 from unipetl.evaluators.data import load_split, prepare
 from unipetl.evaluators.models import load_model
@@ -14,10 +14,6 @@ from unipetl.evaluators.tasks import TASKS, get_task
 from unipetl.evaluators.trial import TrialConfig, run_trial
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
-
-DATA = os.environ.get("UNIPETL_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
-if not Path(DATA).is_dir():
-    DATA = "/work/shared/data"
 
 # (task, tiny model of a fitting family, preset, eval split sizes expected from the shared data)
 CASES = [

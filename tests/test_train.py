@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from helpers import DATA
 
-from tests.test_tasks import DATA
 from unipetl.evaluators import train as train_mod
 from unipetl.evaluators.record import RECORD_KEYS
 from unipetl.evaluators.trial import TrialConfig, run_trial

@@ -1,0 +1,72 @@
+"""Constants and functions shared by the tests (fixtures live in conftest.py).
+
+Not a test module: tests import it as `helpers` (pytest puts tests/ on sys.path), and worker
+processes started by the tests load `crash_runner` through `UNIPETL_RUNNER="helpers:crash_runner"`
+with tests/ on their PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# The shared GLUE / XSum / WMT data: $UNIPETL_DATA_DIR, else ../shared/data next to the checkout.
+DATA = os.environ.get("UNIPETL_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+if not Path(DATA).is_dir():
+    DATA = "/work/shared/data"
+
+POS, NEG = ["good", "great", "fine", "lovely", "superb"], ["bad", "awful", "poor", "dull", "boring"]
+FAST = ["--max-train-examples", "48", "--max-eval-examples", "24", "--max-steps", "2", "--batch-size", "8", "--eval-every", "1", "--max-length", "16",
+        "--seeds", "1"]  # extra seeds have tests of their own (test_seeds.py)
+CRASH_RUNNER = "helpers:crash_runner"  # the UNIPETL_RUNNER spec of `crash_runner`
+
+
+def write_tiny_sst2(root: Path) -> str:
+    """A small SST-2 layout (sst2/train.jsonl, sst2/dev.jsonl) with a learnable signal; returns `root`."""
+    rng = random.Random(0)
+    (root / "sst2").mkdir(parents=True)
+    for split, n in (("train", 64), ("dev", 32)):
+        with open(root / "sst2" / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                label = i % 2
+                words = rng.choices(POS if label else NEG, k=3) + rng.choices(["the", "movie", "was", "a", "plot"], k=3)
+                rng.shuffle(words)
+                fh.write(json.dumps({"sentence": " ".join(words), "label": label}) + "\n")
+    return str(root)
+
+
+def search_args(url: str, name: str, data_dir: str, *extra: str, trials: int = 3, budget: str = "5%") -> list[str]:
+    """`unipetl search` arguments for a short budget study of a tiny BERT on `data_dir`'s SST-2."""
+    return ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", budget, "--trials", str(trials), "--storage", url, "--study", name,
+            "--data-dir", data_dir, "--no-progress", *FAST, *extra]
+
+
+def crash_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+    """A stand-in evaluator: sleeps UNIPETL_TEST_TRAIN_MS, reports once, returns a complete record.
+
+    With UNIPETL_TEST_CALL_LOG set, every call appends a line to that file. With UNIPETL_TEST_KILL_AFTER_MS set, the process SIGKILLs itself that many ms after returning
+    the record, i.e. while the worker writes it to the storage."""
+    from unipetl.evaluators.record import make_record
+
+    time.sleep(int(os.environ.get("UNIPETL_TEST_TRAIN_MS", "200")) / 1000)
+    if log := os.environ.get("UNIPETL_TEST_CALL_LOG"):  # one line per evaluation, appended atomically (load test)
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {preset or variant.describe()}\n")
+    metric = 0.5 + 0.01 * len(variant.modules)
+    report(1, metric)
+    kill_ms = os.environ.get("UNIPETL_TEST_KILL_AFTER_MS")
+    if kill_ms is not None:
+        threading.Timer(float(kill_ms) / 1000, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    return make_record(status="ok", error=None, task=attrs["task"], model=attrs["model"], variant=variant.to_dict(), variant_description=variant.describe(),
+                       preset=preset, paper_params=1000, trainable_params=1000, head_params=66, base_params=100000, paper_percent=1.0,
+                       paper_fraction=0.01, trainable_percent=1.0, trainable_fraction=0.01, metrics={"accuracy": metric}, main_metric="accuracy",
+                       higher_is_better=True, metric=metric, best_step=1, curve=[{"step": 1, "loss": 0.5, "metrics": {"accuracy": metric}}],
+                       wall_seconds=0.3, train_tokens_per_second=0.0, step_seconds=0.3, peak_memory_bytes=0, device="cpu", seed=0,
+                       train_settings={}, fidelity="final")

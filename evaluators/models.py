@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from unipetl.evaluators.data import hub_offline, split_identity, task_fingerprint, tokenizer_fingerprint, training_text
 from unipetl.evaluators.tasks import Task
+from unipetl.spaces.family_specs import tiny_family
 from unipetl.spaces.registry import Registry, UnipetlError
-from unipetl.spaces.testing import DECODERS, SEQ2SEQ, TINY_CONFIGS
+from unipetl.spaces.testing import SEQ2SEQ, TINY_CONFIGS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _head_class(task: Task, is_encoder_decoder: bool, model_type: str) -> Any:
 
     if task.kind == "seq2seq":
         if not is_encoder_decoder:
-            raise UnipetlError(f"`model` {model_type!r} is decoder-only; seq2seq task {task.name!r} needs an encoder-decoder model (bart, mbart, t5).")
+            raise UnipetlError(f"`model` {model_type!r} is decoder-only; seq2seq task {task.name!r} needs an encoder-decoder model ({', '.join(SEQ2SEQ)}).")
         return tf.AutoModelForSeq2SeqLM
     return tf.AutoModelForSequenceClassification
 
@@ -191,11 +192,12 @@ def tiny_tokenizer(task: Task, family: str, data_dir: str | None, max_train: int
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(training_text(task, data_dir, max_train), trainers.WordLevelTrainer(vocab_size=TINY_VOCAB, special_tokens=SPECIALS))
-    typed = family == "bert"  # only BERT has two token types
-    if family in SEQ2SEQ or family in DECODERS:
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", 2)])
-    else:
+    spec = tiny_family(family)
+    typed = spec.typed(family)  # two token types (BERT), else token_type_ids are not model inputs
+    if spec.arch == "encoder":  # an encoder's pooler / classifier reads the first token: <s>
         tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1", special_tokens=[("<s>", 1), ("</s>", 2)])
+    else:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", 2)])
     tok.decoder = None
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if typed else [])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
@@ -211,14 +213,13 @@ def _load_tiny(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: 
 
     family = spec.ref
     tokenizer = tiny_tokenizer(task, family, data_dir, max_train)
-    ids = {"vocab_size": len(tokenizer), "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-    if family in SEQ2SEQ:
-        ids["decoder_start_token_id"] = 0 if family == "t5" else 2
-    if family == "t5":
-        ids.pop("bos_token_id")
+    described = tiny_family(family)
+    ids = {"vocab_size": len(tokenizer), **described.special_ids()}
     if task.kind == "seq2seq":
-        if family not in SEQ2SEQ:
-            raise UnipetlError(f"`model` {spec.name!r} is decoder-only or encoder-only; seq2seq task {task.name!r} needs tiny-bart, tiny-mbart or tiny-t5.")
+        if not described.encoder_decoder:
+            names = [f"tiny-{t}" for t in SEQ2SEQ]
+            needs = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+            raise UnipetlError(f"`model` {spec.name!r} is decoder-only or encoder-only; seq2seq task {task.name!r} needs {needs}.")
         model = tiny_model(family, "seq2seq", seed=seed, **ids)
     else:
         model = tiny_model(family, "cls", seed=seed, num_labels=task.num_labels, **ids)

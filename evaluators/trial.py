@@ -141,12 +141,13 @@ def _device(name: str) -> Any:
 def _length_limit(model: Any, wanted: int, reserved: int = 0) -> int:
     """The tokenization limit, capped at the model's positions (tiny models have 128) less
     `reserved` positions (prompt tuning's l soft tokens share the input's position table)."""
+    from unipetl.spaces.family_specs import position_offset
+
     cfg = model.config
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit is None:
         return wanted
-    if cfg.model_type in ("roberta", "xlm-roberta", "camembert"):
-        limit -= 2  # positions start after the padding index
+    limit -= position_offset(cfg.model_type)  # RoBERTa's positions start after the padding index
     room = int(limit) - reserved
     if room < 1:
         raise UnipetlError(f"prompt length {reserved} leaves no room for input tokens in {cfg.model_type}'s {int(limit)} positions.")

@@ -1,104 +1,27 @@
-"""Per-family layouts: where each sublayer's input, projections and output live.
+"""What a model family's description (`unipetl.spaces.family_specs`) is used for on a live model.
 
-For every (stack, sublayer, layer) of `unipetl.spaces.accounting.site_instances` a family gives a
-`SublayerRefs`:
-- `reads`: the module whose first input is the sublayer input x — the q projection (GPT-2: the
-  fused c_attn) for attention, W_1 for the FFN. Its input is exactly what the sublayer reads:
-  the raw residual stream in post-LN BERT / BART, the pre-LayerNorm output in mBART / T5 /
-  GPT-2 / LLaMA, and the decoder-side query input for cross-attention.
-- `out`: the output projection (W_o / W_2); its output, before dropout / residual / LayerNorm,
-  is the sublayer output h that sequential adapters read and parallel modules add to.
-- `proj`: LoRA target → [(projection module, output column slice or None)]; GPT-2's fused
-  c_attn gives q / k / v as column slices; gated FFNs give W_1 = (gate, up).
-- `attn`: the module handed to the attention function (where head-wise slots live).
+- `sublayer`: where a (stack, sublayer, layer)'s input, projections and output live (the
+  family's `layout`; `SublayerRefs` is described there).
+- `install_positions`: padding-aware positions on decoder-only backbones.
+- `install_prompt`: the soft prompt on the (encoder) input path.
+
+Nothing here names a family: what differs between families is read from its description.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from unipetl.spaces.family_specs import FamilySpec, SublayerRefs, family_for
 from unipetl.spaces.layers import SoftPrompt
 from unipetl.spaces.registry import UnipetlError
-from unipetl.spaces.shapes import FAMILY_OF
-
-Proj = tuple[nn.Module, "slice | None"]
 
 
-@dataclass
-class SublayerRefs:
-    reads: nn.Module
-    out: nn.Module
-    proj: dict[str, list[Proj]] = field(default_factory=dict)
-    attn: nn.Module | None = None
-
-
-def family_of(model: nn.Module) -> str:
-    return FAMILY_OF[model.config.model_type]
-
-
-def _attn(attn: nn.Module, q: str, k: str, v: str, o: str, owner: nn.Module | None = None) -> SublayerRefs:
-    qm, km, vm = getattr(attn, q), getattr(attn, k), getattr(attn, v)
-    om = getattr(owner or attn, o)
-    return SublayerRefs(reads=qm, out=om, proj={"q": [(qm, None)], "k": [(km, None)], "v": [(vm, None)], "o": [(om, None)]}, attn=attn)
-
-
-def _ffn(w1: list[nn.Module], w2: nn.Module) -> SublayerRefs:
-    return SublayerRefs(reads=w1[0], out=w2, proj={"w1": [(m, None) for m in w1], "w2": [(w2, None)]})
-
-
-def _bert(base: Any, stack: str, sub: str, i: int) -> SublayerRefs:
-    layer = base.encoder.layer[i]
-    if sub == "self_attn":
-        return _attn(layer.attention.self, "query", "key", "value", "dense", owner=layer.attention.output)
-    return _ffn([layer.intermediate.dense], layer.output.dense)
-
-
-def _bart(base: Any, stack: str, sub: str, i: int) -> SublayerRefs:
-    layer = getattr(base, stack).layers[i]
-    if sub == "ffn":
-        return _ffn([layer.fc1], layer.fc2)
-    attn = layer.self_attn if sub == "self_attn" else layer.encoder_attn
-    return _attn(attn, "q_proj", "k_proj", "v_proj", "out_proj")
-
-
-def _t5(base: Any, stack: str, sub: str, i: int) -> SublayerRefs:
-    block = getattr(base, stack).block[i]
-    if sub == "self_attn":
-        return _attn(block.layer[0].SelfAttention, "q", "k", "v", "o")
-    if sub == "cross_attn":
-        return _attn(block.layer[1].EncDecAttention, "q", "k", "v", "o")
-    ff = block.layer[-1].DenseReluDense
-    w1 = [ff.wi_0, ff.wi_1] if hasattr(ff, "wi_0") else [ff.wi]
-    return _ffn(w1, ff.wo)
-
-
-def _gpt2(base: Any, stack: str, sub: str, i: int) -> SublayerRefs:
-    block = base.h[i]
-    if sub == "ffn":
-        return _ffn([block.mlp.c_fc], block.mlp.c_proj)
-    attn = block.attn
-    d = attn.embed_dim
-    fused = attn.c_attn
-    return SublayerRefs(
-        reads=fused,
-        out=attn.c_proj,
-        proj={"q": [(fused, slice(0, d))], "k": [(fused, slice(d, 2 * d))], "v": [(fused, slice(2 * d, 3 * d))], "o": [(attn.c_proj, None)]},
-        attn=attn,
-    )
-
-
-def _llama(base: Any, stack: str, sub: str, i: int) -> SublayerRefs:
-    layer = base.layers[i]
-    if sub == "ffn":
-        return _ffn([layer.mlp.gate_proj, layer.mlp.up_proj], layer.mlp.down_proj)
-    return _attn(layer.self_attn, "q_proj", "k_proj", "v_proj", "o_proj")
-
-
-_LAYOUTS = {"bert": _bert, "bart": _bart, "t5": _t5, "gpt2": _gpt2, "llama": _llama}
+def family_of(model: nn.Module) -> FamilySpec:
+    return family_for(model.config.model_type)
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -107,14 +30,14 @@ def backbone(model: nn.Module) -> nn.Module:
 
 
 def sublayer(model: nn.Module, stack: str, sub: str, layer: int) -> SublayerRefs:
-    return _LAYOUTS[family_of(model)](backbone(model), stack, sub, layer)
+    return family_of(model).layout(backbone(model), stack, sub, layer)
 
 
 def input_embeddings(model: nn.Module) -> nn.Module:
     """The token embedding the (encoder) input goes through."""
-    base = backbone(model)
-    if family_of(model) in ("bart", "t5"):
-        return base.encoder.embed_tokens
+    path = family_of(model).prompt_embeddings
+    if path is not None:
+        return backbone(model).get_submodule(path)
     return model.get_input_embeddings()
 
 
@@ -124,8 +47,6 @@ def input_embeddings(model: nn.Module) -> nn.Module:
 # that is x itself — or, for cross-attention k / v, the encoder states, whose tokens are the ones
 # their output rows belong to. Which tensor a gate reads is fixed here, never guessed from shapes.
 INNER_TARGETS = frozenset({"o", "w2"})
-
-DECODER_ONLY = ("gpt2", "llama")  # families without an encoder: their inputs may be left-padded
 
 
 # --- call arguments ------------------------------------------------------------------------
@@ -199,7 +120,7 @@ def install_positions(model: nn.Module) -> list[Any]:
     Only decoder-only stacks get (left-)padded inputs whose positions the model takes from the
     column index; a module-level function as the hook, so a deepcopy's hook is its own.
     """
-    if family_of(model) not in DECODER_ONLY:
+    if not family_of(model).decoder_only:  # only stacks without an encoder get left-padded inputs
         return []
     return [backbone(model).register_forward_pre_hook(_positions_pre_hook, with_kwargs=True)]
 
@@ -328,11 +249,11 @@ def install_prompt(model: nn.Module, length: int) -> list[Any]:
     gen = torch.Generator().manual_seed(0)
     rows = torch.randint(0, emb.weight.shape[0], (length,), generator=gen)
     lm_head = base is not model and model.get_output_embeddings() is not None
-    path = PromptPath(emb.weight[rows.to(emb.weight.device)], strip_output=fam in DECODER_ONLY and not lm_head)
+    path = PromptPath(emb.weight[rows.to(emb.weight.device)], strip_output=fam.decoder_only and not lm_head)
     base.petl_prompt = path
-    if fam == "bert":
+    if fam.arch == "encoder":
         return [base.register_forward_pre_hook(path.encoder_pre_hook, with_kwargs=True)]
-    if fam in ("bart", "t5"):
+    if fam.encoder_decoder:
         return [base.encoder.register_forward_pre_hook(path.encoder_pre_hook, with_kwargs=True),
                 base.decoder.register_forward_pre_hook(path.cross_pre_hook, with_kwargs=True)]
     handles = [base.register_forward_pre_hook(path.decoder_pre_hook, with_kwargs=True),

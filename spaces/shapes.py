@@ -4,7 +4,8 @@ A `ModelShape` comes from a transformers config (`shape_from_config`) or from a 
 card (`get_card`), so counting works offline for the paper's models without any weights.
 `base_params` and `bias_params` are the backbone's (`AutoModel`, e.g. `BartModel`) total and
 bias-vector parameter counts; for cards they are stored facts, for other configs they are
-counted on a meta-device instance (shapes only, no memory).
+counted on a meta-device instance (shapes only, no memory). Which config keys give a family's
+shape is in its description (`unipetl.spaces.family_specs`).
 """
 
 from __future__ import annotations
@@ -16,24 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unipetl.spaces.registry import Registry, UnipetlError
-
-Family = Literal["bert", "bart", "t5", "gpt2", "llama"]
-
-# transformers model_type → family (the realization code knows one layout per family)
-FAMILY_OF: dict[str, Family] = {
-    "bert": "bert",
-    "roberta": "bert",
-    "xlm-roberta": "bert",
-    "electra": "bert",
-    "bart": "bart",
-    "mbart": "bart",
-    "t5": "t5",
-    "mt5": "t5",
-    "gpt2": "gpt2",
-    "llama": "llama",
-    "qwen2": "llama",
-    "mistral": "llama",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +44,7 @@ class StackShape:
 @dataclass(frozen=True, slots=True)
 class ModelShape:
     model_type: str
-    family: Family
+    family: str  # the `unipetl.spaces.family_specs` family that covers model_type
     d_model: int
     vocab_size: int
     stacks: tuple[StackShape, ...]
@@ -83,47 +66,6 @@ class ModelShape:
         return asdict(self)
 
 
-def _family(model_type: str) -> Family:
-    if model_type not in FAMILY_OF:
-        raise UnipetlError(f"model type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILY_OF))}.")
-    return FAMILY_OF[model_type]
-
-
-def _stacks_from_config(cfg: Any, family: Family) -> tuple[StackShape, ...]:
-    if family == "bert":
-        h = cfg.num_attention_heads
-        return (StackShape("encoder", cfg.num_hidden_layers, h, h, cfg.hidden_size // h, cfg.intermediate_size, False, False),)
-    if family == "bart":
-        d = cfg.d_model
-        eh, dh = cfg.encoder_attention_heads, cfg.decoder_attention_heads
-        return (
-            StackShape("encoder", cfg.encoder_layers, eh, eh, d // eh, cfg.encoder_ffn_dim, False, False),
-            StackShape("decoder", cfg.decoder_layers, dh, dh, d // dh, cfg.decoder_ffn_dim, False, True),
-        )
-    if family == "t5":
-        gated = bool(getattr(cfg, "is_gated_act", False)) or str(cfg.feed_forward_proj).startswith("gated")
-        n_dec = cfg.num_decoder_layers if cfg.num_decoder_layers is not None else cfg.num_layers
-        return (
-            StackShape("encoder", cfg.num_layers, cfg.num_heads, cfg.num_heads, cfg.d_kv, cfg.d_ff, gated, False),
-            StackShape("decoder", n_dec, cfg.num_heads, cfg.num_heads, cfg.d_kv, cfg.d_ff, gated, True),
-        )
-    if family == "gpt2":
-        inner = cfg.n_inner if cfg.n_inner is not None else 4 * cfg.n_embd
-        return (StackShape("decoder", cfg.n_layer, cfg.n_head, cfg.n_head, cfg.n_embd // cfg.n_head, inner, False, False),)
-    # llama family: llama, qwen2, mistral
-    h = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or h
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // h
-    return (StackShape("decoder", cfg.num_hidden_layers, h, kv, head_dim, cfg.intermediate_size, True, False),)
-
-
-_D_MODEL_KEY = {"bert": "hidden_size", "bart": "d_model", "t5": "d_model", "gpt2": "n_embd", "llama": "hidden_size"}
-
-
-def _d_model(cfg: Any, family: Family) -> int:
-    return int(getattr(cfg, _D_MODEL_KEY[family]))
-
-
 def count_backbone(cfg: Any) -> tuple[int, int]:
     """(total, bias) parameter counts of `AutoModel.from_config(cfg)`, built on the meta device."""
     import torch
@@ -137,15 +79,17 @@ def count_backbone(cfg: Any) -> tuple[int, int]:
 
 
 def shape_from_config(cfg: Any, *, base_params: int | None = None, bias_params: int | None = None, name: str = "") -> ModelShape:
-    family = _family(cfg.model_type)
+    from unipetl.spaces.family_specs import family_for  # the descriptions import StackShape from here
+
+    family = family_for(cfg.model_type)
     if base_params is None or bias_params is None:
         base_params, bias_params = count_backbone(cfg)
     return ModelShape(
         model_type=cfg.model_type,
-        family=family,
-        d_model=_d_model(cfg, family),
+        family=family.name,
+        d_model=family.d_model(cfg),
         vocab_size=cfg.vocab_size,
-        stacks=_stacks_from_config(cfg, family),
+        stacks=family.stacks(cfg),
         base_params=base_params,
         bias_params=bias_params,
         name=name or getattr(cfg, "_name_or_path", "") or cfg.model_type,

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from unipetl.spaces.family_specs import FAMILIES, tiny_family
+
 Head = Literal["base", "cls", "seq2seq", "causal"]
 
-# small but structurally faithful: several heads, GQA for llama/qwen2, gated FFNs where the family has them
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "bert": dict(model_type="bert", vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128),
-    "roberta": dict(model_type="roberta", vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=130, pad_token_id=1, type_vocab_size=1),
-    "bart": dict(model_type="bart", vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None),
-    "mbart": dict(model_type="mbart", vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None),
-    "t5": dict(model_type="t5", vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, relative_attention_num_buckets=8),
-    "gpt2": dict(model_type="gpt2", vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0),
-    "llama": dict(model_type="llama", vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "qwen2": dict(model_type="qwen2", vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-}
+# small but structurally faithful (several heads, GQA, gated FFNs where the family has them); each
+# family's description holds its tiny configs, keyed by model_type, in registration order
+TINY_CONFIGS: dict[str, dict[str, Any]] = {t: dict(model_type=t, **cfg) for spec in FAMILIES.values() for t, cfg in spec.tiny.items()}
 
-ENCODERS = ("bert", "roberta")
-SEQ2SEQ = ("bart", "mbart", "t5")
-DECODERS = ("gpt2", "llama", "qwen2")
+ENCODERS = tuple(t for spec in FAMILIES.values() if spec.arch == "encoder" for t in spec.tiny)
+SEQ2SEQ = tuple(t for spec in FAMILIES.values() if spec.encoder_decoder for t in spec.tiny)
+DECODERS = tuple(t for spec in FAMILIES.values() if spec.decoder_only for t in spec.tiny)
 
 
 def tiny_config(name: str, **overrides: Any) -> Any:
     from transformers import AutoConfig
 
-    cfg = dict(TINY_CONFIGS[name])
+    cfg = dict(model_type=name, **tiny_family(name).tiny[name])
     cfg.update(overrides)
     return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 

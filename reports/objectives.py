@@ -58,7 +58,7 @@ def parse_objectives(text: str | list[str] | tuple[str, ...] | None) -> tuple[st
         raise UnipetlError(f"`objectives` needs at least one cost after the metric ({', '.join(COSTS)}), got {text!r}.")
     for c in costs:
         if c not in COSTS:
-            raise UnipetlError(f"`objectives`: unknown cost {c!r}; choose from {', '.join(COSTS)}.{did_you_mean(c, list(COSTS))}")
+            raise UnipetlError(f"`objectives`: unknown cost {c!r}.{did_you_mean(c, list(COSTS))}")
     if len(set(costs)) != len(costs):
         raise UnipetlError(f"`objectives` names a cost twice: {text!r}.")
     return ("metric", *costs)

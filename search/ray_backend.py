@@ -16,20 +16,21 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _worker_task(storage_url: str, study_name: str, heartbeat_interval: int, grace_period: int | None) -> int:
+def _worker_task(storage_url: str, study_name: str, heartbeat_interval: int, grace_period: int | None, max_trials: int | None = None) -> int:
     import optuna
 
     from unipetl.search.worker import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return run_worker(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    return run_worker(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_trials=max_trials)
 
 
 def run_ray_workers(storage_url: str, study_name: str, *, workers: int, address: str | None = None, gpus_per_trial: float = 0.0,
                     cpus_per_trial: float = 1.0, heartbeat_interval: int = 10, grace_period: int | None = None,
-                    init_kwargs: dict[str, Any] | None = None) -> list[int]:
+                    init_kwargs: dict[str, Any] | None = None, max_trials: list[int | None] | None = None) -> list[int]:
     """Start `workers` Ray tasks on the study and wait for them; returns trials run per task.
 
+    `max_trials[i]`: task i claims at most that many tickets (None: until the budget).
     `address`: None or "local" starts a local Ray instance (2 CPUs on these machines), any other
     value (`auto`, `ray://host:10001`, `host:6379`) joins that cluster."""
     import ray
@@ -48,7 +49,8 @@ def run_ray_workers(storage_url: str, study_name: str, *, workers: int, address:
         started = True
     try:
         remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=3)(_worker_task)
-        refs = [remote.remote(storage_url, study_name, heartbeat_interval, grace_period) for _ in range(workers)]
+        limits = max_trials or [None] * workers
+        refs = [remote.remote(storage_url, study_name, heartbeat_interval, grace_period, limits[i]) for i in range(workers)]
         return list(ray.get(refs))
     finally:
         if started:

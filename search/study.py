@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from optuna.trial import TrialState
 from unipetl.evaluators.trial import setting_type
 from unipetl.evaluators.trial import settings as trial_settings
 from unipetl.reports.load import mask_url
+from unipetl.reports.objectives import COSTS, parse_objectives
+from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from unipetl.search.mo_asha import Rungs
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
 from unipetl.spaces.shapes import ModelShape, resolve_shape, shape_from_config
@@ -42,12 +46,14 @@ STUDIES_DIR = Path(str(importlib.resources.files("unipetl.studies")))
 DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
 # the training settings a study file's `train:` block (and `unipetl search` flags) may set: TrialConfig's
 TRAIN_KEYS = tuple(f.name for f in trial_settings())
-FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train", "seeds")
+FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train", "seeds",
+             "objectives", "reduction_factor")
+PRUNERS = ("median", "hyperband", "none", "mo-asha")  # mo-asha: frontier mode (search.mo_asha); the others: budget mode
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsing (hostile or wrong file)
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 # the attrs that make two studies "the same search": a study name that exists with other values is refused
-IDENTITY = ("task", "model", "mode", "budget_fraction", "space")
+IDENTITY = ("task", "model", "mode", "budget_fraction", "space", "objectives")
 
 
 @dataclass(kw_only=True)
@@ -61,10 +67,12 @@ class StudySpec:
     storage: str = DEFAULT_STORAGE
     data_dir: str | None = None
     with_full: bool = False
-    pruner: str = "median"  # median | hyperband | none (budget mode only)
+    pruner: str = "median"  # budget mode: median | hyperband | none; frontier mode: none | mo-asha (median means none there)
     sampler: str = "tpe"  # tpe | random
     max_failures: int | None = None  # replacement tickets for failed trials (default: trials)
     seeds: int = 3  # seeds per frontier point and named method (1 = no re-runs); extra seeds are trials of their own
+    objectives: str | list[str] | None = None  # frontier mode: what the front trades (reports.objectives); None: metric, params
+    reduction_factor: int = 3  # mo-asha: keep the top 1/η at each rung
     space: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -75,8 +83,18 @@ class StudySpec:
             raise UnipetlError(f"`trials` should be a positive integer, got {self.trials!r}.")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
             raise UnipetlError(f"`seeds` should be an integer in 1..20, got {self.seeds!r}.")
-        if self.pruner not in ("median", "hyperband", "none"):
-            raise UnipetlError(f"`pruner` must be median, hyperband or none, got {self.pruner!r}.")
+        if self.pruner not in PRUNERS:
+            raise UnipetlError(f"`pruner` must be one of {', '.join(PRUNERS)}, got {self.pruner!r}.{did_you_mean(str(self.pruner), PRUNERS)}")
+        if self.pruner == "mo-asha":
+            if self.mode != "frontier":
+                raise UnipetlError("`pruner` mo-asha prunes frontier-mode studies; budget mode uses median or hyperband.")
+            if not self.train.get("eval_every"):
+                raise UnipetlError("`pruner` mo-asha needs `train.eval_every` (the first rung, in optimizer steps; rungs at eval_every · η^k).")
+            Rungs(self.train["eval_every"], self.reduction_factor)
+        if self.objectives is not None:
+            if self.mode != "frontier":
+                raise UnipetlError(f"`objectives` {self.objectives!r} applies to frontier mode; budget mode maximises the metric under the budget.")
+            parse_objectives(self.objectives)
         if self.sampler not in ("tpe", "random"):
             raise UnipetlError(f"`sampler` must be tpe or random, got {self.sampler!r}.")
         if not isinstance(self.train, dict):
@@ -242,12 +260,30 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
         "train": dict(spec.train), "data_dir": spec.data_dir, "with_full": spec.with_full, "pruner": spec.pruner,
         "sampler": spec.sampler, "max_failures": spec.max_failures if spec.max_failures is not None else spec.trials,
         "seeds": spec.seeds,
+        # stored only when not the default (older studies lack them and mean the default)
+        **({"objectives": list(parse_objectives(spec.objectives))} if spec.objectives is not None
+           and parse_objectives(spec.objectives) != DEFAULT_OBJECTIVES else {"objectives": None}),
+        **({"reduction_factor": spec.reduction_factor} if spec.pruner == "mo-asha" else {}),
     }
+
+
+def objectives_of(attrs: dict[str, Any]) -> tuple[str, ...]:
+    """What a frontier-mode study trades (reports.objectives); the default for older studies."""
+    return tuple(attrs.get("objectives") or DEFAULT_OBJECTIVES)
+
+
+def objective_values(attrs: dict[str, Any], record: dict[str, Any]) -> list[float] | None:
+    """The values a finished trial tells the study: [metric] in budget mode, the metric and each
+    chosen cost in frontier mode; None when the record lacks one (the trial cannot be placed)."""
+    if attrs["mode"] == "budget":
+        return [float(record["metric"])]
+    values = [float(record["metric"])] + [COSTS[o].of_record(record) for o in objectives_of(attrs)[1:]]
+    return None if any(v is None or not math.isfinite(v) for v in values) else values
 
 
 def directions(attrs: dict[str, Any]) -> list[str]:
     metric_dir = "maximize" if attrs["higher_is_better"] else "minimize"
-    return [metric_dir] if attrs["mode"] == "budget" else [metric_dir, "minimize"]
+    return [metric_dir] if attrs["mode"] == "budget" else [metric_dir] + ["minimize"] * (len(objectives_of(attrs)) - 1)
 
 
 def make_sampler(attrs: dict[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:

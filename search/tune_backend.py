@@ -2,7 +2,7 @@
 evaluator's intermediate reports, and every finished Tune trial mirrored into the Optuna study.
 
 Why mirror instead of reading Tune's results directly: the Optuna study stays the single source
-of truth (DESIGN.md §4), so `unipetl status` / `unipetl report` and the frontier work unchanged
+of truth, so `unipetl status` / `unipetl report` and the frontier work unchanged
 whichever backend ran. Mirroring fills the study's *tickets* (the WAITING trials that
 `unipetl.search.study.create_or_check` put there), so the trial budget is held the same way as with
 Optuna workers: a Tune trial that ran to the end becomes COMPLETE (record fidelity "final"), one
@@ -95,8 +95,11 @@ def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
 
     A trial ASHA stops is ended by Tune inside one of those reports, so it never sends a final
     report: that absence is what marks it partial. An evaluator failure raises (Tune ERROR) after
-    run_trial has written record.json into the trial directory, where the mirror finds it."""
-    from unipetl.evaluators.trial import TrialConfig, run_trial
+    the failed record is in record.json in the trial directory, where the mirror finds it.
+
+    The evaluator is the workers' (`UNIPETL_RUNNER=package.module:function`, see
+    `unipetl.search.worker`); the default fine-tunes with `run_trial`."""
+    from unipetl.search.worker import RUNNER_ENV, resolve_runner
 
     variant, _, _ = variant_of(config, attrs)
     fraction = count(variant, studies.model_shape(attrs["model"])).paper_params / studies.model_shape(attrs["model"]).base_params
@@ -109,14 +112,23 @@ def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
         tune.report({"step": int(step), "value": float(value), "paper_fraction": fraction, "final": False, "curve": json.dumps(curve)})
         return False  # Tune stops the trial itself
 
-    cfg = TrialConfig.for_trial(attrs, variant)
-    record = run_trial(cfg, report=report, out_dir=tune.get_context().get_trial_dir())
+    trial_dir = tune.get_context().get_trial_dir()
+    runner = resolve_runner(os.environ.get(RUNNER_ENV))
+    if runner is None:
+        from unipetl.evaluators.trial import TrialConfig, run_trial
+
+        record = run_trial(TrialConfig.for_trial(attrs, variant), report=report, out_dir=trial_dir)
+    else:
+        record = runner(attrs, variant, report, config.get("preset"))
     if config.get("preset") and record.get("preset") is None:
         record["preset"] = config["preset"]
     metric = record.get("metric")
     if record.get("status") != "ok" or metric is None or not math.isfinite(metric):
+        path = Path(trial_dir) / "record.json"
+        if not path.is_file():  # run_trial writes its own; a plugged-in evaluator's failed record goes there too
+            path.write_text(json.dumps({**record, "status": "failed"}))
         raise RuntimeError(f"trial {record.get('status')}: {record.get('error')}")
-    steps = record["train_settings"].get("steps") or (curve[-1][0] if curve else 0)
+    steps = (record.get("train_settings") or {}).get("steps") or (curve[-1][0] if curve else 0)
     tune.report({"step": int(steps), "value": float(metric), "paper_fraction": fraction, "final": True, "curve": json.dumps(curve),
                  "record": json.dumps(record)})
 
@@ -277,11 +289,12 @@ def make_scheduler(attrs: dict[str, Any]) -> Any:
 
 
 def _new_tuner(study: optuna.Study, round_: int, storage_url: str, *, cpus_per_trial: float, gpus_per_trial: float, scheduler: Any, stop: Any,
-               verbose: int, seed: int | None) -> Any:
+               verbose: int, seed: int | None, max_samples: int | None = None) -> Any:
+    """A Tune experiment sampling the tickets WAITING now (at most `max_samples`: the first ones)."""
     from ray.tune.search.optuna import OptunaSearch
 
     attrs = study.user_attrs
-    waiting = sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number)
+    waiting = sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number)[:max_samples]
     presets = tuple(t.user_attrs["preset"] for t in waiting if t.user_attrs.get("preset"))
     space = TuneSpace(studies.model_shape(attrs["model"]), attrs["budget_fraction"], attrs["space"], presets)
     hib = "max" if attrs["higher_is_better"] else "min"
@@ -297,11 +310,12 @@ def _new_tuner(study: optuna.Study, round_: int, storage_url: str, *, cpus_per_t
 
 
 def run_tune(storage_url: str, study_name: str, *, address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-             scheduler: Any = None, stop: Any = None, verbose: int = 0, seed: int | None = None) -> bool:
+             scheduler: Any = None, stop: Any = None, verbose: int = 0, seed: int | None = None, max_trials: int | None = None) -> bool:
     """Run (or restore) the study's Tune rounds until COMPLETE + PRUNED reaches its trial budget.
 
-    Returns True when the budget is reached; False when a round ended early (Ctrl-C, a stopper)
-    or failures exhausted `max_failures` — `unipetl resume` continues from there."""
+    Returns True when the budget is reached; False when a round ended early (Ctrl-C, a stopper),
+    failures exhausted `max_failures`, or new rounds sampled `max_trials` trials in this call —
+    `unipetl resume` continues from there."""
     study = studies.load(storage_url, study_name)
     if study.user_attrs.get(BACKEND_ATTR) != "tune":
         raise UnipetlError(f"study {study_name!r} was not created with --backend tune.")
@@ -317,15 +331,20 @@ def run_tune(storage_url: str, study_name: str, *, address: str | None = None, c
                     return False  # interrupted again: resume once more
             # a round that never saved its state, or whose trials Tune ended without finishing them
             # (a stopper): its tickets are still WAITING and go to a new round below
+        sampled = 0
         while studies.finished(study) < study.user_attrs["trials"]:
+            if max_trials is not None and sampled >= max_trials:
+                return False
             failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
             if failed > study.user_attrs.get("max_failures", study.user_attrs["trials"]):
                 logger.warning("study %s: %d failed trials, no more rounds", study_name, failed)
                 return False
             studies.top_up(study)
             round_ = len(study.user_attrs.get("tune_rounds", []))
-            _new_tuner(study, round_, storage_url, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler, stop=stop,
-                       verbose=verbose, seed=seed).fit()
+            tuner = _new_tuner(study, round_, storage_url, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
+                               stop=stop, verbose=verbose, seed=seed, max_samples=None if max_trials is None else max_trials - sampled)
+            sampled += study.user_attrs["tune_rounds"][-1]
+            tuner.fit()
             if not _round_done(study):
                 return False
         return True

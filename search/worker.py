@@ -32,8 +32,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from unipetl.reports.objectives import COSTS
 from unipetl.search import optuna_ext
 from unipetl.search import study as studies
+from unipetl.search.mo_asha import PRUNER as MO_ASHA
+from unipetl.search.mo_asha import Rungs
+from unipetl.search.mo_asha import judge as mo_asha_judge
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.search_space import SpaceConfig, suggest_lr_scale, suggest_variant
@@ -174,8 +178,12 @@ def _store(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], reco
     if status == "ok" and not ok:
         record = {**record, "status": "failed", "error": record.get("error") or f"the evaluator returned no finite metric ({metric!r})"}
     _retry_locked(lambda: trial.set_user_attr("record", record), "store record")
+    values = studies.objective_values(attrs, {"paper_fraction": trial.user_attrs.get("paper_fraction"), **record}) if ok else None
+    if ok and values is None:  # a frontier objective the evaluator did not measure (e.g. no latency): the point cannot be placed
+        missing = [o for o in studies.objectives_of(attrs)[1:] if COSTS[o].of_record(record) is None]
+        ok, record = False, {**record, "status": "failed", "error": f"the record lacks the frontier objective(s) {', '.join(missing)}"}
+        _retry_locked(lambda: trial.set_user_attr("record", record), "store record")
     if ok:
-        values = [metric] if attrs["mode"] == "budget" else [metric, record.get("paper_fraction", trial.user_attrs.get("paper_fraction"))]
         _retry_locked(lambda: _tell_once(study, trial, TrialState.COMPLETE, values), "tell")
         return TrialState.COMPLETE
     if status == "pruned":
@@ -208,7 +216,10 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     trial.set_user_attr("paper_params", counts.paper_params)
     trial.set_user_attr("paper_fraction", counts.paper_params / counts.base_params)
     trial.set_user_attr("variant_description", variant.describe())
-    prunable = attrs["mode"] == "budget" and not studies.is_seed_trial(trial)  # an extra seed always trains to the end
+    seed_trial = studies.is_seed_trial(trial)  # an extra seed always trains to the end
+    prunable = attrs["mode"] == "budget" and not seed_trial
+    rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) \
+        if attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA and not seed_trial else None
     train = dict(attrs["train"])
     if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched
         preset = trial.user_attrs.get("preset")
@@ -217,7 +228,12 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     trial.set_user_attr("seed", train["seed"])
 
     def report(step: int, value: float) -> bool:
-        if not prunable or value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value):
+            return False
+        if rungs is not None:  # frontier mode, multi-fidelity: successive halving by non-dominated rank
+            return mo_asha_judge(trial.study, trial, int(step), float(value), rungs, higher=bool(attrs["higher_is_better"]),
+                                 paper_fraction=counts.paper_params / counts.base_params)
+        if not prunable:
             return False
         trial.report(float(value), int(step))
         return trial.should_prune()
@@ -251,15 +267,18 @@ def _run_trial(attrs: dict[str, Any], variant: Variant, report: Callable[[int, f
 
 def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 10, grace_period: int | None = None,
                runner: Runner | None = None, on_trial: Callable[[optuna.Study, TrialState | None], None] | None = None,
-               poll_seconds: float = POLL_SECONDS) -> int:
+               poll_seconds: float = POLL_SECONDS, max_trials: int | None = None) -> int:
     """Run tickets until the study holds its budget of COMPLETE + PRUNED trials; returns trials run.
+
+    `max_trials`: claim at most this many tickets, then return (a partial run that `unipetl
+    resume` continues; the backends split `RunOptions.max_trials` between their workers).
 
     With no ticket left but trials still RUNNING elsewhere, the worker waits: if one of those
     workers died, its trial turns stale and comes back as a WAITING retry that this worker runs."""
     runner = runner or resolve_runner(os.environ.get(RUNNER_ENV))
     study = studies.load(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     ran = 0
-    while True:
+    while max_trials is None or ran < max_trials:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _retry_locked(lambda: optuna.storages.fail_stale_trials(study), "fail stale trials")
@@ -285,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", required=True)
     p.add_argument("--heartbeat-interval", type=int, default=10)
     p.add_argument("--grace-period", type=int, default=None)
+    p.add_argument("--max-trials", type=int, default=None, help="claim at most this many tickets, then exit (default: until the budget)")
     p.add_argument("--runner", default=None, help=f"evaluator as package.module:function (default: ${RUNNER_ENV}, else run_trial)")
     args = p.parse_args(argv)
     if not args.storage:
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         run_worker(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                   runner=resolve_runner(args.runner))
+                   runner=resolve_runner(args.runner), max_trials=args.max_trials)
     except KeyboardInterrupt:
         return 130
     except UnipetlError as err:

@@ -12,9 +12,9 @@ from typing import Any
 
 import optuna
 import pytest
+from helpers import FAST
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
-from test_search import FAST, data_dir  # noqa: F401 - the fixture is reused
 
 from unipetl.search import study as studies
 from unipetl.search import tune_backend as tb
@@ -108,7 +108,7 @@ def test_schedulers_and_run_dir(tmp_path: Path) -> None:
     assert tb.default_tune_dir("postgresql://h/db", "x") == str(Path("runs/tune/x").resolve())
 
 
-def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
     url, study = _study(tmp_path, name="k")
     before = [(t.number, t.state, t.user_attrs) for t in study.get_trials()]
     argv = ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "k", "--data-dir", data_dir]
@@ -171,7 +171,7 @@ def _check_records(study: optuna.Study) -> None:
 
 
 @pytest.mark.cluster
-def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:
     url, _ = _study(tmp_path, name="s", trials=3, presets=("lora",), data_dir=data_dir)
     assert tb.run_tune(url, "s", scheduler=StopSampledTrials()) is True
     study = studies.load(url, "s")
@@ -190,7 +190,7 @@ def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir
 
 
 @pytest.mark.cluster
-def test_interrupted_tune_study_is_restored_by_resume(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_interrupted_tune_study_is_restored_by_resume(tmp_path: Path, data_dir: str, ray_local: Any, capsys: pytest.CaptureFixture[str]) -> None:
     url, _ = _study(tmp_path, name="r", trials=4, presets=("lora", "prefix"), data_dir=data_dir)
     assert tb.run_tune(url, "r", stop=InterruptOnce(url, "r", str(tmp_path / "interrupted"))) is False
     c = studies.state_counts(studies.load(url, "r"))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
-
-import optuna
 
 from unipetl.search.commands.search import add_worker_arguments, check_workers, drive
 
@@ -39,12 +36,6 @@ def run(args: argparse.Namespace) -> int:
     study = studies.load(args.storage, args.study, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
     if args.trials is not None and args.trials > study.user_attrs["trials"]:
         study.set_user_attr("trials", args.trials)
-    if study.user_attrs.get("backend") == "tune":  # restore its Tune experiment (Tuner.restore), then new rounds if short
-        from unipetl.search.commands.search import drive_tune
-
-        return drive_tune(args.storage, args.study, args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # re-queue what dead workers left RUNNING
-    studies.top_up(study)
+    # the study's own backend continues it (a Tune study restores its interrupted experiment first);
+    # stale trials are re-queued and missing tickets topped up by `unipetl.search.backends.run_study`
     return drive(args.storage, args.study, args)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import subprocess
+import subprocess  # noqa: F401 - tests patch `search.subprocess.Popen` (the module the local backend starts workers with)
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unipetl.reports.load import mask_url
 from unipetl.search.commands.run import add_setting_arguments, settings_from_args
 from unipetl.spaces.registry import UnipetlError
+
+if TYPE_CHECKING:
+    from unipetl.search.backends import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ EPILOG = """examples:
   unipetl search --task sst2 --model minilm --budget 0.5% --trials 12 --data-dir ../shared/data --backend tune --cpus-per-trial 1
 With --backend tune, Ray Tune runs --trials samples (OptunaSearch over the same space, ASHA on the evaluations);
 concurrency follows --cpus-per-trial / --gpus-per-trial (--workers is not used); `unipetl resume` restores it.
+Tune runs no extra seeds: one seed unless --seeds is given, and --seeds > 1 is refused.
 budgets: 0.5% | 0.005 (a fraction) | 50000 (paper parameters). Storage defaults to sqlite:///runs/unipetl.db.
 Studies in studies/{task}-{model}.yaml supply defaults (training caps) when task and model match."""
 
@@ -53,7 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", help="study name (default TASK-MODEL-MODE-BUDGET)")
     p.add_argument("--data-dir", help="directory with the task data (e.g. ../shared/data)")
     p.add_argument("--with-full", action="store_true", default=None, help="also run full fine-tuning once (the 100 %% reference)")
-    p.add_argument("--pruner", choices=["median", "hyperband", "none"], help="pruner in budget mode (default median)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none", "mo-asha"],
+                   help="budget mode: median (default), hyperband or none; frontier mode: mo-asha (multi-objective successive halving over "
+                        "training steps; rungs at --eval-every · η^k) or none (default)")
+    p.add_argument("--reduction-factor", type=int, help="mo-asha: keep the top 1/η of each rung (default 3)")
+    p.add_argument("--objectives", help="frontier mode: what the front trades, the metric then costs among params, latency, latency_batch, "
+                                        "step_time, memory (default metric,params; e.g. accuracy,params,latency)")
     p.add_argument("--sampler", choices=["tpe", "random"], help="sampler (default tpe)")
     p.add_argument("--seeds", type=int, help="seeds per frontier point and named method (default 3; 1 = none extra): the extra "
                                               "seeds are ordinary, resumable trials of the study, linked to their parent trial")
@@ -69,15 +77,18 @@ def build_spec(args: argparse.Namespace) -> Any:
     from unipetl.search.study import StudySpec, bundled_study_file, load_study_file
 
     data: dict[str, Any] = load_study_file(args.study_file) if args.study_file else {}
+    seeds_given = args.seeds is not None or "seeds" in data  # by a flag or the user's own study file
     task, model = args.task or data.get("task"), args.model or data.get("model")
     if not task or not model:
         raise UnipetlError("give --task and --model (or a --study-file that names them).")
     if not args.study_file and (bundled := bundled_study_file(task, model)):
         data = load_study_file(bundled)  # its training caps are the defaults of this task / model pair
     data.update(task=task, model=model)
-    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler", "seeds"):
+    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler", "seeds", "objectives", "reduction_factor"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
+    if getattr(args, "backend", None) == "tune" and not seeds_given:
+        data["seeds"] = 1  # Tune runs no seed phase (unipetl.search.backends); an explicit --seeds > 1 is refused
     train = dict(data.get("train") or {})
     train.update(settings_from_args(args))
     data["train"] = train
@@ -95,24 +106,29 @@ def check_workers(args: argparse.Namespace) -> None:
         raise UnipetlError(f"`heartbeat-interval` should be a positive integer, got {args.heartbeat_interval}.")
 
 
-def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
-    """Run the workers to the trial budget with a progress bar; Ctrl-C leaves the study resumable.
+def run_options(args: argparse.Namespace, progress: Any = None) -> RunOptions:
+    """The backend options of `unipetl search` / `unipetl resume` flags."""
+    from unipetl.search.backends import RunOptions
 
-    Two phases over one study: the design trials, then the extra seeds of the frontier points
-    and named methods (`unipetl.search.study.enqueue_seed_trials`; ordinary tickets, so a kill in
-    either phase is resumed by running `drive` again)."""
+    return RunOptions(workers=args.workers, address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                      heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, verbose=bool(getattr(args, "verbose", False)),
+                      progress=progress)
+
+
+def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
+    """Run the study to its target with its backend (`unipetl.search.backends.run_study`: the design
+    trials, then the extra seeds where the backend has a seed phase) and print the summary;
+    Ctrl-C leaves the study resumable."""
+    from unipetl.search import backends
     from unipetl.search import study as studies
 
-    hb = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
-    study = studies.load(storage_url, study_name, **hb)
-    bar = _Progress(study, disable=args.no_progress)
+    study = studies.load(storage_url, study_name, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
+    backend = backends.for_study(study.user_attrs.get("backend"), args.ray_address)
+    tune = backend.name == "tune"
+    bar = _Progress(study, disable=args.no_progress or tune)  # Tune prints its own progress table
     t0 = time.time()
     try:
-        _run_workers(storage_url, study_name, args, bar, hb)
-        design = studies.state_counts(study, design_only=True)
-        if design["COMPLETE"] + design["PRUNED"] >= study.user_attrs["trials"] and studies.enqueue_seed_trials(study) + _open_seed_tickets(study):
-            bar.retarget()
-            _run_workers(storage_url, study_name, args, bar, hb)
+        done = backends.run_study(backend, storage_url, study_name, run_options(args, progress=None if args.no_progress else bar.update))
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: study {study_name!r} is resumable with `unipetl resume --storage {mask_url(storage_url)} --study {study_name}`", file=sys.stderr)
@@ -120,58 +136,25 @@ def drive(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
     bar.update()
     bar.close()
     c = studies.state_counts(study)
-    print(f"study {study_name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
-          f"storage {mask_url(storage_url)}")
-    best = _best_line(study)
-    if best:
+    where = f"; Tune runs in {study.user_attrs.get('tune_dir')}" if tune else ""
+    print(f"study {study_name}{' (tune)' if tune else ''}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
+          f"storage {mask_url(storage_url)}{where}")
+    if best := _best_line(study):
         print(best)
+    if not done:
+        print(f"incomplete: continue with `unipetl resume --storage {mask_url(storage_url)} --study {study_name}`", file=sys.stderr)
+        return 1
     print(f"next: unipetl report --storage {mask_url(storage_url)} --study {study_name} --out runs/report   "
           "(frontier with seed intervals, lesson verdicts, report.html)")
-    return 0 if c["COMPLETE"] + c["PRUNED"] >= studies.target(study) else 1
-
-
-def _open_seed_tickets(study: Any) -> int:
-    from optuna.trial import TrialState
-
-    from unipetl.search.study import is_seed_trial
-
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)) if is_seed_trial(t))
-
-
-def _run_workers(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress, hb: dict[str, Any]) -> None:
-    from unipetl.search.worker import run_worker
-
-    if args.ray_address:
-        from unipetl.search.ray_backend import run_ray_workers
-
-        run_ray_workers(storage_url, study_name, workers=args.workers, address=args.ray_address, gpus_per_trial=args.gpus_per_trial, **hb)
-    elif args.workers == 1:
-        run_worker(storage_url, study_name, on_trial=lambda s, _state: bar.update(), **hb)
-    else:
-        _local_processes(storage_url, study_name, args, bar)
+    return 0
 
 
 def _local_processes(storage_url: str, study_name: str, args: argparse.Namespace, bar: _Progress) -> None:
-    # the storage URL travels in the environment, not on the command line, so a password in it
-    # never shows in `ps` output
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.workers)), UNIPETL_STORAGE=storage_url)
-    if getattr(args, "verbose", False):
-        env["UNIPETL_LOG"] = "INFO"
-    cmd = [sys.executable, "-m", "unipetl.search.worker", "--study", study_name, "--heartbeat-interval", str(args.heartbeat_interval)]
-    if args.grace_period:
-        cmd += ["--grace-period", str(args.grace_period)]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
-    try:
-        while any(p.poll() is None for p in procs):
-            bar.update()
-            time.sleep(2)
-    except KeyboardInterrupt:
-        for p in procs:  # the workers got the terminal's SIGINT too; make sure, then wait for their clean exit
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait(timeout=60)
-        raise
+    """Local worker processes on the study (`backends.LocalProcesses`), for callers of the old driver API."""
+    from unipetl.search.backends import LocalProcesses, RunOptions
+
+    LocalProcesses._processes(storage_url, study_name, RunOptions(workers=args.workers, heartbeat_interval=args.heartbeat_interval,
+                                                                   grace_period=args.grace_period, progress=bar.update))
 
 
 class _Progress:
@@ -188,16 +171,10 @@ class _Progress:
         self.bar = tqdm(total=target(study), desc=study.study_name, unit="trial", disable=disable or not sys.stderr.isatty())
         self.update()
 
-    def retarget(self) -> None:
-        """The total grew by the extra-seed tickets."""
-        from unipetl.search.study import target
-
-        self.bar.total = target(self.study)
-        self.bar.refresh()
-
     def update(self) -> None:
-        from unipetl.search.study import state_counts
+        from unipetl.search.study import state_counts, target
 
+        self.bar.total = target(self.study)  # grows by the extra-seed tickets
         self.print_finished()
         c = state_counts(self.study)
         self.bar.n = c["COMPLETE"] + c["PRUNED"]
@@ -268,17 +245,23 @@ def run(args: argparse.Namespace) -> int:
         from unipetl.search.tune_backend import prepare_study
 
         prepare_study(study, spec.storage, args.tune_dir)
-        return drive_tune(spec.storage, study.study_name, args)
     return drive(spec.storage, study.study_name, args)
 
 
 def check_backend(spec: Any, backend: str) -> None:
-    """A study stays with the backend that created it (its tickets are filled differently);
-    checked before anything is written."""
+    """A study stays with the backend that created it (its tickets are filled differently), and a
+    backend without a seed phase (Tune) takes no extra seeds; checked before anything is written."""
     import optuna
 
+    from unipetl.search import backends
     from unipetl.search import study as studies
 
+    if backend == "tune" and not backends.get("tune").seed_phase and spec.seeds > 1:
+        raise UnipetlError(f"`seeds` {spec.seeds} needs a seed phase, which --backend tune does not run; "
+                           "give --seeds 1, or use the optuna backend (local or Ray workers) for extra seeds.")
+    if backend == "tune" and spec.pruner == "mo-asha":
+        raise UnipetlError("`pruner` mo-asha runs in the optuna backend's workers (local or Ray); Ray Tune's schedulers do not "
+                           "prune multi-objective studies: use --backend optuna, or --pruner none with --backend tune.")
     name = spec.study or studies.default_study_name(spec)
     storage = studies.make_storage(spec.storage)
     if name not in studies.study_names(storage):
@@ -287,22 +270,3 @@ def check_backend(spec: Any, backend: str) -> None:
     if existing != backend:
         raise UnipetlError(f"study {name!r} exists with backend={existing!r}, not {backend!r}; "
                            "continue it with `unipetl resume` or choose another --study name (the existing study was not changed).")
-
-
-def drive_tune(storage_url: str, study_name: str, args: argparse.Namespace) -> int:
-    """Run (or restore) the study's Tune experiment to its trial budget and print the summary."""
-    from unipetl.search import study as studies
-    from unipetl.search.tune_backend import run_tune
-
-    t0 = time.time()
-    done = run_tune(storage_url, study_name, address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                    verbose=0 if args.no_progress else 1)
-    study = studies.load(storage_url, study_name)
-    c = studies.state_counts(study)
-    print(f"study {study_name} (tune): {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed in {time.time() - t0:.0f} s; "
-          f"storage {mask_url(storage_url)}; Tune runs in {study.user_attrs.get('tune_dir')}")
-    if best := _best_line(study):
-        print(best)
-    if not done:
-        print(f"incomplete: continue with `unipetl resume --storage {mask_url(storage_url)} --study {study_name}`", file=sys.stderr)
-    return 0 if done else 1

@@ -1,0 +1,115 @@
+"""Multi-objective asynchronous successive halving (MO-ASHA) for frontier-mode studies.
+
+Neither Optuna's pruners nor Ray Tune's schedulers stop trials of a multi-objective study, so a
+frontier search trains every trial to the end. MO-ASHA (Schmucker et al., "Multi-objective
+Asynchronous Successive Halving", 2021, §3) keeps ASHA's rungs (Li et al. 2020, Alg. 2) and
+replaces "the top 1/η by the metric" with "the top 1/η by non-dominated rank": here the rank is
+over (metric at the rung ↑/↓, log paper fraction ↓), ties inside one front broken by each
+point's hypervolume contribution to that front (larger first; `moocore.hv_contributions`), then
+by the metric, then by trial number (so every process decides the same way).
+
+Rungs are training steps `min_steps · η^k` (k = 0, 1, …). A trial evaluated at a rung step is
+judged there, asynchronously, against every trial of the study that has a value at that rung
+and is RUNNING, COMPLETE or PRUNED: it continues when it ranks in the top max(1, ⌊n/η⌋) of
+those n, else it stops (PRUNED, partial fidelity: never on the frontier). The values live in the
+study's storage as intermediate values, so any worker — a local process or a Ray task — judges
+with the same data, and a resumed study judges again from what is stored: a trial failed as
+stale (FAIL) is not a competitor, so its retry is not counted twice at a rung.
+
+Extra seeds of a design point always train to the end (they measure noise, not promise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import moocore
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from unipetl.search import optuna_ext
+from unipetl.spaces.registry import UnipetlError
+
+PRUNER = "mo-asha"
+ACTIVE = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True, slots=True)
+class Rungs:
+    """Rung steps `min_steps · eta^k`; `eta` is the reduction factor (keep 1/η at each rung)."""
+
+    min_steps: int
+    eta: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_steps, bool) or not isinstance(self.min_steps, int) or self.min_steps < 1:
+            raise UnipetlError(f"`train.eval_every` (the first MO-ASHA rung, in optimizer steps) should be a positive integer, got {self.min_steps!r}.")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int) or self.eta < 2:
+            raise UnipetlError(f"`reduction_factor` should be an integer >= 2, got {self.eta!r}.")
+
+    def is_rung(self, step: int) -> bool:
+        if step < self.min_steps or step % self.min_steps:
+            return False
+        q = step // self.min_steps
+        while q % self.eta == 0:
+            q //= self.eta
+        return q == 1
+
+
+def ranking(values: Sequence[Sequence[float]], maximise: Sequence[bool], numbers: Sequence[int]) -> list[int]:
+    """Indices of `values` (one objective vector per trial) best first: non-dominated rank, then
+    hypervolume contribution within the rank's front (larger first), then the first objective,
+    then the trial number. Ties are exact, so every caller gets the same order."""
+    pts = np.asarray(values, dtype=float)
+    if len(pts) == 0:
+        return []
+    ranks = moocore.pareto_rank(pts, maximise=list(maximise))
+    # minimisation form, each objective scaled to [0, 1] over these points, reference just past the worst
+    sign = np.array([-1.0 if m else 1.0 for m in maximise])
+    z = pts * sign
+    lo, hi = z.min(axis=0), z.max(axis=0)
+    z = (z - lo) / np.where(hi > lo, hi - lo, 1.0)
+    contrib = np.zeros(len(pts))
+    for r in np.unique(ranks):
+        idx = np.flatnonzero(ranks == r)
+        contrib[idx] = moocore.hv_contributions(z[idx], ref=np.full(z.shape[1], 1.1))
+    return sorted(range(len(pts)), key=lambda i: (int(ranks[i]), -float(contrib[i]), float(z[i, 0]), int(numbers[i])))
+
+
+def keeps(values: Sequence[Sequence[float]], maximise: Sequence[bool], numbers: Sequence[int], candidate: int, eta: int) -> bool:
+    """Does trial `candidate` (an index into `values`) continue at a rung of n trials? Top max(1, ⌊n/η⌋)."""
+    order = ranking(values, maximise, numbers)
+    return order.index(candidate) < max(1, len(order) // eta)
+
+
+def judge(study: optuna.Study, trial: optuna.Trial, step: int, value: float, rungs: Rungs, *, higher: bool, paper_fraction: float) -> bool:
+    """Store `value` as the trial's intermediate value at `step`; at a rung, return True when the
+    trial should stop (not in the top 1/η of the rung), else False."""
+    optuna_ext.set_intermediate(study, optuna_ext.trial_id(trial), step, value)
+    if not rungs.is_rung(step):
+        return False
+    from unipetl.search.study import is_seed_trial
+
+    values, numbers, me = [], [], None
+    for t in study.get_trials(deepcopy=False, states=ACTIVE):
+        v = t.intermediate_values.get(step)
+        if v is None or not math.isfinite(v) or is_seed_trial(t):
+            continue
+        f = t.user_attrs.get("paper_fraction", paper_fraction if t.number == trial.number else None)
+        if f is None:
+            continue
+        if t.number == trial.number:
+            me = len(values)
+        values.append((float(v), math.log10(max(float(f), 1e-12))))
+        numbers.append(t.number)
+    if me is None:  # our own write is not visible yet (a cached read): judge with it added
+        me = len(values)
+        values.append((float(value), math.log10(max(paper_fraction, 1e-12))))
+        numbers.append(trial.number)
+    return not keeps(values, (higher, False), numbers, me, rungs.eta)
+
+
+__all__ = ["PRUNER", "Rungs", "judge", "keeps", "ranking"]

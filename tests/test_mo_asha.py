@@ -1,0 +1,151 @@
+"""MO-ASHA (search.mo_asha): rungs, the ranking, promotion on a synthetic multi-objective study,
+kill/resume mid-rung, and a frontier-mode search through the worker with a stub evaluator."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from unipetl.search import mo_asha
+from unipetl.search import study as studies
+from unipetl.search.worker import run_worker
+from unipetl.spaces.registry import UnipetlError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+RUNGS = mo_asha.Rungs(10, 3)  # rungs at 10, 30, 90 steps
+
+
+def test_rungs() -> None:
+    assert [s for s in range(1, 300) if RUNGS.is_rung(s)] == [10, 30, 90, 270]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UnipetlError, match="eval_every"):
+            mo_asha.Rungs(bad, 3)  # type: ignore[arg-type]
+    with pytest.raises(UnipetlError, match="reduction_factor"):
+        mo_asha.Rungs(10, 1)
+
+
+def test_ranking_is_rank_then_hypervolume_contribution() -> None:
+    # (metric ↑, log fraction ↓): a, b, c on the front; d dominated by b; e dominated by everything
+    vals = [(0.80, -3.0), (0.85, -2.5), (0.90, -2.0), (0.84, -2.4), (0.5, -1.0)]
+    order = mo_asha.ranking(vals, (True, False), [0, 1, 2, 3, 4])
+    assert set(order[:3]) == {0, 1, 2} and order[3:] == [3, 4]
+    # within the front, the middle point's exclusive contribution is the smallest
+    assert order[2] == 1
+    assert mo_asha.keeps(vals, (True, False), [0, 1, 2, 3, 4], 3, eta=3) is False  # top max(1, 5 // 3) = 1
+    assert mo_asha.keeps(vals[:2], (True, False), [0, 1], 1, eta=3) in (True, False)  # one of two kept
+    assert sum(mo_asha.keeps(vals[:2], (True, False), [0, 1], i, eta=3) for i in range(2)) == 1
+    assert mo_asha.ranking(vals, (True, False), [0, 1, 2, 3, 4]) == order  # deterministic
+
+
+def _mo_study(tmp_path: Path, name: str = "mo") -> optuna.Study:
+    return optuna.create_study(storage=f"sqlite:///{tmp_path}/mo.db", study_name=name, directions=["maximize", "minimize"])
+
+
+def _run(study: optuna.Study, fraction: float, quality: float, *, stop_at: int | None = None) -> tuple[optuna.Trial, str]:
+    """One synthetic trial: the metric rises with the steps, scaled by `quality`; judged at each rung."""
+    trial = study.ask()
+    trial.set_user_attr("paper_fraction", fraction)
+    for step in (10, 20, 30, 60, 90):
+        value = quality * (1 - math.exp(-step / 30))
+        if stop_at is not None and step > stop_at:
+            return trial, "killed"
+        if mo_asha.judge(study, trial, step, value, RUNGS, higher=True, paper_fraction=fraction):
+            study.tell(trial, state=TrialState.PRUNED)
+            return trial, "pruned"
+    study.tell(trial, [value, fraction])
+    return trial, "complete"
+
+
+def test_a_known_front_is_kept_and_the_rest_halved(tmp_path: Path) -> None:
+    """18 dominated designs first, then 3 that form the true front: the front is never pruned
+    (rank 0, and the rung has room for it), and each rung keeps about 1/η of those that reach it."""
+    study = _mo_study(tmp_path)
+    dominated = [(0.002 * (1 + i % 6), 0.5 + 0.01 * i) for i in range(18)]
+    front = [(0.001, 0.95), (0.004, 0.97), (0.01, 0.99)]
+    outcome = {}
+    for f, q in dominated + front:
+        trial, how = _run(study, f, q)
+        outcome[(f, q)] = how
+    assert all(outcome[p] == "complete" for p in front)
+    reached = {s: sum(1 for t in study.trials if s in t.intermediate_values) for s in (10, 30, 90)}
+    assert reached[10] == 21 and reached[30] < reached[10] and reached[90] < reached[30]
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(complete) <= reached[90] and len(pruned) == 21 - len(complete)
+    assert all(RUNGS.is_rung(max(t.intermediate_values)) for t in pruned)  # stopped only at a rung
+    assert all(max(t.intermediate_values) == 90 for t in complete)
+    # the study's own Pareto front of finished trials is the known front
+    assert {(t.values[1], round(t.values[0] / (1 - math.exp(-3)), 6)) for t in study.best_trials} == {(f, q) for f, q in front}
+
+
+def test_kill_and_resume_mid_rung_promotes_nothing_twice(tmp_path: Path) -> None:
+    study = _mo_study(tmp_path)
+    for f, q in [(0.002, 0.6), (0.003, 0.7), (0.004, 0.65), (0.005, 0.8), (0.006, 0.62)]:
+        _run(study, f, q)
+    killed, how = _run(study, 0.001, 0.9, stop_at=10)  # passed rung 10, then its worker died
+    assert how == "killed"
+    competitors_before = sum(1 for t in study.get_trials(states=mo_asha.ACTIVE) if 10 in t.intermediate_values)
+    study.tell(killed, state=TrialState.FAIL)  # what the heartbeat does to a dead worker's trial
+    retry, how = _run(study, 0.001, 0.9)  # the retry ticket: same design, same values
+    assert how == "complete"
+    at_rung = [t for t in study.get_trials(states=mo_asha.ACTIVE) if 10 in t.intermediate_values]
+    assert len(at_rung) == competitors_before  # the failed original is not a competitor: one entry per design
+    assert sum(1 for t in at_rung if t.user_attrs["paper_fraction"] == 0.001) == 1
+
+
+def stub_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+    """Reports a rising curve at steps 10…90 whose height grows with the variant's size; stops when told."""
+    from unipetl.evaluators.record import make_record
+    from unipetl.spaces.accounting import count
+
+    shape = studies.model_shape(attrs["model"])
+    c = count(variant, shape)
+    frac = c.paper_params / c.base_params
+    q = 0.6 + 0.3 * min(1.0, frac / attrs["budget_fraction"])
+    curve, status = [], "ok"
+    for step in range(10, 100, 10):
+        value = q * (1 - math.exp(-step / 30))
+        curve.append({"step": step, "loss": 0.5, "metrics": {"accuracy": value}})
+        if report(step, value):
+            status = "pruned"
+            break
+    metric = curve[-1]["metrics"]["accuracy"]
+    return make_record(status=status, task=attrs["task"], model=attrs["model"], variant=variant.to_dict(), variant_description=variant.describe(),
+                       preset=preset, paper_params=c.paper_params, trainable_params=c.trainable_params, base_params=c.base_params,
+                       paper_percent=100 * frac, paper_fraction=frac, main_metric="accuracy", higher_is_better=True, metric=metric,
+                       metrics={"accuracy": metric}, curve=curve, best_step=curve[-1]["step"], seed=attrs["train"].get("seed", 0),
+                       fidelity="final" if status == "ok" else "partial", latency={"batch1_ms": 1.0 + 10 * frac, "batch_ms_per_example": 0.1})
+
+
+def test_frontier_search_with_mo_asha_through_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=12, seeds=1, storage=url, study="f",
+                             pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []},
+                             objectives="metric,params,latency")
+    study = studies.create_or_check(spec)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    run_worker(url, "f", runner=stub_runner)
+    c = studies.state_counts(study)
+    assert c["COMPLETE"] + c["PRUNED"] == 12 and c["FAIL"] == 0 and c["PRUNED"] > 0
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert t.user_attrs["record"]["fidelity"] == "partial" and max(t.intermediate_values) < 90
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert len(t.values) == 3 and t.values[2] == pytest.approx(t.user_attrs["record"]["latency"]["batch1_ms"])
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"pruner": "mo-asha", "mode": "budget"}, "prunes frontier-mode studies"),
+    ({"pruner": "mo-asha", "mode": "frontier"}, "needs `train.eval_every`"),
+    ({"pruner": "mo-ashaa", "mode": "frontier"}, "`pruner` must be one of.*mo-asha"),
+    ({"objectives": "metric,latency", "mode": "budget"}, "applies to frontier mode"),
+    ({"objectives": "metric,speed", "mode": "frontier"}, "unknown cost 'speed'"),
+])
+def test_bad_study_settings_name_the_field(changes: dict[str, Any], message: str, tmp_path: Path) -> None:
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", storage=f"sqlite:///{tmp_path}/b.db", **changes)
+    with pytest.raises(UnipetlError, match=message):
+        spec.validate()

@@ -88,16 +88,16 @@ class _Heartbeat:
     """Beats for one trial until stopped (Optuna's own heartbeat runs only inside optimize())."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        (self._interval, self._beat), self._trial_id = optuna_ext.heartbeat(study), optuna_ext.trial_id(trial)
+        (self._interval, self._beat), self._tid = optuna_ext.heartbeat(study), optuna_ext.trial_id(trial)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._beat(self._trial_id)
+                self._beat(self._tid)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
-                logger.warning("heartbeat for trial %d failed", self._trial_id, exc_info=True)
+                logger.warning("heartbeat for trial %d failed", self._tid, exc_info=True)
             self._stop.wait(self._interval)
 
     def __enter__(self) -> _Heartbeat:

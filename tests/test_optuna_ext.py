@@ -45,7 +45,7 @@ def test_private_names_unipetl_reads_still_exist_and_mean_the_same(tmp_path: Pat
     assert optuna_ext.database_url(optuna.create_study()) is None
     tid = optuna_ext.trial_id(waiting[1])
     assert isinstance(tid, int) and optuna_ext.storage_of(study).get_trial(tid).number == waiting[1].number == 1
-    assert study._study_id == optuna_ext.storage_of(study).get_study_id_from_name("s")
+    assert [t.number for t in optuna_ext.storage_of(study).get_all_trials(optuna_ext.storage_of(study).get_study_id_from_name("s"))] == [0, 1]
     live = optuna_ext.live(study, tid)
     assert optuna_ext.trial_id(live) == tid and live.number == 1
     optuna_ext.set_user_attr(study, tid, "k", [1, 2])

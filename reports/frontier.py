@@ -28,8 +28,9 @@ import numpy as np
 import polars as pl
 
 from unipetl.reports.stats import beats_baseline, paired_verdict, summarize, unpaired_significant
+from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.presets import PRESETS
-from unipetl.spaces.variant import ATTN_SITES, Module, Variant
+from unipetl.spaces.variant import Module, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,8 @@ def hypervolume_history(group: pl.DataFrame, higher: bool = True, ref_metric: fl
 
 
 # --- nearest named method ------------------------------------------------------------------------
-def _signature(m: Module) -> tuple[str, str, str, str, str]:
-    comp = "scaled" if m.composition == "learned_scale" else m.composition
-    return ("attn" if m.site in ATTN_SITES else "ffn", m.kind, m.function, m.insertion, comp)
+def _signature(m: Module) -> tuple[str, ...]:
+    return get_kind(m.kind).signature(m)
 
 
 MODULE_COST = 5  # an unmatched module differs in all five dimensions

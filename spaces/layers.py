@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.variant import Module
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,10 @@ class Composition(nn.Module):
 
     def __init__(self, spec: Module, d_model: int) -> None:
         super().__init__()
-        self.kind = spec.composition
+        self.mode = spec.composition
         self.fixed = spec.scale if spec.composition == "scaled" else 1.0
         self.scale = nn.Parameter(torch.tensor(float(spec.scale))) if spec.composition == "learned_scale" else None
-        self.gate = nn.Linear(d_model, 1) if spec.composition == "gated" and spec.kind != "heads" else None
+        self.gate = nn.Linear(d_model, 1) if spec.composition == "gated" else None
 
     def forward(self, delta: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         if self.scale is not None:
@@ -106,7 +107,7 @@ class Lora(nn.Module):
     def __init__(self, spec: Module, d_model: int, dims: dict[str, list[tuple[int, int]]]) -> None:
         super().__init__()
         self.spec = spec
-        self.s = spec.scale if spec.composition in ("scaled", "learned_scale") else 1.0
+        self.s = get_kind(spec.kind).lora_scale(spec)  # α/r for LoRA, α/√r for rsLoRA
         self.factors = nn.ModuleDict(
             {f"{t}_{i}": LoraFactor(din, dout, spec.size, spec.init, spec.dropout) for t, pairs in dims.items() for i, (din, dout) in enumerate(pairs)}
         )
@@ -118,7 +119,7 @@ class Lora(nn.Module):
 
     def delta(self, key: str, inp: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         out = self.factors[key](inp)
-        if self.comp.kind == "scaled":
+        if self.comp.mode == "scaled":
             return out * self.s
         return self.comp(out, x)
 

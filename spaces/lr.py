@@ -71,6 +71,9 @@ def module_kind(module: nn.Module) -> str | None:
     """The lr kind of an inserted module (None for anything else)."""
     from unipetl.spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
 
+    declared = getattr(module, "lr_kind", None)  # a kind file's module names its rate itself
+    if isinstance(declared, str):
+        return declared
     if isinstance(module, Lora):
         return "lora"
     if isinstance(module, Adapter):

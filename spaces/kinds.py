@@ -196,7 +196,7 @@ def search_methods() -> list[SearchMethod]:
 
 
 # order = the search space's order of methods (prefix, mh_pa, lora, sa, pa)
-_BUILTIN = ("heads", "lora", "adapter", "rslora")
+_BUILTIN = ("heads", "lora", "adapter", "rslora", "ia3")
 _loaded: list[bool] = []
 
 

@@ -122,3 +122,40 @@ def test_rslora_equals_peft(family: str, tmp_path: Path) -> None:
 def test_rslora_equals_peft_on_minilm(tmp_path: Path) -> None:
     check_against_peft(_minilm, _rslora("bert"), _rslora_config, _lora_like, _inputs("bert"), tmp_path, "minilm")
 
+
+# --- (IA)^3 --------------------------------------------------------------------------------------
+
+def _ia3_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], Any]:
+    """PEFT names of our vectors, and (target paths, feedforward paths: the input-scaled ones)."""
+    state, paths, ff = {}, [], []
+    for path, mod in model.named_modules():
+        for v in getattr(mod, "petl_ia3", []):
+            state[f"base_model.model.{path}.ia3_l.default"] = v.petl_l.detach()
+            paths.append(path)
+            if v.on_input:
+                ff.append(path)
+    return state, (paths, ff)
+
+
+def _ia3_variant(family: str) -> Variant:
+    from unipetl.spaces.presets import parse_preset
+
+    v = parse_preset("ia3")
+    return v.replace(modules=v.modules[1:]) if family == "gpt2" else v  # GPT-2's k, v are slices of one fused c_attn
+
+
+def _ia3_config(conv: bool) -> Callable[[Any], Any]:
+    def config(targets: Any) -> Any:
+        paths, ff = targets
+        return peft.IA3Config(target_modules=paths, feedforward_modules=ff, fan_in_fan_out=conv)
+
+    return config
+
+
+@pytest.mark.parametrize("family", list(HEADS))
+def test_ia3_equals_peft(family: str, tmp_path: Path) -> None:
+    check_against_peft(lambda: tiny_model(family, HEADS[family]), _ia3_variant(family), _ia3_config(family == "gpt2"), _ia3_state, _inputs(family), tmp_path, family)
+
+
+def test_ia3_equals_peft_on_minilm(tmp_path: Path) -> None:
+    check_against_peft(_minilm, _ia3_variant("bert"), _ia3_config(False), _ia3_state, _inputs("bert"), tmp_path, "minilm")

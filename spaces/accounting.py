@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from unipetl.spaces.kind_lora import lora_dims  # noqa: F401  (re-exported: the LoRA shapes)
-from unipetl.spaces.kinds import get_kind
+from unipetl.spaces.kinds import active_extras, get_kind
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.shapes import ModelShape, StackShape
 from unipetl.spaces.variant import Module, Variant
@@ -129,20 +129,17 @@ def _module_count(module: Module, shape: ModelShape, where: str) -> ModuleCount:
     return ModuleCount(module.describe(), len(insts), paper, kind.trainable_count(module, shape, insts, paper, extra))
 
 
+def _one(c: tuple[str, int, int]) -> tuple[str, int, int, int]:
+    return c[0], 1, c[1], c[2]
+
+
 def count(variant: Variant, shape: ModelShape) -> Counts:
     """Paper and trainable counts of a variant on a model shape (no model is built)."""
     base = shape.base_params
     denominator = f"{shape.name or shape.model_type} backbone parameters ({base:,})"
-    if variant.full_finetune:
-        return Counts(base, base, base, denominator, [ModuleCount("full fine-tuning", 1, base, base)])
     mods = [_module_count(m, shape, f"modules[{i}]") for i, m in enumerate(variant.modules)]
-    if variant.prompt_length:
-        n = variant.prompt_length * shape.d_model
-        mods.append(ModuleCount(f"prompt tuning l={variant.prompt_length}", 1, n, n))
-    if variant.bitfit:
-        if shape.bias_params == 0:
-            raise UnipetlError(f"`bitfit`: model {shape.name or shape.model_type!r} has no bias vectors to tune.")
-        mods.append(ModuleCount("BitFit (all backbone biases)", 1, shape.bias_params, shape.bias_params))
+    for extra in active_extras(variant):  # whole-model kinds (spaces/kind_prompt.py, kind_bitfit.py, kind_full.py)
+        mods.append(ModuleCount(*_one(extra.count(variant, shape))))
     paper = sum(m.paper for m in mods)
     trainable = sum(m.trainable for m in mods)
     return Counts(paper, trainable, base, denominator, mods)

@@ -85,9 +85,17 @@ class LoraKind(ModuleKind):
     def search_methods(self) -> tuple[SearchMethod, ...]:
         return (SearchMethod("lora", self.name, ("attn", "ffn"), fixed=(("function", "identity"), ("init", "lora"))),)
 
+    def build(self, m: Module, d: int, dims: dict[str, list[tuple[int, int]]], targets: dict[str, tuple[Any, slice | None]]) -> Any:
+        """The nn.Module of one sublayer's targets (`layers.Lora`; LoRA variants return a subclass).
+        `dims`: target → [(d_in, d_out)]; `targets`: factor key → (projection, column slice)."""
+        from unipetl.spaces.layers import Lora
+
+        lora = Lora(m, d, dims)
+        lora.targets = targets
+        return lora
+
     def insert(self, ctx: Any, m: Module, index: int, insts: list[SiteInstance]) -> None:
         from unipetl.spaces import families
-        from unipetl.spaces.layers import Lora
         from unipetl.spaces.realize import projection_dims
 
         for inst in insts:
@@ -101,8 +109,7 @@ class LoraKind(ModuleKind):
                     dims.setdefault(t, []).append(projection_dims(mod, slc))
                     targets[f"{t}_{j}"] = (mod, slc)
                     gate_hub[f"{t}_{j}"] = hub if t in families.INNER_TARGETS else None
-            lora = Lora(m, ctx.d, dims)
-            lora.targets = targets
+            lora = self.build(m, ctx.d, dims, targets)
             hub.loras.append(lora)
             for key, (mod, slc) in targets.items():
                 ctx.hook_projection(mod, (lora, key, slc, gate_hub[key]))

@@ -66,6 +66,7 @@ class KindPreset:
     summary: str
     size_key: str | None
     build: Any
+    display: str | None = None  # how reports write it ("DoRA"); None: the name
 
 
 class ModuleKind:
@@ -162,7 +163,82 @@ class ModuleKind:
         raise UnipetlError(f"export --format peft: kind {self.name!r} has no PEFT export.")
 
 
+class ExtraKind:
+    """A whole-model kind: one field of `Variant` rather than a `Module` (BitFit, prompt
+    tuning, full fine-tuning; the variant with none of them and no modules is the linear probe).
+
+    `field` is the Variant attribute it reads; `describe_rank` orders it in descriptions
+    (registration order orders validation and counts); `trains_everything`: the backbone and an
+    untied LM head train too (full fine-tuning), which excludes every other module and extra.
+    """
+
+    name: ClassVar[str] = ""
+    field: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    describe_rank: ClassVar[int] = 0
+    trains_everything: ClassVar[bool] = False
+    families: ClassVar[tuple[str, ...]] = ALL_FAMILIES
+
+    def validate(self, v: Any) -> None:
+        """Type checks of the field; raises UnipetlError naming field and value."""
+
+    def active(self, v: Any) -> bool:
+        return bool(getattr(v, self.field))
+
+    def claims_noop(self, v: Any) -> bool:
+        return True
+
+    def describe(self, v: Any) -> str:
+        raise NotImplementedError
+
+    def count(self, v: Any, shape: ModelShape) -> tuple[str, int, int]:
+        """(description, paper, trainable) from the model shape."""
+        raise NotImplementedError
+
+    def prepare(self, model: Any, v: Any, realized: Any) -> None:
+        """Before modules are inserted (the backbone is frozen, the head trainable)."""
+
+    def finish(self, model: Any, v: Any, realized: Any) -> None:
+        """After modules are inserted."""
+
+    def realized_paper(self, model: Any, backbone: list[tuple[str, Any]]) -> int:
+        """Paper parameters measured on the model that no inserted module reports itself."""
+        return 0
+
+    def lr_kind(self, name: str) -> str | None:
+        """The lr kind (spaces/lr.py) of trainable backbone tensor `name` if this extra trains it."""
+        return None
+
+    def peft_method(self, v: Any) -> str | None:
+        """The PEFT method this extra alone exports to, or None (no PEFT format)."""
+        return None
+
+    def export_peft(self, realized: Any, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        raise UnipetlError(f"export --format peft: {self.name!r} has no PEFT export.")
+
+    def examples(self) -> tuple[Any, ...]:
+        """Small variants for the conformance suite."""
+        return ()
+
+
 KINDS: Registry[ModuleKind] = Registry("module kind")
+EXTRAS: Registry[ExtraKind] = Registry("whole-model kind")
+
+
+def register_extra(kind: ExtraKind) -> ExtraKind:
+    """Plug a whole-model kind in (its `field` must be a field of `Variant`)."""
+    return EXTRAS.register(kind.name, kind)
+
+
+def all_extras() -> list[ExtraKind]:
+    """Whole-model kinds in `_BUILTIN_EXTRAS` order, then others in registration order."""
+    _load_builtin()
+    names = EXTRAS.names()
+    return [EXTRAS.get(n) for n in [n for n in _BUILTIN_EXTRAS if n in names] + [n for n in names if n not in _BUILTIN_EXTRAS]]
+
+
+def active_extras(v: Any) -> list[ExtraKind]:
+    return [k for k in all_extras() if k.active(v)]
 
 
 def register_kind(kind: ModuleKind) -> ModuleKind:
@@ -197,6 +273,7 @@ def search_methods() -> list[SearchMethod]:
 
 # order = the search space's order of methods (prefix, mh_pa, lora, sa, pa)
 _BUILTIN = ("heads", "lora", "adapter", "rslora", "ia3")
+_BUILTIN_EXTRAS = ("prompt", "bitfit", "full")
 _loaded: list[bool] = []
 
 
@@ -204,7 +281,7 @@ def _load_builtin() -> None:
     if _loaded:
         return
     _loaded.append(True)
-    for name in _BUILTIN:
+    for name in _BUILTIN + _BUILTIN_EXTRAS:
         importlib.import_module(f"unipetl.spaces.kind_{name}")
 
 

@@ -123,6 +123,15 @@ class Lora(nn.Module):
             return out * self.s
         return self.comp(out, x)
 
+    def apply(self, key: str, inp: torch.Tensor, x: torch.Tensor | None, output: torch.Tensor, slc: slice | None) -> torch.Tensor:
+        """The projection's output (B, T, d_out) with this target's update added (to columns
+        `slc` of a fused projection); `inp` is the projection's input, `x` what a gate reads.
+        Variants of LoRA (DoRA) override this."""
+        d = self.delta(key, inp, x).to(output.dtype)
+        if slc is None:
+            return output + d
+        return torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
+
     def delta_weight_for(self, key: str) -> torch.Tensor:
         """s·B·A of one target, (out, in); only for add / scaled LoRA (merge_lora checks)."""
         return self.factors[key].delta_weight() * self.s

@@ -37,8 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from unipetl.spaces import families
-from unipetl.spaces.kinds import get_kind
+from unipetl.spaces.kinds import active_extras, get_kind
 from unipetl.spaces.realize import Realized, _head_params
 from unipetl.spaces.registry import UnipetlError
 
@@ -70,26 +69,18 @@ def peft_kind(realized: Realized) -> str:
     PEFT method (`ModuleKind.peft_method`), which the kind then checks (`check_peft`)."""
     v = realized.variant
     what = v.describe()
-    if v.full_finetune or v.bitfit:
+    extras = active_extras(v)
+    if any(k.peft_method(v) is None for k in extras):
         raise UnipetlError(f"export --format peft: {what!r} is not a PEFT adapter (full fine-tuning / BitFit have no PEFT format).")
     mods = v.modules
-    if not mods and v.prompt_length:
-        return "prompt"
-    if mods and not v.prompt_length:
+    if not mods and len(extras) == 1:
+        return extras[0].peft_method(v)  # type: ignore[return-value]
+    if mods and not extras:
         kinds = {m.kind for m in mods}
         methods = {get_kind(m.kind).peft_method(m) for m in mods}
         if len(kinds) == 1 and len(methods) == 1 and None not in methods and get_kind(mods[0].kind).check_peft(mods, realized):
             return methods.pop()
     raise UnipetlError(f"export --format peft: {what!r} is not expressible in PEFT (LoRA, prompt tuning or plain prefix tuning only).")
-
-
-def _export_prompt(realized: Realized, config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    d = realized.shape.d_model
-    st = realized.shape.stacks[-1]
-    emb = families.backbone(realized.model).petl_prompt.petl_prompt.detach()
-    config.update(peft_type="PROMPT_TUNING", num_virtual_tokens=emb.shape[0], token_dim=d, num_transformer_submodules=1,
-                  num_attention_heads=st.n_heads, num_layers=st.n_layers, prompt_tuning_init="RANDOM")
-    return {"prompt_embeddings": emb}, "base_model."
 
 
 def export_peft(realized: Realized, directory: str | Path, *, base_model_name_or_path: str) -> Path:
@@ -99,8 +90,9 @@ def export_peft(realized: Realized, directory: str | Path, *, base_model_name_or
     head, head_modules = _head(model)
     config: dict[str, Any] = {"base_model_name_or_path": base_model_name_or_path, "task_type": _task_type(model), "inference_mode": True,
                               "revision": None, "modules_to_save": head_modules or None}
-    # prompt tuning is a whole-model extra; every module kind exports itself (ModuleKind.export_peft)
-    exporter = get_kind(realized.variant.modules[0].kind).export_peft if realized.variant.modules else _export_prompt
+    # every kind exports itself: ModuleKind.export_peft, or ExtraKind.export_peft (prompt tuning)
+    v = realized.variant
+    exporter = get_kind(v.modules[0].kind).export_peft if v.modules else active_extras(v)[0].export_peft
     out, head_prefix = exporter(realized, config)
     out.update({f"{head_prefix}{k}": v for k, v in head.items()})
     target = Path(directory)

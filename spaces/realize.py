@@ -31,7 +31,7 @@ from transformers.pytorch_utils import Conv1D
 
 from unipetl.spaces import attention, families
 from unipetl.spaces.accounting import Counts, SiteInstance, count, site_instances
-from unipetl.spaces.kinds import get_kind
+from unipetl.spaces.kinds import active_extras, get_kind
 from unipetl.spaces.layers import Lora
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.shapes import ModelShape, shape_from_config
@@ -98,11 +98,7 @@ class LoraHook:
         for lora, key, slc, hub in self.entries:
             if lora.merged:
                 continue
-            d = lora.delta(key, inp, inp if hub is None else hub.x).to(output.dtype)
-            if slc is None:
-                output = output + d
-            else:
-                output = torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
+            output = lora.apply(key, inp, inp if hub is None else hub.x, output, slc)
         return output
 
 
@@ -119,12 +115,13 @@ class Realized:
 
     def realized_paper_params(self) -> int:
         """The paper count measured on the inserted modules (must equal counts.paper_params)."""
-        if self.variant.full_finetune:
-            return sum(p.numel() for _, p in _backbone_params(self.model))
+        extras = active_extras(self.variant)
+        backbone = _backbone_params(self.model)
+        if any(k.trains_everything for k in extras):
+            return sum(k.realized_paper(self.model, backbone) for k in extras)
         # every inserted module that stores paper parameters says how many (`paper_params()`)
         total = sum(m.paper_params() for m in self.model.modules() if callable(getattr(m, "paper_params", None)))
-        if self.variant.bitfit:
-            total += sum(p.numel() for n, p in _backbone_params(self.model) if n.endswith(".bias"))
+        total += sum(k.realized_paper(self.model, backbone) for k in extras)
         return total
 
     def realized_trainable_params(self) -> int:
@@ -184,18 +181,18 @@ def apply_variant(model: nn.Module, variant: Variant) -> Realized:
         bias_params=sum(p.numel() for n, p in backbone if n.endswith(".bias")),
     )
     counts = count(variant, shape)  # validates sites / layers / stacks before anything changes
-    head = _head_params(model, include_lm_head=variant.full_finetune)
+    extras = active_extras(variant)  # whole-model kinds: spaces/kind_prompt.py, kind_bitfit.py, kind_full.py
+    everything = any(k.trains_everything for k in extras)
+    head = _head_params(model, include_lm_head=everything)
     head_ids = {id(p) for p in head}
     for p in model.parameters():
-        p.requires_grad_(variant.full_finetune or id(p) in head_ids)
-    if variant.bitfit:
-        for n, p in _backbone_params(model):
-            if n.endswith(".bias"):
-                p.requires_grad_(True)
+        p.requires_grad_(everything or id(p) in head_ids)
     realized = Realized(model, variant, shape, counts, sum(p.numel() for p in head))
+    for k in extras:
+        k.prepare(model, variant, realized)
     _insert_modules(model, variant, shape, realized)
-    if variant.prompt_length:
-        realized.handles += families.install_prompt(model, variant.prompt_length)
+    for k in extras:
+        k.finish(model, variant, realized)
     model._unipetl_realized = realized  # type: ignore[assignment]
     logger.info("applied %s: paper %d, trainable %d (+ head %d)", variant.describe(), counts.paper_params, counts.trainable_params, realized.head_params)
     return realized

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from unipetl.spaces.kinds import ATTN_SITES, get_kind, kind_names  # noqa: F401  (ATTN_SITES: re-exported)
+from unipetl.spaces.kinds import ATTN_SITES, active_extras, all_extras, get_kind, kind_names  # noqa: F401  (ATTN_SITES: re-exported)
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 
 Site = Literal["attn", "self_attn", "cross_attn", "ffn"]
@@ -182,29 +182,22 @@ class Variant:
         for m in self.modules:
             if not isinstance(m, Module):
                 raise UnipetlError(f"`modules` must hold Module objects, got {type(m).__name__}.")
-        if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int) or self.prompt_length < 0:
-            raise UnipetlError(f"`prompt_length` should be a non-negative integer, got {self.prompt_length!r}.")
-        for flag in ("bitfit", "full_finetune"):
-            if not isinstance(getattr(self, flag), bool):
-                raise UnipetlError(f"`{flag}` should be true or false, got {getattr(self, flag)!r}.")
-        if self.full_finetune and (self.modules or self.bitfit or self.prompt_length):
-            raise UnipetlError("`full_finetune` trains every weight; it cannot be combined with modules, bitfit or prompt_length.")
+        for extra in all_extras():  # prompt, bitfit, full: spaces/kind_<name>.py
+            extra.validate(self)
         if self.name is not None and not isinstance(self.name, str):
             raise UnipetlError(f"`name` should be a string, got {self.name!r}.")
 
     @property
     def is_probe(self) -> bool:
-        return not (self.modules or self.bitfit or self.prompt_length or self.full_finetune)
+        return not (self.modules or active_extras(self))
 
     def describe(self) -> str:
         """The variant in unified-view terms, e.g. 'prefix l=30 @attn + scaled parallel adapter r=512 s=4 @ffn'."""
-        if self.full_finetune:
-            return "full fine-tuning"
-        parts = [m.describe() for m in self.modules]
-        if self.bitfit:
-            parts.append("BitFit")
-        if self.prompt_length:
-            parts.append(f"prompt tuning l={self.prompt_length}")
+        extras = sorted(active_extras(self), key=lambda k: k.describe_rank)
+        alone = [k for k in extras if k.trains_everything]
+        if alone:
+            return alone[0].describe(self)
+        parts = [m.describe() for m in self.modules] + [k.describe(self) for k in extras]
         return " + ".join(parts) if parts else "linear probe (head only)"
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ registry line) gets all of these for free, from its `examples()` and `families`:
 analytic == realized counts; only its own parameters (and the task head) train; a no-op at
 init where it claims so; save → load gives identical logits; generation with the KV cache
 equals generation without (seq2seq and decoder-only families); a deepcopy is independent of
-the original; a few AdamW steps lower the loss.
+the original; a few AdamW steps lower the loss. Whole-model kinds (prompt, BitFit, full
+fine-tuning; `ExtraKind`) run through the same checks with their example variants.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pytest
 import torch
 
 from unipetl.spaces.io import load_variant, save_variant
-from unipetl.spaces.kinds import all_kinds, get_kind
+from unipetl.spaces.kinds import EXTRAS, ExtraKind, ModuleKind, active_extras, all_extras, all_kinds, get_kind
 from unipetl.spaces.realize import apply_variant
-from unipetl.spaces.testing import randomize_variant, tiny_model
+from unipetl.spaces.testing import tiny_model
 from unipetl.spaces.variant import Variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,7 +32,7 @@ HEADS = {"bert": "cls", "roberta": "cls", "bart": "seq2seq", "mbart": "seq2seq",
 SPREAD = ("bert", "bart", "llama")
 CASES = [
     pytest.param(kind.name, i, family, id=f"{kind.name}{i}-{family}")
-    for kind in all_kinds()
+    for kind in [*all_kinds(), *all_extras()]
     for i, _ in enumerate(kind.examples())
     for family in kind.families
     if i == 0 or family in SPREAD
@@ -39,8 +40,27 @@ CASES = [
 GEN_CASES = [c for c in CASES if HEADS[c.values[2]] != "cls"]
 
 
+def _kind(name: str) -> ModuleKind | ExtraKind:
+    return EXTRAS.get(name) if name in EXTRAS else get_kind(name)
+
+
 def _spec(kind: str, i: int) -> Variant:
-    return Variant(modules=(get_kind(kind).examples()[i],))
+    k = _kind(kind)
+    return k.examples()[i] if isinstance(k, ExtraKind) else Variant(modules=(k.examples()[i],))
+
+
+def _claims_noop(kind: str, variant: Variant) -> bool:
+    k = _kind(kind)
+    return k.claims_noop(variant) if isinstance(k, ExtraKind) else k.claims_noop(variant.modules[0])
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> None:
+    """Move every trained tensor (modules, extras' backbone tensors, head) off its value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def _batch(family: str) -> dict[str, torch.Tensor]:
@@ -50,7 +70,7 @@ def _batch(family: str) -> dict[str, torch.Tensor]:
     mask[1, 5:] = 0
     head = HEADS[family]
     if head == "cls":
-        labels = torch.tensor([0, 1])
+        labels = torch.tensor([1, 1])  # one class, as in test_realize: a clear descent in 4 steps
     elif head == "seq2seq":
         labels = torch.randint(5, 100, (2, 5), generator=g)
     else:
@@ -67,7 +87,7 @@ def _logits(model: torch.nn.Module, family: str) -> torch.Tensor:
 
 
 def test_every_kind_has_examples_and_families() -> None:
-    for kind in all_kinds():
+    for kind in [*all_kinds(), *all_extras()]:
         assert kind.examples(), f"kind {kind.name!r} declares no examples for the conformance suite"
         assert set(kind.families) <= set(HEADS), kind.families
 
@@ -75,7 +95,7 @@ def test_every_kind_has_examples_and_families() -> None:
 @pytest.mark.parametrize(("kind", "index", "family"), CASES)
 def test_kind_conformance(kind: str, index: int, family: str, tmp_path: Path) -> None:
     variant = _spec(kind, index)
-    spec = variant.modules[0]
+    extras = active_extras(variant)
     model = tiny_model(family, HEADS[family])
     ref = _logits(model, family)
     realized = apply_variant(model, variant)
@@ -83,13 +103,13 @@ def test_kind_conformance(kind: str, index: int, family: str, tmp_path: Path) ->
     c = realized.counts
     assert realized.realized_paper_params() == c.paper_params
     assert realized.realized_trainable_params() == c.trainable_params
-    # only its parameters (and the task head) train
+    # only its parameters (and the task head) train: inserted `petl*` tensors, or backbone tensors an extra claims
     head_ids = {id(p) for p in model.parameters()} - {id(p) for p in model.base_model.parameters()} if model.base_model is not model else set()
     for n, p in model.named_parameters():
         if p.requires_grad:
-            assert "petl" in n or id(p) in head_ids, n
+            assert "petl" in n or id(p) in head_ids or any(k.lr_kind(n) for k in extras), n
     # a no-op at init where the kind claims it
-    if get_kind(kind).claims_noop(spec):
+    if _claims_noop(kind, variant):
         assert (_logits(model, family) - ref).abs().max().item() <= 1e-6
     # a few AdamW steps lower the loss (eval mode: no dropout noise)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -100,14 +120,17 @@ def test_kind_conformance(kind: str, index: int, family: str, tmp_path: Path) ->
         losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
+        if len(losses) == 1:  # the kind's own tensors get a gradient, not only the head
+            own = [p.grad for p in params if id(p) not in head_ids]
+            assert any(g is not None and g.abs().sum() > 0 for g in own)
         opt.step()
     assert losses[-1] < losses[0], losses
-    randomize_variant(model, std=0.3, seed=5)  # so the remaining checks mean something
+    _perturb(model, seed=5)  # so the remaining checks mean something
     trained = _logits(model, family)
     # a deepcopy is independent: perturbing the copy leaves the original unchanged
     twin = copy.deepcopy(model)
     assert torch.equal(_logits(twin, family), trained)
-    randomize_variant(twin, std=0.3, seed=6)
+    _perturb(twin, seed=6)
     assert not torch.equal(_logits(twin, family), trained)
     assert torch.equal(_logits(model, family), trained)
     # save → load into a fresh base model gives identical logits
@@ -121,7 +144,7 @@ def test_kind_conformance(kind: str, index: int, family: str, tmp_path: Path) ->
 def test_kind_generation_cache_equals_no_cache(kind: str, index: int, family: str) -> None:
     model = tiny_model(family, HEADS[family])
     apply_variant(model, _spec(kind, index))
-    randomize_variant(model, std=0.3)
+    _perturb(model, seed=4)
     g = torch.Generator().manual_seed(2)
     inputs = {"input_ids": torch.randint(5, 100, (2, 6), generator=g), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
     kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=model.config.pad_token_id or 0)

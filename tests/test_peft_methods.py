@@ -80,6 +80,8 @@ def check_against_peft(make_base: Callable[[], torch.nn.Module], variant: Varian
         warnings.simplefilter("ignore")
         pm = peft.get_peft_model(make_base(), peft_config(paths)).eval()
     _load_into(pm, state)
+    # PEFT's printed trainable count (no task_type: the head stays frozen there) is our trainable count
+    assert pm.get_nb_trainable_parameters()[0] == realized.counts.trainable_params
     theirs = _out(pm, inputs)
     assert (ours - theirs).abs().max().item() <= 1e-5, (ours - theirs).abs().max()
     assert (ours - _out(make_base(), inputs)).abs().max() > 1e-4  # the module really acts
@@ -159,3 +161,48 @@ def test_ia3_equals_peft(family: str, tmp_path: Path) -> None:
 
 def test_ia3_equals_peft_on_minilm(tmp_path: Path) -> None:
     check_against_peft(_minilm, _ia3_variant("bert"), _ia3_config(False), _ia3_state, _inputs("bert"), tmp_path, "minilm")
+
+
+# --- DoRA ----------------------------------------------------------------------------------------
+
+def _dora_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    state, paths = _lora_like(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    for mod in model.modules():
+        if hasattr(mod, "magnitude") and hasattr(mod, "targets"):
+            for key, (proj, _) in mod.targets.items():
+                state[f"base_model.model.{names[id(proj)]}.lora_magnitude_vector.default.weight"] = mod.magnitude[key].detach()
+    return state, paths
+
+
+def _dora(family: str) -> Variant:
+    site, targets = ("ffn", ("w1", "w2")) if family == "gpt2" else ("attn", ("q", "v"))
+    return Variant(modules=(Module(site=site, kind="dora", size=4, function="identity", composition="scaled", scale=1.5, targets=targets, init="lora"),))
+
+
+def _dora_config(conv: bool) -> Callable[[Any], Any]:
+    def config(paths: list[str]) -> Any:
+        return peft.LoraConfig(r=4, lora_alpha=6.0, use_dora=True, target_modules=paths, lora_dropout=0.0, fan_in_fan_out=conv)
+
+    return config
+
+
+@pytest.mark.parametrize("family", list(HEADS))
+def test_dora_equals_peft(family: str, tmp_path: Path) -> None:
+    check_against_peft(lambda: tiny_model(family, HEADS[family]), _dora(family), _dora_config(family == "gpt2"), _dora_state, _inputs(family), tmp_path, family)
+
+
+def test_dora_equals_peft_on_minilm(tmp_path: Path) -> None:
+    check_against_peft(_minilm, _dora("bert"), _dora_config(False), _dora_state, _inputs("bert"), tmp_path, "minilm")
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_dora_merges(family: str) -> None:
+    from unipetl.spaces.presets import parse_preset
+
+    model = tiny_model(family, HEADS[family])
+    realized = apply_variant(model, parse_preset("dora:r=2") if family != "gpt2" else _dora(family))
+    randomize_variant(model, std=0.3, seed=2)
+    before = _out(model, _inputs(family))
+    realized.merge_lora()
+    assert (_out(model, _inputs(family)) - before).abs().max().item() <= 1e-5

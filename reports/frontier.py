@@ -45,6 +45,14 @@ DISPLAY = {"mam": "MAM", "lora": "LoRA", "lora-ffn": "LoRA (FFN)", "unipelt": "U
            "sa-attn": "SA (attn)", "sa-ffn": "SA (FFN)", "mh-pa": "MH PA", "scaled-pa": "scaled PA", "full": "full fine-tuning", "probe": "linear probe"}
 
 
+def display_name(preset: str) -> str:
+    """A named method as reports write it: DISPLAY, else the kind file's preset display, else the name."""
+    if preset in DISPLAY:
+        return DISPLAY[preset]
+    p = PRESETS.get(preset) if preset in PRESETS else None
+    return (p.display if p is not None else None) or preset
+
+
 # --- eligibility -------------------------------------------------------------------------------
 def eligible(df: pl.DataFrame) -> pl.DataFrame:
     """Trials that may enter a frontier: complete, status ok, final fidelity, a metric, within budget.
@@ -156,7 +164,7 @@ class Match:
 
     @property
     def label(self) -> str:
-        name = DISPLAY.get(self.preset, self.preset)
+        name = display_name(self.preset)
         return name if self.distance == 0 else f"{name}-like (distance {self.distance})"
 
 

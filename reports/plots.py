@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from unipetl.reports.frontier import DISPLAY, FRACTION_FLOOR, eligible  # noqa: E402
+from unipetl.reports.frontier import FRACTION_FLOOR, display_name, eligible  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def frontier_plot(group: pl.DataFrame, front: pl.DataFrame, full_ft: float | Non
     named = pts.filter(pl.col("named") & in_front)
     for row in named.iter_rows(named=True):
         name = (row["preset"] or "").split(":")[0]
-        ax.annotate(DISPLAY.get(name, name), (max(row["paper_fraction"], FRACTION_FLOOR), row["metric"]), textcoords="offset points",
+        ax.annotate(display_name(name), (max(row["paper_fraction"], FRACTION_FLOOR), row["metric"]), textcoords="offset points",
                     xytext=(4, 5), fontsize=8, color="dimgray")
     if full_ft is not None:
         ax.axhline(full_ft, color="tab:green", ls="--", lw=1.2, label=f"full fine-tuning ({full_ft:.4g})")

@@ -74,7 +74,7 @@ class Ia3Kind(ModuleKind):
         return (SearchMethod("ia3", self.name, ("attn", "ffn"), compositions=(), fixed=fixed, default=False, sized=False),)
 
     def presets(self) -> tuple[KindPreset, ...]:
-        return (KindPreset("ia3", "(IA)^3: learned vectors scaling keys, values and the FFN intermediate (Liu et al. 2022)", None, _ia3),)
+        return (KindPreset("ia3", "(IA)^3: learned vectors scaling keys, values and the FFN intermediate (Liu et al. 2022)", None, _ia3, display="(IA)³"),)
 
     def insert(self, ctx: Any, m: Module, index: int, insts: list[SiteInstance]) -> None:
         from torch import nn

@@ -50,7 +50,7 @@ class RsLoraKind(LoraKind):
         return (SearchMethod("rslora", self.name, ("attn", "ffn"), compositions=(), fixed=fixed, default=False),)
 
     def presets(self) -> tuple[KindPreset, ...]:
-        return (KindPreset("rslora", "rank-stabilized LoRA on W_q, W_v: s = alpha / sqrt(r) (Kalajdzievski 2023)", "r", _rslora),)
+        return (KindPreset("rslora", "rank-stabilized LoRA on W_q, W_v: s = alpha / sqrt(r) (Kalajdzievski 2023)", "r", _rslora, display="rsLoRA"),)
 
 
 def _rslora(r: int = 8, a: int = 16) -> Variant:

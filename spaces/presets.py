@@ -24,6 +24,7 @@ class Preset:
     build: Callable[..., Variant]
     summary: str
     size_key: str | None  # the key that sizes the preset to a budget (None: fixed size)
+    display: str | None = None  # how reports write it, for presets of kind files (reports.frontier.DISPLAY has the rest)
 
     @property
     def defaults(self) -> dict[str, object]:
@@ -155,7 +156,7 @@ def probe() -> Variant:
 # named methods of kinds that live in their own files (spaces/kind_<name>.py `presets()`)
 for _kind in all_kinds():
     for _p in _kind.presets():
-        PRESETS.register(_p.name, Preset(_p.name, _p.build, _p.summary, _p.size_key))
+        PRESETS.register(_p.name, Preset(_p.name, _p.build, _p.summary, _p.size_key, _p.display))
 
 
 def _value(key: str, raw: str) -> object:

@@ -2,6 +2,8 @@
 
 Dimensions, per site (attention, FFN), as in He et al. §4:
   method       attention: none | prefix | mh_pa | lora | sa | pa;  FFN: none | lora | sa | pa
+               (each kind file adds its methods, `ModuleKind.search_methods`; the later ones —
+               rslora, dora, ia3 — are opt-in: a study file's `attention_methods` / `ffn_methods`)
   function     relu | gelu | identity           (adapters and MH PA; prefix is softmax, LoRA identity)
   composition  add | scaled | learned_scale | gated   (prefix is always gated; MH PA never is)
   scale        s for `scaled` (a categorical list)

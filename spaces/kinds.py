@@ -1,19 +1,23 @@
 """Module kinds as plug-ins: one file per kind plus one registry line.
 
 A *kind* is what a `Module` modifies and how (He et al., ICLR 2022, §3, Table 1): bottleneck
-adapters at a sublayer output (`adapter`), head-wise slots (`heads`: prefix tuning, MH PA) and
-low-rank weight updates (`lora`). Everything the rest of unipetl needs to know about a kind —
-its spec checks, its analytic counts, how it is inserted into a model, what it adds to the
-search space, how reports name it, how it saves and exports — is a method of one
-`ModuleKind` subclass in one file of this package. `register_kind(MyKind())` plugs it in; the
-order of registration is the order of the search space's choice lists.
+adapters at a sublayer output (`adapter`), head-wise slots (`heads`: prefix tuning, MH PA),
+low-rank weight updates (`lora`, and its variants `rslora`, `dora`) and learned vector scales
+(`ia3`). Everything the rest of unipetl needs to know about a kind — its spec checks, its
+analytic counts, how it is inserted into a model, what it adds to the search space, how reports
+name it, how it saves and exports — is a method of one `ModuleKind` subclass in one file,
+`spaces/kind_<name>.py` (flat in `spaces/`: the installed package list names `unipetl.spaces`
+only). The file ends with `register_kind(MyKind())`; `_BUILTIN` below lists it (the one
+registry line) and orders the search space's choice lists. Whole-model kinds (prompt tuning,
+BitFit, full fine-tuning) are `ExtraKind`s, each reading one `Variant` field.
 
 This module and the kind files import no torch at module level: specs, counts, search spaces
 and reports (which never import torch) read the registry too. Building modules imports torch
 inside `insert`.
 
 Adding a kind (see README, "Extending"): write `spaces/kind_<name>.py` with a subclass of
-`ModuleKind`, and add its import to `_BUILTIN` below.
+`ModuleKind`, and add its name to `_BUILTIN` below. tests/test_kind_conformance.py then runs it
+on every family it declares.
 """
 
 from __future__ import annotations

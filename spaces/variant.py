@@ -8,8 +8,10 @@ design dimensions explicitly:
 - insertion form    `insertion`:   sequential | parallel
 - representation    `site` + `kind`: attention output (`kind="adapter"` at an attention site),
                     attention heads (`kind="heads"`: prefix tuning with softmax, MH PA with relu),
-                    attention / FFN weight matrices (`kind="lora"` with `targets`),
-                    FFN output (`kind="adapter"` at `site="ffn"`)
+                    attention / FFN weight matrices (`kind="lora"` with `targets`; also
+                    `rslora`, `dora`), keys / values / FFN intermediate (`kind="ia3"`),
+                    FFN output (`kind="adapter"` at `site="ffn"`); every kind is one file,
+                    `spaces/kind_<name>.py`, registered in `spaces/kinds.py`
 - composition       `composition`: add | scaled (fixed s) | learned_scale | gated
 
 Sites: `attn` is every attention sublayer the model has (encoder self, decoder self and decoder

@@ -30,8 +30,9 @@ import polars as pl
 from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from unipetl.reports.objectives import cost_columns
 from unipetl.reports.stats import beats_baseline, paired_verdict, summarize, unpaired_significant
+from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.presets import PRESETS
-from unipetl.spaces.variant import ATTN_SITES, Module, Variant
+from unipetl.spaces.variant import Module, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ GROUP = ("task", "model")
 DISPLAY = {"mam": "MAM", "lora": "LoRA", "lora-ffn": "LoRA (FFN)", "unipelt": "UniPELT", "bitfit": "BitFit", "houlsby": "Houlsby adapter",
            "pfeiffer": "Pfeiffer adapter", "prefix": "prefix tuning", "prompt": "prompt tuning", "pa-attn": "PA (attn)", "pa-ffn": "PA (FFN)",
            "sa-attn": "SA (attn)", "sa-ffn": "SA (FFN)", "mh-pa": "MH PA", "scaled-pa": "scaled PA", "full": "full fine-tuning", "probe": "linear probe"}
+
+
+def display_name(preset: str) -> str:
+    """A named method as reports write it: DISPLAY, else the kind file's preset display, else the name."""
+    if preset in DISPLAY:
+        return DISPLAY[preset]
+    p = PRESETS.get(preset) if preset in PRESETS else None
+    return (p.display if p is not None else None) or preset
 
 
 # --- eligibility -------------------------------------------------------------------------------
@@ -131,9 +140,8 @@ def hypervolume_history(group: pl.DataFrame, higher: bool = True, ref_metric: fl
 
 
 # --- nearest named method ------------------------------------------------------------------------
-def _signature(m: Module) -> tuple[str, str, str, str, str]:
-    comp = "scaled" if m.composition == "learned_scale" else m.composition
-    return ("attn" if m.site in ATTN_SITES else "ffn", m.kind, m.function, m.insertion, comp)
+def _signature(m: Module) -> tuple[str, ...]:
+    return get_kind(m.kind).signature(m)
 
 
 MODULE_COST = 5  # an unmatched module differs in all five dimensions
@@ -167,7 +175,7 @@ class Match:
 
     @property
     def label(self) -> str:
-        name = DISPLAY.get(self.preset, self.preset)
+        name = display_name(self.preset)
         return name if self.distance == 0 else f"{name}-like (distance {self.distance})"
 
 

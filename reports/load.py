@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.variant import ATTN_SITES, Variant
 
@@ -93,8 +94,8 @@ def variant_columns(variant: Variant) -> dict[str, Any]:
     if attn or ffn:
         site = "both" if attn and ffn else ("attention" if attn else "ffn")
     # the representation modified, with head-wise attention (prefix, MH PA) apart from the rest
-    representation = _mixed(("attention heads" if m.kind == "heads" else "attention") if m.site in ATTN_SITES else "ffn" for m in variant.modules)
-    sizes = [f"{'l' if m.kind == 'heads' else 'r'}={m.size}@{'attn' if m.site in ATTN_SITES else 'ffn'}" for m in variant.modules]
+    representation = _mixed(get_kind(m.kind).representation(m) for m in variant.modules)
+    sizes = [f"{get_kind(m.kind).size_letter}={m.size}@{'attn' if m.site in ATTN_SITES else 'ffn'}" for m in variant.modules]
     if variant.prompt_length:
         sizes.append(f"prompt={variant.prompt_length}")
     scaled = [m.scale for m in variant.modules if m.composition in ("scaled", "learned_scale")]
@@ -106,7 +107,7 @@ def variant_columns(variant: Variant) -> dict[str, Any]:
         "kind": _mixed(m.kind for m in variant.modules),
         "site": site,
         "representation": representation,
-        "insertion": _mixed(m.insertion for m in variant.modules if m.kind == "adapter"),
+        "insertion": _mixed(m.insertion for m in variant.modules if get_kind(m.kind).insertion_varies),
         "function": _mixed(m.function for m in variant.modules),
         "composition": _mixed(comp[m.composition] for m in variant.modules),
         "sizes": ", ".join(sizes) or None,

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from unipetl.reports.frontier import DISPLAY, FRACTION_FLOOR, eligible  # noqa: E402
+from unipetl.reports.frontier import FRACTION_FLOOR, display_name, eligible  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,9 @@ def short_name(row: dict[str, Any]) -> str:
     """A frontier point's label: trial number and its named method, or the nearest one with "-like"."""
     preset = (row.get("preset") or "").split(":")[0]
     if preset:
-        name = DISPLAY.get(preset, preset)
+        name = display_name(preset)
     elif row.get("nearest"):
-        name = f"{DISPLAY.get(row['nearest'], row['nearest'])}-like"
+        name = f"{display_name(row['nearest'])}-like"
     else:
         name = "custom"
     return f"#{row.get('trial')} {name}"

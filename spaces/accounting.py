@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from unipetl.spaces.kind_lora import lora_dims  # noqa: F401  (re-exported: the LoRA shapes)
+from unipetl.spaces.kinds import active_extras, get_kind
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.shapes import ModelShape, StackShape
 from unipetl.spaces.variant import Module, Variant
@@ -67,18 +69,6 @@ def site_instances(module: Module, shape: ModelShape, where: str = "module") -> 
     return out
 
 
-def lora_dims(target: str, st: StackShape, d: int) -> list[tuple[int, int]]:
-    """(in, out) of every weight matrix a LoRA target adapts (gated FFNs have two W_1)."""
-    return {
-        "q": [(d, st.q_dim)],
-        "k": [(d, st.kv_dim)],
-        "v": [(d, st.kv_dim)],
-        "o": [(st.q_dim, d)],
-        "w1": [(d, st.ffn_dim)] * (2 if st.ffn_gated else 1),
-        "w2": [(st.ffn_dim, d)],
-    }[target]
-
-
 @dataclass(slots=True)
 class ModuleCount:
     description: str
@@ -121,57 +111,35 @@ class Counts:
 
 
 def _module_count(module: Module, shape: ModelShape, where: str) -> ModuleCount:
+    """One module's counts: its kind's per-instance counts (spaces/kind_<name>.py), plus the
+    composition's parameters every kind shares: a gate d + 1 (kinds that own one), a learned scale 1."""
+    kind = get_kind(module.kind)
     d = shape.d_model
     insts = site_instances(module, shape, where)
     stacks = {s.name: s for s in shape.stacks}
     paper = extra = 0
-    reparam_groups: dict[tuple[str, str], int] = {}
     for inst in insts:
-        st = stacks[inst.stack]
-        if module.kind == "adapter":
-            r = module.size
-            paper += 2 * r * d
-            extra += r + d  # down and up biases
-            if module.layernorm:
-                extra += 2 * d
-        elif module.kind == "lora":
-            for t in module.targets:
-                for din, dout in lora_dims(t, st, d):
-                    paper += module.size * (din + dout)
-        else:  # heads: P_k and P_v, l slots of the key / value width
-            paper += 2 * module.size * st.kv_dim
-            if module.reparam:
-                key = (inst.stack, inst.sublayer)
-                reparam_groups[key] = reparam_groups.get(key, 0) + 1
-        if module.composition == "gated" and module.kind != "heads":
+        p, e = kind.instance_counts(module, stacks[inst.stack], d)
+        paper += p
+        extra += e
+        if module.composition == "gated" and kind.owns_gate:
             extra += d + 1  # sigmoid gate from the sublayer input: W_g (d × 1) and b_g
         if module.composition == "learned_scale":
             extra += 1
-    if module.reparam:
-        h = module.reparam_hidden
-        trainable = extra
-        for (stack, _), n_layers in reparam_groups.items():
-            out = 2 * stacks[stack].kv_dim * n_layers
-            trainable += module.size * d + d * h + h + h * out + out  # E, Linear(d,h), Linear(h,out)
-    else:
-        trainable = paper + extra
-    return ModuleCount(module.describe(), len(insts), paper, trainable)
+    return ModuleCount(module.describe(), len(insts), paper, kind.trainable_count(module, shape, insts, paper, extra))
+
+
+def _one(c: tuple[str, int, int]) -> tuple[str, int, int, int]:
+    return c[0], 1, c[1], c[2]
 
 
 def count(variant: Variant, shape: ModelShape) -> Counts:
     """Paper and trainable counts of a variant on a model shape (no model is built)."""
     base = shape.base_params
     denominator = f"{shape.name or shape.model_type} backbone parameters ({base:,})"
-    if variant.full_finetune:
-        return Counts(base, base, base, denominator, [ModuleCount("full fine-tuning", 1, base, base)])
     mods = [_module_count(m, shape, f"modules[{i}]") for i, m in enumerate(variant.modules)]
-    if variant.prompt_length:
-        n = variant.prompt_length * shape.d_model
-        mods.append(ModuleCount(f"prompt tuning l={variant.prompt_length}", 1, n, n))
-    if variant.bitfit:
-        if shape.bias_params == 0:
-            raise UnipetlError(f"`bitfit`: model {shape.name or shape.model_type!r} has no bias vectors to tune.")
-        mods.append(ModuleCount("BitFit (all backbone biases)", 1, shape.bias_params, shape.bias_params))
+    for extra in active_extras(variant):  # whole-model kinds (spaces/kind_prompt.py, kind_bitfit.py, kind_full.py)
+        mods.append(ModuleCount(*_one(extra.count(variant, shape))))
     paper = sum(m.paper for m in mods)
     trainable = sum(m.trainable for m in mods)
     return Counts(paper, trainable, base, denominator, mods)

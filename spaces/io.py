@@ -27,7 +27,6 @@ expects, so a mismatch is one `UnipetlError` line and the model is left untouche
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unipetl.spaces.accounting import count
-from unipetl.spaces.layers import HeadSlots
+from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.realize import Realized, _backbone_params, _head_params, apply_variant, load_variant_state_dict, variant_state_dict
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.shapes import shape_from_config
@@ -151,19 +150,14 @@ def _realized_of(obj: Realized | nn.Module) -> Realized:
 
 
 def _materialize(realized: Realized, tensors: dict[str, torch.Tensor]) -> tuple[Variant, dict[str, torch.Tensor]]:
-    """Swap each prefix MLP for the prefixes it produces; the variant becomes reparam=False."""
+    """Each kind swaps its training devices for what they produce (`ModuleKind.materialize`:
+    a prefix MLP becomes the prefixes, the spec reparam=False)."""
     variant = realized.variant
-    if not any(m.kind == "heads" and m.reparam for m in variant.modules):
+    out = dict(tensors)
+    mods = tuple(get_kind(m.kind).materialize(m, realized.model, out) for m in variant.modules)
+    if mods == variant.modules:
         return variant, tensors
-    out = {n: t for n, t in tensors.items() if ".petl_reparam." not in f".{n}"}
-    with torch.no_grad():
-        for name, mod in realized.model.named_modules():
-            if isinstance(mod, HeadSlots) and mod._mlp[0] is not None:
-                pk, pv = mod.kv()
-                out[f"{name}.petl_k"] = pk.detach().to("cpu").contiguous().clone()
-                out[f"{name}.petl_v"] = pv.detach().to("cpu").contiguous().clone()
-    plain = tuple(dataclasses.replace(m, reparam=False) if m.kind == "heads" else m for m in variant.modules)
-    return variant.replace(modules=plain), out
+    return variant.replace(modules=mods), out
 
 
 def _write_atomic(path: Path, write: Any) -> None:

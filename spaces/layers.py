@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.variant import Module
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ class Composition(nn.Module):
 
     def __init__(self, spec: Module, d_model: int) -> None:
         super().__init__()
-        self.kind = spec.composition
+        self.mode = spec.composition
         self.fixed = spec.scale if spec.composition == "scaled" else 1.0
         self.scale = nn.Parameter(torch.tensor(float(spec.scale))) if spec.composition == "learned_scale" else None
-        self.gate = nn.Linear(d_model, 1) if spec.composition == "gated" and spec.kind != "heads" else None
+        self.gate = nn.Linear(d_model, 1) if spec.composition == "gated" else None
 
     def forward(self, delta: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         if self.scale is not None:
@@ -107,7 +108,7 @@ class Lora(nn.Module):
     def __init__(self, spec: Module, d_model: int, dims: dict[str, list[tuple[int, int]]]) -> None:
         super().__init__()
         self.spec = spec
-        self.s = spec.scale if spec.composition in ("scaled", "learned_scale") else 1.0
+        self.s = get_kind(spec.kind).lora_scale(spec)  # α/r for LoRA, α/√r for rsLoRA
         self.factors = nn.ModuleDict(
             {f"{t}_{i}": LoraFactor(din, dout, spec.size, spec.init, spec.dropout) for t, pairs in dims.items() for i, (din, dout) in enumerate(pairs)}
         )
@@ -119,9 +120,18 @@ class Lora(nn.Module):
 
     def delta(self, key: str, inp: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         out = self.factors[key](inp)
-        if self.comp.kind == "scaled":
+        if self.comp.mode == "scaled":
             return out * self.s
         return self.comp(out, x)
+
+    def apply(self, key: str, inp: torch.Tensor, x: torch.Tensor | None, output: torch.Tensor, slc: slice | None) -> torch.Tensor:
+        """The projection's output (B, T, d_out) with this target's update added (to columns
+        `slc` of a fused projection); `inp` is the projection's input, `x` what a gate reads.
+        Variants of LoRA (DoRA) override this."""
+        d = self.delta(key, inp, x).to(output.dtype)
+        if slc is None:
+            return output + d
+        return torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
 
     def delta_weight_for(self, key: str) -> torch.Tensor:
         """s·B·A of one target, (out, in); only for add / scaled LoRA (merge_lora checks)."""

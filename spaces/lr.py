@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from unipetl.spaces.kinds import active_extras
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.variant import Variant
 
@@ -71,6 +72,9 @@ def module_kind(module: nn.Module) -> str | None:
     """The lr kind of an inserted module (None for anything else)."""
     from unipetl.spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
 
+    declared = getattr(module, "lr_kind", None)  # a kind file's module names its rate itself
+    if isinstance(declared, str):
+        return declared
     if isinstance(module, Lora):
         return "lora"
     if isinstance(module, Adapter):
@@ -112,10 +116,8 @@ def parameter_kinds(model: nn.Module, variant: Variant) -> dict[str, str]:
             out[name] = owner[id(p)]
         elif id(p) not in inside:
             out[name] = "head"
-        elif variant.full_finetune:
-            out[name] = "full"
-        elif variant.bitfit and name.endswith(".bias"):
-            out[name] = "bitfit"
+        elif kinds_of_extras := [k for k in (e.lr_kind(name) for e in active_extras(variant)) if k]:  # full, BitFit
+            out[name] = kinds_of_extras[0]
         else:  # a trainable backbone tensor no rule explains: refuse rather than guess its rate
             raise UnipetlError(f"lr plan: trainable parameter {name!r} belongs to no module kind of variant {variant.describe()!r}.")
     return out

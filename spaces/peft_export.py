@@ -30,18 +30,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from unipetl.spaces import families
-from unipetl.spaces.layers import HeadSlots, Lora
+from unipetl.spaces.kinds import active_extras, get_kind
 from unipetl.spaces.realize import Realized, _head_params
 from unipetl.spaces.registry import UnipetlError
 
@@ -68,100 +64,37 @@ def _head(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
 
 
 def peft_kind(realized: Realized) -> str:
-    """'lora' | 'prompt' | 'prefix', or a UnipetlError saying why PEFT cannot express the variant."""
+    """'prompt', or the PEFT method the variant's kind exports to ('lora', 'prefix', …), or a
+    UnipetlError saying why PEFT cannot express the variant. Every module must map to the same
+    PEFT method (`ModuleKind.peft_method`), which the kind then checks (`check_peft`)."""
     v = realized.variant
     what = v.describe()
-    if v.full_finetune or v.bitfit:
+    extras = active_extras(v)
+    if any(k.peft_method(v) is None for k in extras):
         raise UnipetlError(f"export --format peft: {what!r} is not a PEFT adapter (full fine-tuning / BitFit have no PEFT format).")
     mods = v.modules
-    if not mods and v.prompt_length:
-        return "prompt"
-    if mods and not v.prompt_length and all(m.kind == "lora" for m in mods):
-        bad = [m for m in mods if m.composition not in ("add", "scaled")]
-        if bad:
-            raise UnipetlError(f"export --format peft: LoRA composition {bad[0].composition!r} has no PEFT equivalent (PEFT scales by a fixed lora_alpha / r).")
-        return "lora"
-    if len(mods) == 1 and not v.prompt_length and mods[0].kind == "heads" and mods[0].function == "softmax":
-        m = mods[0]
-        if realized.shape.is_encoder_decoder or realized.shape.stacks[0].name != "decoder":
-            raise UnipetlError(f"export --format peft: prefix tuning exports only for decoder-only models; on {realized.shape.model_type!r} PEFT passes "
-                               "prefixes as a KV cache that does not reach the same attention sublayers as ours (encoder / cross attention).")
-        if m.layers is not None:
-            raise UnipetlError(f"export --format peft: PEFT puts a prefix in every layer, this one is only in layers {list(m.layers)}.")
-        return "prefix"
+    if not mods and len(extras) == 1:
+        return extras[0].peft_method(v)  # type: ignore[return-value]
+    if mods and not extras:
+        kinds = {m.kind for m in mods}
+        methods = {get_kind(m.kind).peft_method(m) for m in mods}
+        if len(kinds) == 1 and len(methods) == 1 and None not in methods and get_kind(mods[0].kind).check_peft(mods, realized):
+            return methods.pop()
     raise UnipetlError(f"export --format peft: {what!r} is not expressible in PEFT (LoRA, prompt tuning or plain prefix tuning only).")
-
-
-def _lora_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, float]], bool]:
-    """PEFT LoRA tensors by module path, and (rank, alpha) per path."""
-    paths = {id(m): n for n, m in model.named_modules()}
-    per_module: dict[str, list[tuple[torch.Tensor, torch.Tensor, slice | None, float, nn.Module]]] = {}
-    for lora in (m for m in model.modules() if isinstance(m, Lora)):
-        for key, (mod, slc) in lora.targets.items():
-            f = lora.factors[key]
-            per_module.setdefault(paths[id(mod)], []).append((f.lora_A.weight.detach(), f.lora_B.weight.detach(), slc, lora.s, mod))
-    tensors: dict[str, torch.Tensor] = {}
-    ranks: dict[str, tuple[int, float]] = {}
-    conv = False
-    for path, parts in per_module.items():
-        mod = parts[0][4]
-        conv |= isinstance(mod, Conv1D)
-        d_out = mod.weight.shape[1] if isinstance(mod, Conv1D) else mod.weight.shape[0]
-        if len(parts) == 1 and parts[0][2] is None:
-            a, b, _, s, _ = parts[0]
-            tensors[f"{path}.lora_A.weight"], tensors[f"{path}.lora_B.weight"] = a, b
-            ranks[path] = (a.shape[0], s * a.shape[0])  # PEFT scaling alpha / r == s
-            continue
-        rank = sum(a.shape[0] for a, *_ in parts)
-        big_b = torch.zeros(d_out, rank, dtype=parts[0][1].dtype)
-        off = 0
-        for a, b, slc, s, _ in parts:
-            rows = slc if slc is not None else slice(0, d_out)
-            big_b[rows, off : off + a.shape[0]] = b * s  # scale folded in: alpha == rank below
-            off += a.shape[0]
-        tensors[f"{path}.lora_A.weight"] = torch.cat([a for a, *_ in parts], dim=0)
-        tensors[f"{path}.lora_B.weight"] = big_b
-        ranks[path] = (rank, float(rank))
-    return tensors, ranks, conv
-
-
-def _prefix_embeddings(model: nn.Module) -> torch.Tensor:
-    slots = [m for m in model.modules() if isinstance(m, HeadSlots)]  # layer order = module order
-    with torch.no_grad():
-        kv = torch.stack([torch.stack(s.kv()) for s in slots])  # (layers, 2, kv_heads, l, hd)
-    layers, _, heads, l, hd = kv.shape
-    return kv.permute(3, 0, 1, 2, 4).reshape(l, layers * 2 * heads * hd)
 
 
 def export_peft(realized: Realized, directory: str | Path, *, base_model_name_or_path: str) -> Path:
     """Write a PEFT adapter directory for a LoRA / prompt / (decoder-only) prefix variant."""
-    kind = peft_kind(realized)
+    peft_kind(realized)  # raises for what PEFT cannot express
     model = realized.model
     head, head_modules = _head(model)
     config: dict[str, Any] = {"base_model_name_or_path": base_model_name_or_path, "task_type": _task_type(model), "inference_mode": True,
                               "revision": None, "modules_to_save": head_modules or None}
-    if kind == "lora":
-        tensors, ranks, conv = _lora_tensors(model)
-        (r, alpha), _ = Counter(ranks.values()).most_common(1)[0]
-        config.update(peft_type="LORA", r=r, lora_alpha=alpha, target_modules=sorted(ranks), lora_dropout=max(m.dropout for m in realized.variant.modules),
-                      bias="none", fan_in_fan_out=conv, use_rslora=False, init_lora_weights=True,
-                      rank_pattern={re.escape(p): ra for p, (ra, al) in ranks.items() if ra != r},
-                      alpha_pattern={re.escape(p): al for p, (ra, al) in ranks.items() if al != alpha})
-        out = {f"base_model.model.{k}": v for k, v in tensors.items()}
-        out.update({f"base_model.model.{k}": v for k, v in head.items()})
-    else:
-        d = realized.shape.d_model
-        st = realized.shape.stacks[-1]
-        if kind == "prompt":
-            emb = families.backbone(model).petl_prompt.petl_prompt.detach()
-            config.update(peft_type="PROMPT_TUNING", num_virtual_tokens=emb.shape[0], token_dim=d, num_transformer_submodules=1,
-                          num_attention_heads=st.n_heads, num_layers=st.n_layers, prompt_tuning_init="RANDOM")
-        else:
-            emb = _prefix_embeddings(model)
-            config.update(peft_type="PREFIX_TUNING", num_virtual_tokens=emb.shape[0], token_dim=st.kv_dim, encoder_hidden_size=st.kv_dim,
-                          num_transformer_submodules=1, num_attention_heads=st.n_kv_heads, num_layers=st.n_layers, prefix_projection=False)
-        out = {"prompt_embeddings": emb}
-        out.update({f"base_model.{k}": v for k, v in head.items()})
+    # every kind exports itself: ModuleKind.export_peft, or ExtraKind.export_peft (prompt tuning)
+    v = realized.variant
+    exporter = get_kind(v.modules[0].kind).export_peft if v.modules else active_extras(v)[0].export_peft
+    out, head_prefix = exporter(realized, config)
+    out.update({f"{head_prefix}{k}": v for k, v in head.items()})
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}, str(target / WEIGHTS_FILE), metadata={"format": "pt"})

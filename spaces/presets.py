@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from unipetl.spaces.kinds import all_kinds
 from unipetl.spaces.registry import Registry, UnipetlError, did_you_mean
 from unipetl.spaces.variant import Module, Variant
 
@@ -23,6 +24,7 @@ class Preset:
     build: Callable[..., Variant]
     summary: str
     size_key: str | None  # the key that sizes the preset to a budget (None: fixed size)
+    display: str | None = None  # how reports write it, for presets of kind files (reports.frontier.DISPLAY has the rest)
 
     @property
     def defaults(self) -> dict[str, object]:
@@ -149,6 +151,12 @@ def full() -> Variant:
 @preset("probe", "linear probe: only the task head trains", aliases=("linear-probe", "head"))
 def probe() -> Variant:
     return Variant()
+
+
+# named methods of kinds that live in their own files (spaces/kind_<name>.py `presets()`)
+for _kind in all_kinds():
+    for _p in _kind.presets():
+        PRESETS.register(_p.name, Preset(_p.name, _p.build, _p.summary, _p.size_key, _p.display))
 
 
 def _value(key: str, raw: str) -> object:

@@ -30,8 +30,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from unipetl.spaces import attention, families
-from unipetl.spaces.accounting import Counts, count, site_instances
-from unipetl.spaces.layers import Adapter, HeadSlots, Lora, PrefixMLP, SoftPrompt
+from unipetl.spaces.accounting import Counts, SiteInstance, count, site_instances
+from unipetl.spaces.kinds import active_extras, get_kind
+from unipetl.spaces.layers import Lora
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.shapes import ModelShape, shape_from_config
 from unipetl.spaces.variant import Variant
@@ -68,7 +69,8 @@ class SiteHub(nn.Module):
         return h
 
 
-def _dims(mod: nn.Module, slc: slice | None) -> tuple[int, int]:
+def projection_dims(mod: nn.Module, slc: slice | None) -> tuple[int, int]:
+    """(d_in, d_out) of a projection (nn.Linear or GPT-2's Conv1D), or of a column slice of it."""
     if isinstance(mod, Conv1D):
         d_in, d_out = mod.weight.shape
     else:
@@ -96,11 +98,7 @@ class LoraHook:
         for lora, key, slc, hub in self.entries:
             if lora.merged:
                 continue
-            d = lora.delta(key, inp, inp if hub is None else hub.x).to(output.dtype)
-            if slc is None:
-                output = output + d
-            else:
-                output = torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
+            output = lora.apply(key, inp, inp if hub is None else hub.x, output, slc)
         return output
 
 
@@ -117,11 +115,13 @@ class Realized:
 
     def realized_paper_params(self) -> int:
         """The paper count measured on the inserted modules (must equal counts.paper_params)."""
-        if self.variant.full_finetune:
-            return sum(p.numel() for _, p in _backbone_params(self.model))
-        total = sum(m.paper_params() for m in self.model.modules() if isinstance(m, (Adapter, Lora, HeadSlots, SoftPrompt)))
-        if self.variant.bitfit:
-            total += sum(p.numel() for n, p in _backbone_params(self.model) if n.endswith(".bias"))
+        extras = active_extras(self.variant)
+        backbone = _backbone_params(self.model)
+        if any(k.trains_everything for k in extras):
+            return sum(k.realized_paper(self.model, backbone) for k in extras)
+        # every inserted module that stores paper parameters says how many (`paper_params()`)
+        total = sum(m.paper_params() for m in self.model.modules() if callable(getattr(m, "paper_params", None)))
+        total += sum(k.realized_paper(self.model, backbone) for k in extras)
         return total
 
     def realized_trainable_params(self) -> int:
@@ -181,88 +181,67 @@ def apply_variant(model: nn.Module, variant: Variant) -> Realized:
         bias_params=sum(p.numel() for n, p in backbone if n.endswith(".bias")),
     )
     counts = count(variant, shape)  # validates sites / layers / stacks before anything changes
-    head = _head_params(model, include_lm_head=variant.full_finetune)
+    extras = active_extras(variant)  # whole-model kinds: spaces/kind_prompt.py, kind_bitfit.py, kind_full.py
+    everything = any(k.trains_everything for k in extras)
+    head = _head_params(model, include_lm_head=everything)
     head_ids = {id(p) for p in head}
     for p in model.parameters():
-        p.requires_grad_(variant.full_finetune or id(p) in head_ids)
-    if variant.bitfit:
-        for n, p in _backbone_params(model):
-            if n.endswith(".bias"):
-                p.requires_grad_(True)
+        p.requires_grad_(everything or id(p) in head_ids)
     realized = Realized(model, variant, shape, counts, sum(p.numel() for p in head))
+    for k in extras:
+        k.prepare(model, variant, realized)
     _insert_modules(model, variant, shape, realized)
-    if variant.prompt_length:
-        realized.handles += families.install_prompt(model, variant.prompt_length)
+    for k in extras:
+        k.finish(model, variant, realized)
     model._unipetl_realized = realized  # type: ignore[assignment]
     logger.info("applied %s: paper %d, trainable %d (+ head %d)", variant.describe(), counts.paper_params, counts.trainable_params, realized.head_params)
     return realized
 
 
+class InsertContext:
+    """What a kind's `insert` (spaces/kind_<name>.py) builds on: the model and its shape, one
+    `SiteHub` per sublayer output, and the table of projection hooks (LoRA-like kinds)."""
+
+    def __init__(self, model: nn.Module, shape: ModelShape, handles: list[Any]) -> None:
+        self.model, self.shape, self.d = model, shape, shape.d_model
+        self.realized_handles = handles  # hooks a kind registers itself (removable with the variant)
+        self.stacks = {s.name: s for s in shape.stacks}
+        self.base = families.backbone(model)
+        self.hubs: dict[int, tuple[SiteHub, families.SublayerRefs]] = {}
+        self.projection_hooks: dict[int, tuple[nn.Module, list[tuple[Any, str, slice | None, SiteHub | None]]]] = {}
+        self.uses_slots = False  # a kind added head-wise slots: attention must use them
+
+    def refs(self, inst: SiteInstance) -> families.SublayerRefs:
+        return families.sublayer(self.model, inst.stack, inst.sublayer, inst.layer)
+
+    def hub(self, refs: families.SublayerRefs) -> SiteHub:
+        """The sublayer's hub (created on first use): sequential / parallel modules and x."""
+        if id(refs.out) not in self.hubs:
+            hub = SiteHub()
+            refs.out.petl = hub
+            self.hubs[id(refs.out)] = (hub, refs)
+        return self.hubs[id(refs.out)][0]
+
+    def hook_projection(self, mod: nn.Module, entry: tuple[Any, str, slice | None, SiteHub | None]) -> None:
+        """Add (module, factor key, column slice, gate hub) to the forward hook of projection `mod`."""
+        self.projection_hooks.setdefault(id(mod), (mod, []))[1].append(entry)
+
+
 def _insert_modules(model: nn.Module, variant: Variant, shape: ModelShape, realized: Realized) -> None:
     dev_dtype = next(model.parameters())
-    d = shape.d_model
-    stacks = {s.name: s for s in shape.stacks}
-    hubs: dict[int, tuple[SiteHub, families.SublayerRefs]] = {}
-    lora_hooks: dict[int, tuple[nn.Module, list[tuple[Lora, str, slice | None, SiteHub | None]]]] = {}
-    base = families.backbone(model)
-    uses_slots = False
+    ctx = InsertContext(model, shape, realized.handles)
     for mi, spec in enumerate(variant.modules):
-        insts = site_instances(spec, shape, f"modules[{mi}]")
-        mlps: dict[tuple[str, str], PrefixMLP] = {}
-        if spec.kind == "heads" and spec.reparam:
-            if not hasattr(base, "petl_reparam"):
-                base.petl_reparam = nn.ModuleDict()
-            for key in sorted({(i.stack, i.sublayer) for i in insts}):
-                n_layers = sum(1 for i in insts if (i.stack, i.sublayer) == key)
-                st = stacks[key[0]]
-                mlp = PrefixMLP(spec.size, d, spec.reparam_hidden, n_layers, st.n_kv_heads, st.head_dim)
-                base.petl_reparam[f"m{mi}_{key[0]}_{key[1]}"] = mlp
-                mlps[key] = mlp
-        group_pos: dict[tuple[str, str], int] = {}
-        for inst in insts:
-            refs = families.sublayer(model, inst.stack, inst.sublayer, inst.layer)
-            st = stacks[inst.stack]
-            if spec.kind == "heads":
-                key = (inst.stack, inst.sublayer)
-                pos = group_pos.get(key, 0)
-                group_pos[key] = pos + 1
-                slots = HeadSlots(spec, st.n_kv_heads, st.head_dim, mlp=mlps.get(key), mlp_index=pos)
-                if not hasattr(refs.attn, "petl_heads"):
-                    refs.attn.petl_heads = nn.ModuleList()
-                refs.attn.petl_heads.append(slots)
-                uses_slots = True
-                continue
-            if id(refs.out) not in hubs:
-                hub = SiteHub()
-                refs.out.petl = hub
-                hubs[id(refs.out)] = (hub, refs)
-            hub = hubs[id(refs.out)][0]
-            if spec.kind == "adapter":
-                (hub.sequential if spec.insertion == "sequential" else hub.parallel).append(Adapter(spec, d))
-                continue
-            dims: dict[str, list[tuple[int, int]]] = {}
-            targets: dict[str, tuple[nn.Module, slice | None]] = {}
-            gate_hub: dict[str, SiteHub | None] = {}
-            for t in spec.targets:
-                for j, (mod, slc) in enumerate(refs.proj[t]):
-                    dims.setdefault(t, []).append(_dims(mod, slc))
-                    targets[f"{t}_{j}"] = (mod, slc)
-                    gate_hub[f"{t}_{j}"] = hub if t in families.INNER_TARGETS else None
-            lora = Lora(spec, d, dims)
-            lora.targets = targets
-            hub.loras.append(lora)
-            for key_, (mod, slc) in targets.items():
-                lora_hooks.setdefault(id(mod), (mod, []))[1].append((lora, key_, slc, gate_hub[key_]))
-    for hub, _refs in hubs.values():
+        get_kind(spec.kind).insert(ctx, spec, mi, site_instances(spec, shape, f"modules[{mi}]"))
+    for hub, _refs in ctx.hubs.values():
         hub.to(device=dev_dtype.device, dtype=dev_dtype.dtype)
     # order matters: capture x first, then LoRA on projections, then the sublayer-output hook
-    for hub, refs in hubs.values():
+    for hub, refs in ctx.hubs.values():
         realized.handles.append(refs.reads.register_forward_pre_hook(hub.capture))
-    for mod, entries in lora_hooks.values():
+    for mod, entries in ctx.projection_hooks.values():
         realized.handles.append(mod.register_forward_hook(LoraHook(entries)))
-    for hub, refs in hubs.values():  # also where x is dropped again, so every hub gets it
+    for hub, refs in ctx.hubs.values():  # also where x is dropped again, so every hub gets it
         realized.handles.append(refs.out.register_forward_hook(hub.apply))
-    if uses_slots:
+    if ctx.uses_slots:
         attention.use_slots(model)
         # slots have no position: on a left-padded decoder-only batch, tokens must keep theirs
         realized.handles += families.install_positions(model)

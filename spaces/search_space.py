@@ -2,6 +2,8 @@
 
 Dimensions, per site (attention, FFN), as in He et al. §4:
   method       attention: none | prefix | mh_pa | lora | sa | pa;  FFN: none | lora | sa | pa
+               (each kind file adds its methods, `ModuleKind.search_methods`; the later ones —
+               rslora, dora, ia3 — are opt-in: a study file's `attention_methods` / `ffn_methods`)
   function     relu | gelu | identity           (adapters and MH PA; prefix is softmax, LoRA identity)
   composition  add | scaled | learned_scale | gated   (prefix is always gated; MH PA never is)
   scale        s for `scaled` (a categorical list)
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from unipetl.spaces.accounting import count
+from unipetl.spaces.kinds import SearchMethod, search_methods
 from unipetl.spaces.lr import LR_SCALE_RANGE
 from unipetl.spaces.presets import PRESETS, parse_preset
 from unipetl.spaces.registry import UnipetlError, did_you_mean
@@ -42,8 +45,13 @@ from unipetl.spaces.variant import Module, Variant
 
 logger = logging.getLogger(__name__)
 
-ATTN_METHODS = ("none", "prefix", "mh_pa", "lora", "sa", "pa")
-FFN_METHODS = ("none", "lora", "sa", "pa")
+# each kind says which methods it adds (spaces/kind_<name>.py `search_methods`), in registry order
+METHODS: dict[str, SearchMethod] = {sm.name: sm for sm in search_methods()}
+ATTN_METHODS = ("none", *(sm.name for sm in METHODS.values() if "attn" in sm.sites))
+FFN_METHODS = ("none", *(sm.name for sm in METHODS.values() if "ffn" in sm.sites))
+# the default space: the 2022 methods; the later ones (rslora, …) join when a study file lists them
+DEFAULT_ATTN_METHODS = tuple(m for m in ATTN_METHODS if m == "none" or METHODS[m].default)
+DEFAULT_FFN_METHODS = tuple(m for m in FFN_METHODS if m == "none" or METHODS[m].default)
 FUNCTIONS = ("relu", "gelu", "identity")
 COMPOSITIONS = ("add", "scaled", "learned_scale", "gated")
 PLACEMENTS = ("all", "upper", "lower")
@@ -69,8 +77,8 @@ def _subset(field: str, value: Any, allowed: tuple[Any, ...]) -> tuple[Any, ...]
 class SpaceConfig:
     """Restrictions / extensions of the space, read from the `space:` section of a study file."""
 
-    attention_methods: tuple[str, ...] = ATTN_METHODS
-    ffn_methods: tuple[str, ...] = FFN_METHODS
+    attention_methods: tuple[str, ...] = DEFAULT_ATTN_METHODS
+    ffn_methods: tuple[str, ...] = DEFAULT_FFN_METHODS
     functions: tuple[str, ...] = ("relu", "gelu")
     compositions: tuple[str, ...] = COMPOSITIONS
     scales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
@@ -166,15 +174,7 @@ def budget_params(budget_fraction: float, shape: ModelShape) -> int:
 
 
 def _module(site: str, method: str, size: int, *, function: str = "relu", composition: str = "add", scale: float = 1.0, layers: tuple[int, ...] | None = None) -> Module:
-    kw: dict[str, Any] = {"site": site, "size": size, "layers": layers}
-    if method == "prefix":
-        return Module(kind="heads", function="softmax", composition="gated", **kw)
-    if method == "mh_pa":
-        return Module(kind="heads", function=function, composition=composition, scale=scale, **kw)
-    if method == "lora":
-        return Module(kind="lora", function="identity", composition=composition, scale=scale, init="lora", **kw)
-    insertion = "sequential" if method == "sa" else "parallel"
-    return Module(kind="adapter", function=function, insertion=insertion, composition=composition, scale=scale, **kw)
+    return METHODS[method].module(site, size, function=function, composition=composition, scale=scale, layers=layers)
 
 
 def unit_cost(site: str, method: str, shape: ModelShape, layers: tuple[int, ...] | None = None) -> int:
@@ -209,11 +209,13 @@ def _layers(placement: str, shape: ModelShape) -> tuple[int, ...] | None:
 def _site_choices(trial: SuggestTrial, site: str, method: str, cfg: SpaceConfig) -> dict[str, Any]:
     """function / composition / scale of one site (parameter names are namespaced by method)."""
     out: dict[str, Any] = {}
-    if method in ("mh_pa", "sa", "pa"):
+    sm = METHODS[method]
+    if sm.samples_function:
         out["function"] = trial.suggest_categorical(f"{site}.{method}.function", list(cfg.functions))
-    if method == "prefix":
+    if sm.compositions == ():
         return out
-    comps = [c for c in cfg.compositions if not (method == "mh_pa" and c == "gated")] or ["add"]
+    allowed = sm.compositions if sm.compositions is not None else cfg.compositions
+    comps = [c for c in cfg.compositions if c in allowed and c not in sm.excluded] or ["add"]
     comp = trial.suggest_categorical(f"{site}.{method}.composition", comps)
     out["composition"] = comp
     if comp == "scaled":
@@ -240,7 +242,7 @@ def suggest_variant(trial: SuggestTrial, shape: ModelShape, budget_fraction: flo
     cap = cfg.max_size or shape.d_model
     sites: list[tuple[str, str, dict[str, Any], tuple[int, ...] | None]] = []
     for site, method in (("attn", attn), ("ffn", ffn)):
-        if method == "none":
+        if method not in METHODS:  # "none"
             continue
         opts = _site_choices(trial, site, method, cfg)
         placement = trial.suggest_categorical(f"{site}.placement", list(cfg.placements))

@@ -8,8 +8,10 @@ design dimensions explicitly:
 - insertion form    `insertion`:   sequential | parallel
 - representation    `site` + `kind`: attention output (`kind="adapter"` at an attention site),
                     attention heads (`kind="heads"`: prefix tuning with softmax, MH PA with relu),
-                    attention / FFN weight matrices (`kind="lora"` with `targets`),
-                    FFN output (`kind="adapter"` at `site="ffn"`)
+                    attention / FFN weight matrices (`kind="lora"` with `targets`; also
+                    `rslora`, `dora`), keys / values / FFN intermediate (`kind="ia3"`),
+                    FFN output (`kind="adapter"` at `site="ffn"`); every kind is one file,
+                    `spaces/kind_<name>.py`, registered in `spaces/kinds.py`
 - composition       `composition`: add | scaled (fixed s) | learned_scale | gated
 
 Sites: `attn` is every attention sublayer the model has (encoder self, decoder self and decoder
@@ -27,10 +29,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from unipetl.spaces.kinds import ATTN_SITES, active_extras, all_extras, get_kind, kind_names  # noqa: F401  (ATTN_SITES: re-exported)
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 
 Site = Literal["attn", "self_attn", "cross_attn", "ffn"]
-Kind = Literal["adapter", "heads", "lora"]
+Kind = str  # a registered module kind (spaces/kinds.py): adapter, heads, lora, …
 Function = Literal["identity", "relu", "gelu", "softmax"]
 Insertion = Literal["sequential", "parallel"]
 Composition = Literal["add", "scaled", "learned_scale", "gated"]
@@ -38,7 +41,6 @@ Init = Literal["bert", "lora"]
 Stack = Literal["encoder", "decoder"]
 Target = Literal["q", "k", "v", "o", "w1", "w2"]
 
-ATTN_SITES = ("attn", "self_attn", "cross_attn")
 ATTN_TARGETS = ("q", "k", "v", "o")
 FFN_TARGETS = ("w1", "w2")
 
@@ -85,7 +87,8 @@ class Module:
 
     def __post_init__(self) -> None:
         _choice("site", self.site, Site)
-        _choice("kind", self.kind, Kind)
+        if self.kind not in kind_names():
+            raise UnipetlError(f"`kind` must be one of {sorted(kind_names())}, got {self.kind!r}.{did_you_mean(str(self.kind), kind_names())}")
         _choice("function", self.function, Function)
         _choice("insertion", self.insertion, Insertion)
         _choice("composition", self.composition, Composition)
@@ -119,37 +122,7 @@ class Module:
         self._check_kind()
 
     def _check_kind(self) -> None:
-        attn = self.site in ATTN_SITES
-        if self.kind == "heads":
-            if not attn:
-                raise UnipetlError(f"`kind` 'heads' (prefix / MH PA) modifies attention heads; `site` must be one of {list(ATTN_SITES)}, got {self.site!r}.")
-            if self.insertion != "parallel":
-                raise UnipetlError(f"`insertion` of a head-wise module is always 'parallel', got {self.insertion!r}.")
-            if (self.function == "softmax") != (self.composition == "gated"):
-                raise UnipetlError(
-                    "head-wise modules: `function` 'softmax' goes with `composition` 'gated' (prefix tuning) and only with it; "
-                    f"got function={self.function!r}, composition={self.composition!r}."
-                )
-            if self.targets:
-                raise UnipetlError(f"`targets` is for LoRA modules only, got {list(self.targets)} on kind 'heads'.")
-        else:
-            if self.reparam:
-                raise UnipetlError(f"`reparam` (prefix MLP) is for kind 'heads' only, got kind {self.kind!r}.")
-            if self.function == "softmax":
-                raise UnipetlError(f"`function` 'softmax' is the prefix form; use kind 'heads', got kind {self.kind!r}.")
-        if self.kind == "lora":
-            if self.function != "identity":
-                raise UnipetlError(f"`function` of LoRA is 'identity', got {self.function!r}.")
-            if self.insertion != "parallel":
-                raise UnipetlError(f"`insertion` of LoRA is 'parallel', got {self.insertion!r}.")
-            allowed = ATTN_TARGETS if attn else FFN_TARGETS
-            if not self.targets:
-                object.__setattr__(self, "targets", ("q", "v") if attn else ("w1", "w2"))
-            for t in self.targets:
-                if t not in allowed:
-                    raise UnipetlError(f"`targets` at site {self.site!r} must be among {list(allowed)}, got {t!r}.")
-        elif self.kind == "adapter" and self.targets:
-            raise UnipetlError(f"`targets` is for LoRA modules only, got {list(self.targets)} on kind 'adapter'.")
+        get_kind(self.kind).validate(self)  # each kind's own checks: spaces/kind_<name>.py
 
     # --- description -------------------------------------------------------------------
     @property
@@ -159,16 +132,7 @@ class Module:
 
     def describe(self) -> str:
         """Unified-view words, e.g. 'scaled parallel adapter r=512 s=4 @ffn'."""
-        comp = {"add": "", "scaled": "scaled ", "learned_scale": "learned-scale ", "gated": "gated "}[self.composition]
-        if self.kind == "heads":
-            what = f"prefix l={self.size}" if self.function == "softmax" else f"{comp}MH PA ({self.function}) l={self.size}"
-        elif self.kind == "lora":
-            what = f"{comp if self.composition != 'scaled' else ''}LoRA r={self.size} [{','.join(self.targets)}]"
-        else:
-            fn = "" if self.function == "relu" else f" ({self.function})"
-            what = f"{comp}{self.insertion} adapter{fn} r={self.size}"
-        if self.composition in ("scaled", "learned_scale") and self.kind != "heads" or (self.kind == "heads" and self.composition == "scaled"):
-            what += f" s={self.scale:g}" if self.composition == "scaled" else f" s0={self.scale:g}"
+        what = get_kind(self.kind).describe(self)
         where = f"@{self.site}"
         if self.layers is not None:
             where += f"[layers {','.join(map(str, self.layers))}]"
@@ -220,29 +184,22 @@ class Variant:
         for m in self.modules:
             if not isinstance(m, Module):
                 raise UnipetlError(f"`modules` must hold Module objects, got {type(m).__name__}.")
-        if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int) or self.prompt_length < 0:
-            raise UnipetlError(f"`prompt_length` should be a non-negative integer, got {self.prompt_length!r}.")
-        for flag in ("bitfit", "full_finetune"):
-            if not isinstance(getattr(self, flag), bool):
-                raise UnipetlError(f"`{flag}` should be true or false, got {getattr(self, flag)!r}.")
-        if self.full_finetune and (self.modules or self.bitfit or self.prompt_length):
-            raise UnipetlError("`full_finetune` trains every weight; it cannot be combined with modules, bitfit or prompt_length.")
+        for extra in all_extras():  # prompt, bitfit, full: spaces/kind_<name>.py
+            extra.validate(self)
         if self.name is not None and not isinstance(self.name, str):
             raise UnipetlError(f"`name` should be a string, got {self.name!r}.")
 
     @property
     def is_probe(self) -> bool:
-        return not (self.modules or self.bitfit or self.prompt_length or self.full_finetune)
+        return not (self.modules or active_extras(self))
 
     def describe(self) -> str:
         """The variant in unified-view terms, e.g. 'prefix l=30 @attn + scaled parallel adapter r=512 s=4 @ffn'."""
-        if self.full_finetune:
-            return "full fine-tuning"
-        parts = [m.describe() for m in self.modules]
-        if self.bitfit:
-            parts.append("BitFit")
-        if self.prompt_length:
-            parts.append(f"prompt tuning l={self.prompt_length}")
+        extras = sorted(active_extras(self), key=lambda k: k.describe_rank)
+        alone = [k for k in extras if k.trains_everything]
+        if alone:
+            return alone[0].describe(self)
+        parts = [m.describe() for m in self.modules] + [k.describe(self) for k in extras]
         return " + ".join(parts) if parts else "linear probe (head only)"
 
     def to_dict(self) -> dict[str, Any]:

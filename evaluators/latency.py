@@ -49,44 +49,67 @@ def mergeable_copy(realized: Any) -> tuple[Any, int]:
 
 
 def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device, n_single: int = 10,
-                    n_batches: int = 1, warmup: int = 2) -> dict[str, float | int | None]:
-    """Latency of the trained variant (see the module docstring); {} values are None when the
-    split is empty. Units: milliseconds. Raises nothing for a variant that cannot merge: it is
-    measured as trained."""
+                    n_batches: int = 1, warmup: int = 2, reference: Any = None) -> dict[str, float | int | None]:
+    """Latency of the trained variant (see the module docstring); values are None when the split
+    is empty. Units: milliseconds. A variant that cannot merge is measured as trained.
+
+    `reference`: the pristine backbone (same architecture, no variant). Each timed pass of the
+    variant is then paired with one of the reference on the same input, in alternating order, and
+    `batch1_ratio` / `batch_ratio` are the medians of variant / reference over the pairs: the
+    variant's own cost, with the machine's load (another worker training on the same cores)
+    cancelled — wall milliseconds alone drift by tens of percent on a shared CPU."""
     from torch.utils.data import DataLoader
 
     from unipetl.evaluators.train import _collator
 
     if len(ds) == 0:
-        return {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": batch_size, "merged": 0}
+        return {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": batch_size, "merged": 0, "batch1_ratio": None, "batch_ratio": None}
     model, merged = mergeable_copy(realized)
     model.to(device).eval()
+    ref = reference.to(device).eval() if reference is not None else None
     keep = [c for c in ds.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "labels")]
     ds = ds.select_columns(keep)
     collate = _collator(task, tokenizer, model)
 
-    def timed(batch: dict[str, torch.Tensor]) -> float:
+    def timed(net: Any, batch: dict[str, torch.Tensor]) -> float:
         batch = {k: v.to(device) for k, v in batch.items()}
         if task.kind != "seq2seq":
             batch.pop("labels", None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        model(**batch)
+        net(**batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return (time.perf_counter() - t0) * 1000.0
 
+    def pairs(batches: list[dict[str, torch.Tensor]]) -> tuple[list[float], list[float]]:
+        """(variant ms, variant / reference) per batch; the order alternates so neither always goes first."""
+        mine, ratios = [], []
+        for i, b in enumerate(batches):
+            if ref is None:
+                mine.append(timed(model, b))
+                continue
+            if i % 2:
+                r, v = timed(ref, b), timed(model, b)
+            else:
+                v, r = timed(model, b), timed(ref, b)
+            mine.append(v)
+            ratios.append(v / r)
+        return mine, ratios
+
     with torch.no_grad():
         singles = list(DataLoader(ds.select(range(min(len(ds), n_single + warmup))), batch_size=1, collate_fn=collate))
-        for b in singles[:warmup]:
-            timed(b)
-        one = [timed(b) for b in singles[warmup:] or singles]
+        pairs(singles[:warmup])
+        one, one_ratio = pairs(singles[warmup:] or singles)
         batches = list(DataLoader(ds.select(range(min(len(ds), batch_size * n_batches))), batch_size=batch_size, collate_fn=collate))
-        timed({k: v[: max(1, len(v) // 8)] for k, v in batches[0].items()})  # warm-up at a fraction of the batch: allocations, not the clock
-        full = [timed(b) / len(b["input_ids"]) for b in batches]
-    return {"batch1_ms": round(statistics.median(one), 4), "batch_ms_per_example": round(statistics.median(full), 4),
-            "batch_size": batch_size, "merged": merged}
+        pairs([{k: v[: max(1, len(v) // 8)] for k, v in batches[0].items()}])  # warm-up at a fraction of the batch: allocations, not the clock
+        full, full_ratio = pairs(batches)
+    n = [len(b["input_ids"]) for b in batches]
+    return {"batch1_ms": round(statistics.median(one), 4), "batch_ms_per_example": round(statistics.median(f / k for f, k in zip(full, n, strict=True)), 4),
+            "batch_size": batch_size, "merged": merged,
+            "batch1_ratio": round(statistics.median(one_ratio), 4) if one_ratio else None,
+            "batch_ratio": round(statistics.median(full_ratio), 4) if full_ratio else None}
 
 
 __all__ = ["measure_latency", "mergeable_copy"]

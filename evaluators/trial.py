@@ -239,9 +239,14 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     latency = None
     if status != "failed" and "eval" in data.eval:
         from unipetl.evaluators.latency import measure_latency
+        from unipetl.evaluators.models import kept_backbone
         from unipetl.evaluators.train import eval_batch_size
 
-        latency = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=eval_batch_size(task, config.batch_size), device=device)
+        # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move
+        reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
+        latency = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=eval_batch_size(task, config.batch_size), device=device,
+                                  reference=reference)
+        del reference
         clock.lap("latency")
     if out_dir is not None and status != "failed":
         save_weights(realized, out_dir, loaded.name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from unipetl.evaluators.trial import PHASES, TrialConfig, run_trial
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.realize import apply_variant
 from unipetl.spaces.testing import randomize_variant, tiny_model
+
+DATA = os.environ.get("UNIPETL_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # one preset per kind of module (and the mixes), with the LoRA modules each merges
 KINDS = {"lora:r=4": True, "lora:r=4,s=learned": False, "houlsby:r=4": False, "pa-ffn:r=4": False, "prefix:l=3": False, "mh-pa:l=3": False,
@@ -57,6 +61,7 @@ def test_every_kind_gets_a_latency_in_its_record(name: str, tmp_path) -> None:
     assert rec["status"] == "ok"
     lat = rec["latency"]
     assert lat["batch_size"] == 8 and (lat["merged"] > 0) == KINDS[name]
+    assert lat["batch1_ratio"] > 0 and lat["batch_ratio"] > 0  # timed in pairs with the kept pristine backbone
     assert 0 < lat["batch1_ms"] < 10_000 and 0 < lat["batch_ms_per_example"] < 10_000
     tb = rec["time_breakdown"]
     assert list(tb) == [*PHASES, "outside_training"]
@@ -79,4 +84,27 @@ def test_empty_split_has_no_latency() -> None:
 
     realized = apply_variant(tiny_model("bert", "cls"), parse_preset("lora"))
     out = measure_latency(get_task("sst2"), realized, None, Dataset.from_dict({"input_ids": []}), batch_size=8, device=torch.device("cpu"))
-    assert out == {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": 8, "merged": 0}
+    assert out == {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": 8, "merged": 0, "batch1_ratio": None, "batch_ratio": None}
+
+
+def test_latency_ratios_pair_every_pass_with_the_backbone() -> None:
+    """Paired timing against the pristine backbone gives a ratio per kind; the ordering itself
+    (merged LoRA ≈ backbone < adapter) is a measurement, shown by the 3-objective study in
+    benchmarks/RESULTS.md, not asserted here (timings on a shared machine)."""
+    import copy
+
+    from unipetl.evaluators.data import prepare
+    from unipetl.evaluators.models import load_model
+    from unipetl.evaluators.tasks import get_task
+
+    task = get_task("sst2")
+    loaded = load_model("tiny-bert", task, data_dir=DATA, max_train=64, reuse=False)
+    pristine = copy.deepcopy(loaded.model)
+    data = prepare(task, loaded.tokenizer, data_dir=DATA, max_train=64, max_eval=96, max_length=64, model_key=loaded.key)
+    ratios = {}
+    for name in ("full", "lora:r=8", "pa-ffn:r=256"):
+        realized = apply_variant(copy.deepcopy(pristine), parse_preset(name))
+        out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=32, device=torch.device("cpu"), n_single=40,
+                              n_batches=3, reference=copy.deepcopy(pristine))
+        ratios[name] = out["batch_ratio"]
+    assert all(0.2 < r < 5.0 for r in ratios.values()), ratios  # same-order arithmetic; far off would mean an unpaired or wrong model

@@ -206,7 +206,7 @@ def _higher(group: pl.DataFrame) -> bool:
     return bool(vals[0]) if len(vals) else True
 
 
-SEED_MEAN_COSTS = ("latency_ms", "latency_batch_ms", "step_seconds", "peak_memory_bytes")  # peak memory: the max over seeds
+SEED_MEAN_COSTS = ("latency_ms", "latency_batch_ms", "latency_ratio", "latency_batch_ratio", "step_seconds", "peak_memory_bytes")  # peak memory: the max over seeds
 
 
 def design_points(group: pl.DataFrame) -> pl.DataFrame:

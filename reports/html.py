@@ -156,7 +156,8 @@ def _costs(r: dict[str, Any]) -> str:
     if r.get("peak_memory_bytes") is not None:
         parts.append(f"peak memory {r['peak_memory_bytes'] / 2**20:,.1f} MiB")
     if r.get("latency_ms") is not None:
-        parts.append(f"inference {r['latency_ms']:.3g} ms/example at batch 1" + (f", {r['latency_batch_ms']:.3g} batched" if r.get("latency_batch_ms") is not None else ""))
+        parts.append(f"inference {r['latency_ms']:.3g} ms/example at batch 1" + (f", {r['latency_batch_ms']:.3g} batched" if r.get("latency_batch_ms") is not None else "")
+                     + (f" ({r['latency_ratio']:.3g}× the backbone)" if r.get("latency_ratio") is not None else ""))
     where = f" on {r['device']}" if r.get("device") else ""
     return f"costs: {', '.join(parts)}{where}" if parts else "costs: not recorded"
 

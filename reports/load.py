@@ -47,6 +47,8 @@ SCHEMA: dict[str, Any] = {
     "baseline_metric": pl.Float64, "baseline": pl.Utf8, "eval_examples": pl.Int64, "weights_step": pl.Int64,
     # inference latency of the trained variant (ms per example; LoRA merged when it can be): batch 1 and the eval batch
     "latency_ms": pl.Float64, "latency_batch_ms": pl.Float64,
+    # the same relative to the pristine backbone timed in pairs on the same inputs (1 = no added latency)
+    "latency_ratio": pl.Float64, "latency_batch_ratio": pl.Float64,
 }
 
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -136,6 +138,7 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
     latency = record.get("latency")
     if isinstance(latency, dict):
         row["latency_ms"], row["latency_batch_ms"] = latency.get("batch1_ms"), latency.get("batch_ms_per_example")
+        row["latency_ratio"], row["latency_batch_ratio"] = latency.get("batch1_ratio"), latency.get("batch_ratio")
     lr = record.get("lr")
     if isinstance(lr, dict):
         row["lr_json"] = json.dumps(lr, sort_keys=True, default=str)

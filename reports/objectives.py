@@ -33,9 +33,10 @@ class Objective:
 
 COSTS: dict[str, Objective] = {
     "params": Objective("params", "paper_fraction", "paper params (fraction of the model)", ("paper_fraction",)),
-    "latency": Objective("latency", "latency_ms", "inference latency, batch 1 (ms / example)", ("latency", "batch1_ms")),
-    "latency_batch": Objective("latency_batch", "latency_batch_ms", "inference latency, eval batch (ms / example)",
-                               ("latency", "batch_ms_per_example")),
+    # latency relative to the pristine backbone, timed in pairs (evaluators.latency): 1.0 = adds nothing; unlike
+    # wall milliseconds it does not move with the machine's load, so trials of one study compare
+    "latency": Objective("latency", "latency_ratio", "inference latency, batch 1 (× backbone)", ("latency", "batch1_ratio")),
+    "latency_batch": Objective("latency_batch", "latency_batch_ratio", "inference latency, eval batch (× backbone)", ("latency", "batch_ratio")),
     "step_time": Objective("step_time", "step_seconds", "training time (s / optimizer step)", ("step_seconds",)),
     "memory": Objective("memory", "peak_memory_bytes", "peak training memory (bytes)", ("peak_memory_bytes",)),
 }

@@ -119,7 +119,8 @@ def stub_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | 
                        preset=preset, paper_params=c.paper_params, trainable_params=c.trainable_params, base_params=c.base_params,
                        paper_percent=100 * frac, paper_fraction=frac, main_metric="accuracy", higher_is_better=True, metric=metric,
                        metrics={"accuracy": metric}, curve=curve, best_step=curve[-1]["step"], seed=attrs["train"].get("seed", 0),
-                       fidelity="final" if status == "ok" else "partial", latency={"batch1_ms": 1.0 + 10 * frac, "batch_ms_per_example": 0.1})
+                       fidelity="final" if status == "ok" else "partial", latency={"batch1_ms": 1.0 + 10 * frac, "batch_ms_per_example": 0.1,
+                                                                                                 "batch1_ratio": 1.0 + frac, "batch_ratio": 1.0})
 
 
 def test_frontier_search_with_mo_asha_through_the_worker(tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_frontier_search_with_mo_asha_through_the_worker(tmp_path: Path) -> None
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert t.user_attrs["record"]["fidelity"] == "partial" and max(t.intermediate_values) < 90
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        assert len(t.values) == 3 and t.values[2] == pytest.approx(t.user_attrs["record"]["latency"]["batch1_ms"])
+        assert len(t.values) == 3 and t.values[2] == pytest.approx(t.user_attrs["record"]["latency"]["batch1_ratio"])
 
 
 @pytest.mark.parametrize(("changes", "message"), [

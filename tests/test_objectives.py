@@ -23,7 +23,8 @@ _spec.loader.exec_module(rr)  # type: ignore[union-attr]
 
 
 def _with_latency(rec: dict, ms: float | None, batched: float | None = None) -> dict:
-    return {**rec, "latency": None if ms is None else {"batch1_ms": ms, "batch_ms_per_example": batched or ms / 4, "batch_size": 64, "merged": 0}}
+    return {**rec, "latency": None if ms is None else {"batch1_ms": 2 * ms, "batch_ms_per_example": batched or ms / 4, "batch_size": 64, "merged": 0,
+                                                        "batch1_ratio": ms, "batch_ratio": (batched or ms / 4) / 2}}
 
 
 def latency_set() -> list[dict]:
@@ -66,7 +67,7 @@ def test_latency_objective_puts_the_fast_lora_on_the_frontier() -> None:
     assert frontier_of(df)["trial"].to_list() == [0, 2, 4]  # metric vs params: A, C, F (G is dominated by C)
     three = frontier_of(df, ("metric", "params", "latency"))
     assert sorted(three["trial"].to_list()) == [0, 1, 2, 4]  # B joins: fastest; E stays off; G cannot be placed
-    assert three.filter(pl.col("trial") == 1)["latency_ms"].to_list() == [5.0]
+    assert three.filter(pl.col("trial") == 1)["latency_ratio"].to_list() == [5.0]
     two = frontier_of(df, ("metric", "latency"))
     assert sorted(two["trial"].to_list()) == [1, 2, 4]  # metric vs latency only: A (9 ms, 0.80) is dominated by C (7 ms, 0.85)
 
@@ -74,13 +75,13 @@ def test_latency_objective_puts_the_fast_lora_on_the_frontier() -> None:
 def test_latency_is_the_mean_over_seeds_of_a_design_point() -> None:
     recs = [_with_latency(r, ms) for r, ms in zip(rr.seeded("lora:r=1", 0.002, [0.79, 0.80, 0.81], 0), [4.0, 5.0, 9.0], strict=True)]
     front = frontier_of(_table(recs), ("metric", "latency"))
-    assert front["latency_ms"].to_list() == [pytest.approx(6.0)] and front["n_seeds"].to_list() == [3]
+    assert front["latency_ratio"].to_list() == [pytest.approx(6.0)] and front["n_seeds"].to_list() == [3]
 
 
 def test_report_shows_the_chosen_frontier(tmp_path: Path) -> None:
     sections = build_sections(_table(latency_set()), with_plots=False, objectives=("metric", "params", "latency"))
     md = markdown(sections, ["test"])
-    assert "Frontier over accuracy ↑, paper params (fraction of the model) ↓, inference latency, batch 1 (ms / example) ↓" in md
+    assert "Frontier over accuracy ↑, paper params (fraction of the model) ↓, inference latency, batch 1 (× backbone) ↓" in md
     assert f"| {COSTS['latency'].label} |" in md and "| 0.2% | 5 | 0.79 (1 seed, no interval) |" in md
 
 
@@ -97,4 +98,4 @@ def test_report_cli_refuses_bad_objectives_with_one_line(tmp_path: Path) -> None
                          "--out", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     html = (tmp_path / "r" / "report.html").read_text()
-    assert html.count('data-x="latency_ms"') == 1 and html.count('data-x="paper_fraction"') == 1
+    assert html.count('data-x="latency_ratio"') == 1 and html.count('data-x="paper_fraction"') == 1

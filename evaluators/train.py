@@ -250,7 +250,8 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
             if step % eval_every == 0 or step == total:
                 t0 = time.perf_counter()
                 before = res.best_step
-                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, report):
+                # a stop at the last step would save nothing and mark a fully trained trial partial
+                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, report) and step < total:
                     res.status = "pruned"
                 if res.best_step != before:  # a new best: keep its tensors (on the CPU) for the end
                     best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}

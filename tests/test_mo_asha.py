@@ -111,7 +111,7 @@ def stub_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | 
     for step in range(10, 100, 10):
         value = q * (1 - math.exp(-step / 30))
         curve.append({"step": step, "loss": 0.5, "metrics": {"accuracy": value}})
-        if report(step, value):
+        if report(step, value) and step < 90:  # as the training loop: no stop at the last step
             status = "pruned"
             break
     metric = curve[-1]["metrics"]["accuracy"]
@@ -150,3 +150,17 @@ def test_bad_study_settings_name_the_field(changes: dict[str, Any], message: str
     spec = studies.StudySpec(task="sst2", model="tiny-bert", storage=f"sqlite:///{tmp_path}/b.db", **changes)
     with pytest.raises(UnipetlError, match=message):
         spec.validate()
+
+
+def test_a_stop_at_the_last_step_is_ignored_by_the_loop() -> None:
+    """A rung at the final step (or a pruner answering there) cannot save any training: the
+    trial stays complete instead of being marked partial."""
+    from unipetl.evaluators.trial import TrialConfig, run_trial
+    from unipetl.spaces.presets import parse_preset
+
+    base = {"task": "sst2", "model": "tiny-bert", "variant": parse_preset("lora:r=2"), "max_train_examples": 32, "max_eval_examples": 16,
+            "max_steps": 2, "batch_size": 8}
+    early = run_trial(TrialConfig(**base, eval_every=1), report=lambda _s, _v: True)
+    assert early["status"] == "pruned" and early["train_settings"]["steps"] == 1
+    last = run_trial(TrialConfig(**base, eval_every=2), report=lambda _s, _v: True)
+    assert last["status"] == "ok" and last["fidelity"] == "final" and last["train_settings"]["steps"] == 2

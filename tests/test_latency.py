@@ -107,4 +107,7 @@ def test_latency_ratios_pair_every_pass_with_the_backbone() -> None:
         out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=32, device=torch.device("cpu"), n_single=40,
                               n_batches=3, reference=copy.deepcopy(pristine))
         ratios[name] = out["batch_ratio"]
-    assert all(0.2 < r < 5.0 for r in ratios.values()), ratios  # same-order arithmetic; far off would mean an unpaired or wrong model
+    assert all(r > 0 and math.isfinite(r) for r in ratios.values()), ratios
+    # full fine-tuning runs the backbone's own arithmetic: paired with it, the ratio stays near 1
+    # (a wide bound: this is a timing on a shared machine; the ordering of kinds is a measurement)
+    assert 0.5 < ratios["full"] < 2.0, ratios

@@ -5,7 +5,8 @@ linear / polynomial decay after warmup (`transformers.get_scheduler`), gradient 
 accumulation, label smoothing for generation, bf16 autocast on CUDA. Every `eval_every`
 optimizer steps (default: once per epoch) and at the end it evaluates, appends to the curve,
 keeps the best evaluation, and calls `report(step, value)`; True means "stop" (the search
-prunes the trial). A loss that becomes NaN / inf ends the run as failed with that reason
+prunes the trial). A `RungReport` narrows the evaluations to the steps it asks for (MO-ASHA's
+rungs): successive halving then pays one evaluation per rung, not one per `eval_every`. A loss that becomes NaN / inf ends the run as failed with that reason
 instead of raising, so a search worker carries on with the next trial.
 """
 
@@ -15,7 +16,6 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from unipetl.evaluators.metrics import compute_metrics
+from unipetl.evaluators.reporting import Report, RungReport
 from unipetl.evaluators.tasks import Task
 
 log = logging.getLogger(__name__)
-
-Report = Callable[[int, float], bool]
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoopSettings:
@@ -247,7 +245,8 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            if step % eval_every == 0 or step == total:
+            due = step % eval_every == 0 and (not isinstance(report, RungReport) or report.evaluates_at(step))
+            if due or step == total:
                 t0 = time.perf_counter()
                 before = res.best_step
                 # a stop at the last step would save nothing and mark a fully trained trial partial

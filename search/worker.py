@@ -32,6 +32,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from unipetl.evaluators.reporting import RungReport
 from unipetl.reports.objectives import COSTS
 from unipetl.search import optuna_ext
 from unipetl.search import study as studies
@@ -238,7 +239,9 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         trial.report(float(value), int(step))
         return trial.should_prune()
 
-    return runner({**attrs, "train": train}, variant, report, trial.user_attrs.get("preset"))
+    # MO-ASHA judges only at rungs: evaluate there (and at the end), not at every `eval_every`
+    judged = RungReport(report, rungs.is_rung) if rungs is not None else report
+    return runner({**attrs, "train": train}, variant, judged, trial.user_attrs.get("preset"))
 
 
 def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:

@@ -138,7 +138,7 @@ def test_reproduce_arms_are_sized_by_accounting() -> None:
 
 
 def test_search_efficiency_summary() -> None:
-    def h(points: list[tuple[str | None, float, float]]) -> list[dict]:
+    def h(points: list[tuple[str | None, float, float]], seconds: float = 10.0) -> list[dict]:
         from unipetl.reports.frontier import hypervolume
 
         out, fr, me = [], [], []
@@ -146,7 +146,7 @@ def test_search_efficiency_summary() -> None:
             fr.append(f)
             me.append(m)
             out.append({"trial": i, "preset": preset, "variant": None, "paper_fraction": f, "metric": m, "hypervolume": hypervolume(fr, me),
-                        "hypervolume_over_chance": hypervolume(fr, me, ref_metric=0.72)})
+                        "hypervolume_over_chance": hypervolume(fr, me, ref_metric=0.72), "elapsed_s": seconds * (i + 1)})
         return out
 
     grid = h([("lora", 0.005, 0.80), ("prefix", 0.001, 0.75)])
@@ -165,6 +165,17 @@ def test_search_efficiency_summary() -> None:
     assert rep["medians"]["grid"]["trials_to_grid_hv"] == {"values": [2, 2], "median": 2}
     assert s["dominance"]["default"] == {"lora": True, "prefix": True}
     assert s["dominance"]["random"] == {"lora": False, "prefix": False}
+    # equal wall time: the grid ended at 20 s; the default had 2 points by then, random 1 (below chance: HV 0)
+    assert rows["default"]["hv_over_chance_at_grid_wall"] == rows["default"]["final_hypervolume_over_chance"]
+    assert rows["random"]["hv_over_chance_at_grid_wall"] == 0.0 and rows["grid"]["seconds_to_grid_hv_over_chance"] == 20.0
+    assert rows["default"]["seconds_to_grid_hv_over_chance"] == 20.0 and rows["random"]["seconds_to_grid_hv_over_chance"] is None
+    # multi-fidelity: pruned tickets are cheap (4 s each); it reaches the full search's final HV over chance at 12 s of 30 s
+    mf = h([(None, 0.004, 0.70), (None, 0.01, 0.5), (None, 0.0005, 0.81)], seconds=4.0)
+    m = search_efficiency.summarize({"grid": grid, "default": better, "mf": mf})["mf"]
+    assert m["full_wall_s"] == 30.0 and m["mf_seconds"] == 12.0 and m["wall_ratio"] == pytest.approx(0.4)
+    assert m["mf_hv_over_chance_at_half_wall"] == pytest.approx(math.log10(1 / 0.0005) * (0.81 - 0.72))
+    over = search_efficiency.summarize_repeats([{"grid": grid, "default": better, "mf": mf}, {"grid": grid, "default": better, "mf": worse}])
+    assert over["mf_wall_ratio"] == {"values": [pytest.approx(0.4), None], "median": None}
 
 
 def test_grid_presets_fill_the_ladder() -> None:
@@ -223,13 +234,15 @@ def test_search_efficiency_quick(tmp_path: Path) -> None:
     proc = _run("search_efficiency.py", tmp_path, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "search_efficiency_quick.json").read_text())
-    assert set(data["histories"]) == {"grid", "random", "default"}
+    assert set(data["histories"]) == {"grid", "random", "default", "mf"}
     for kind, hist in data["histories"].items():
         assert len(hist) == 3, kind
         hv = [p["hypervolume"] for p in hist]
         assert hv == sorted(hv) and hv[-1] > 0  # a hypervolume never shrinks as trials are added
     assert [p["preset"] for p in data["histories"]["grid"]] == search_efficiency.grid_presets(3)
     assert all(p["preset"] is None for p in data["histories"]["random"])
+    assert all(p["elapsed_s"] > 0 for h in data["histories"].values() for p in h)
+    assert "mf" in data and data["mf"]["full_wall_s"] > 0  # multi-fidelity against the full-fidelity default
 
 
 @pytest.mark.slow

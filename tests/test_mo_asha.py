@@ -164,3 +164,20 @@ def test_a_stop_at_the_last_step_is_ignored_by_the_loop() -> None:
     assert early["status"] == "pruned" and early["train_settings"]["steps"] == 1
     last = run_trial(TrialConfig(**base, eval_every=2), report=lambda _s, _v: True)
     assert last["status"] == "ok" and last["fidelity"] == "final" and last["train_settings"]["steps"] == 2
+
+
+def test_the_loop_evaluates_only_at_rungs_under_mo_asha() -> None:
+    """With eval_every=1 and rungs 1, 3, 9 (η = 3), a 10-step trial is evaluated at 1, 3, 9 and
+    at its last step — four dev-set passes, not ten; a plain report still gets every step."""
+    from unipetl.evaluators.reporting import RungReport
+    from unipetl.evaluators.trial import TrialConfig, run_trial
+    from unipetl.spaces.presets import parse_preset
+
+    base = {"task": "sst2", "model": "tiny-bert", "variant": parse_preset("lora:r=2"), "max_train_examples": 32, "max_eval_examples": 16,
+            "max_steps": 10, "batch_size": 8, "eval_every": 1}
+    asked: list[int] = []
+    rung = run_trial(TrialConfig(**base), report=RungReport(lambda s, _v: asked.append(s) or False, mo_asha.Rungs(1, 3).is_rung))
+    assert asked == [1, 3, 9, 10] and [p["step"] for p in rung["curve"]] == [1, 3, 9, 10]
+    plain: list[int] = []
+    run_trial(TrialConfig(**base), report=lambda s, _v: plain.append(s) or False)
+    assert plain == list(range(1, 11))

@@ -41,7 +41,7 @@ from unipetl.search import study as studies
 from unipetl.spaces.accounting import count
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
-from unipetl.spaces.search_space import SpaceConfig, suggest_variant
+from unipetl.spaces.search_space import SpaceConfig, suggest_lr_scale, suggest_variant
 from unipetl.spaces.shapes import ModelShape
 from unipetl.spaces.variant import Variant
 
@@ -61,11 +61,15 @@ class TuneSpace:
     budget_fraction: float
     space: dict[str, Any]
     presets: tuple[str, ...] = ()
+    search_lr: bool = True  # False when the study fixes `train.lr` (one rate for every trial)
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         if trial.number < len(self.presets):
             return {"preset": self.presets[trial.number]}
-        suggest_variant(trial, self.shape, self.budget_fraction, SpaceConfig.from_dict(self.space))
+        cfg = SpaceConfig.from_dict(self.space)
+        suggest_variant(trial, self.shape, self.budget_fraction, cfg)
+        if self.search_lr:  # the rate is searched with the design, as the workers' sampler does
+            suggest_lr_scale(trial, cfg)
         return None
 
 
@@ -76,14 +80,27 @@ def variant_of(config: dict[str, Any], attrs: dict[str, Any]) -> tuple[Variant, 
     # the stored parameters replayed through the define-by-run space: the same variant the
     # sampler saw, and each parameter's distribution (the study needs it to store the parameter)
     replay = optuna.trial.FixedTrial(config)
+    cfg = SpaceConfig.from_dict(attrs["space"])
     try:
-        variant = suggest_variant(replay, studies.model_shape(attrs["model"]), attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
+        variant = suggest_variant(replay, studies.model_shape(attrs["model"]), attrs["budget_fraction"], cfg)
+        if attrs["train"].get("lr") is None:
+            suggest_lr_scale(replay, cfg)
     except ValueError as err:
         missing = re.search(r"parameter '(.+?)' is not found", str(err))
         if missing is None:
             raise
         raise UnipetlError(f"Tune trial config lacks parameter {missing.group(1)!r} of the space (config keys: {sorted(config)}).") from None
     return variant, {k: config[k] for k in replay.distributions}, replay.distributions
+
+
+def trial_train(config: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
+    """The study's training settings for one Tune trial: with no fixed `train.lr`, its `lr_scale`
+    (named methods: the study's, default 1; sampled points: the one the searcher suggested)."""
+    train = dict(attrs["train"])
+    if train.get("lr") is None:
+        train["lr_scale"] = train.get("lr_scale", 1.0) if config.get("preset") else \
+            suggest_lr_scale(optuna.trial.FixedTrial(config), SpaceConfig.from_dict(attrs["space"]))
+    return train
 
 
 # --- the trainable (runs in a Tune actor) ---------------------------------------------------
@@ -102,6 +119,7 @@ def train_fn(config: dict[str, Any], attrs: dict[str, Any]) -> None:
     from unipetl.search.worker import RUNNER_ENV, resolve_runner
 
     variant, _, _ = variant_of(config, attrs)
+    attrs = {**attrs, "train": trial_train(config, attrs)}
     fraction = count(variant, studies.model_shape(attrs["model"])).paper_params / studies.model_shape(attrs["model"]).base_params
     curve: list[list[float]] = []
 
@@ -196,7 +214,7 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
     elif result.get("final") and result.get("record"):
         record, state = json.loads(result["record"]), TrialState.COMPLETE
     else:
-        record, state = _partial_record(attrs, variant, counts, result, preset), TrialState.PRUNED
+        record, state = _partial_record({**attrs, "train": trial_train(config, attrs)}, variant, counts, result, preset), TrialState.PRUNED
     trial_id = _claim_ticket(study, preset)
     for name, value in params.items():
         optuna_ext.set_param(study, trial_id, name, value, dists[name])
@@ -296,7 +314,7 @@ def _new_tuner(study: optuna.Study, round_: int, storage_url: str, *, cpus_per_t
     attrs = study.user_attrs
     waiting = sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number)[:max_samples]
     presets = tuple(t.user_attrs["preset"] for t in waiting if t.user_attrs.get("preset"))
-    space = TuneSpace(studies.model_shape(attrs["model"]), attrs["budget_fraction"], attrs["space"], presets)
+    space = TuneSpace(studies.model_shape(attrs["model"]), attrs["budget_fraction"], attrs["space"], presets, search_lr=attrs["train"].get("lr") is None)
     hib = "max" if attrs["higher_is_better"] else "min"
     metric, mode = ("value", hib) if attrs["mode"] == "budget" else (["value", "paper_fraction"], [hib, "min"])
     searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=studies.make_sampler(attrs, seed))

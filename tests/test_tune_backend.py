@@ -60,6 +60,16 @@ def test_space_gives_presets_first_then_samples_within_budget(tmp_path: Path) ->
         variant, params, dists = tb.variant_of(config, attrs)
         assert variant == suggest_variant(optuna.trial.FixedTrial(config), shape, attrs["budget_fraction"], SpaceConfig.from_dict(attrs["space"]))
         assert params == config and set(dists) == set(config) and 0 < count(variant, shape).paper_params <= b
+        # the rate is searched with the design (central rate × lr_scale), as the workers' sampler does
+        lo, hi = SpaceConfig.from_dict(attrs["space"]).lr_scale
+        assert lo <= config["lr_scale"] <= hi and tb.trial_train(config, attrs)["lr_scale"] == config["lr_scale"]
+    assert tb.trial_train({"preset": "lora:r=5"}, attrs)["lr_scale"] == 1.0  # named methods at their central rates
+    fixed = {**attrs, "train": {**attrs["train"], "lr": 1e-3}}
+    assert "lr_scale" not in tb.trial_train(config, fixed)  # a study's fixed lr: nothing searched
+    fixed_space = tb.TuneSpace(shape, attrs["budget_fraction"], attrs["space"], (), search_lr=False)
+    t = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    fixed_space(t)
+    assert "lr_scale" not in t.params
     with pytest.raises(Exception, match="lacks parameter 'attn.method'"):
         tb.variant_of({"budget_use": 0.7}, attrs)
 

@@ -130,7 +130,7 @@ class LoraKind(ModuleKind):
         import re
         from collections import Counter
 
-        tensors, scales, conv = _lora_tensors(realized.model)
+        tensors, scales, conv = self.peft_tensors(realized.model)
         ranks = {p: (r, self.peft_alpha(r, s)) for p, (r, s) in scales.items()}
         (r, alpha), _ = Counter(ranks.values()).most_common(1)[0]
         config.update(peft_type="LORA", r=r, lora_alpha=alpha, target_modules=sorted(ranks), lora_dropout=max(m.dropout for m in realized.variant.modules),
@@ -138,6 +138,12 @@ class LoraKind(ModuleKind):
                       rank_pattern={re.escape(p): ra for p, (ra, al) in ranks.items() if ra != r},
                       alpha_pattern={re.escape(p): al for p, (ra, al) in ranks.items() if al != alpha})
         return {f"base_model.model.{k}": v for k, v in tensors.items()}, "base_model.model."
+
+    def peft_tensors(self, model: Any) -> tuple[dict[str, Any], dict[str, tuple[int, float]], bool]:
+        """PEFT `lora_A` / `lora_B` tensors by module path, (rank, scale s) per path, and
+        whether the targets are Conv1D (`fan_in_fan_out`). Variants that export as a plain
+        LoRA of another form (PiSSA, OLoRA: rank 2r) override this."""
+        return _lora_tensors(model)
 
 
 def _lora_tensors(model: Any) -> tuple[dict[str, Any], dict[str, tuple[int, float]], bool]:

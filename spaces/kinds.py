@@ -276,7 +276,7 @@ def search_methods() -> list[SearchMethod]:
 
 
 # order = the search space's order of methods (prefix, mh_pa, lora, sa, pa)
-_BUILTIN = ("heads", "lora", "adapter", "rslora", "ia3", "dora")
+_BUILTIN = ("heads", "lora", "adapter", "rslora", "ia3", "dora", "vera", "pissa", "olora")
 _BUILTIN_EXTRAS = ("prompt", "bitfit", "full")
 _loaded: list[bool] = []
 

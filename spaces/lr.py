@@ -26,6 +26,8 @@ one-seed probe runs made for it on 2026-11-30, before `reproduce_sst2.py` chose 
 | bitfit | 5e-3 | BitFit: 67.2 ± 14.2 at 5e-3 |
 | full | 1e-4 | full fine-tuning 81.8 ± 1.8 at 1e-4 (the paper's GLUE rate) |
 | probe | 2e-2 | linear probe (task head alone): 63.6 ± 1.1 at 2e-2 |
+| ia3 | 3e-2 | (IA)³ (k, v, FFN), one seed, head at the same rate: 52.1 % at 2e-3, 78.0 % at 1e-2, 81.1 % at 3e-2, 79.7 % at 1e-1 (probe of 2026-12-01) |
+| vera | 3e-2 | VeRA r=256 (q, v), one seed, head at the same rate: 51.3 % at 2e-3, 72.7 % at 1e-2, 80.0 % at 3e-2 and at 1e-1 (probe of 2026-12-01) |
 
 The task head trains with the variant's *principal* kind (the kind holding most of the
 variant's trainable parameters), so LoRA's head moves at LoRA's rate and full fine-tuning's at
@@ -45,7 +47,7 @@ from unipetl.spaces.variant import Variant
 if TYPE_CHECKING:  # the rate table is read without torch (search spaces, `unipetl ls lr`)
     from torch import nn
 
-LrKind = Literal["lora", "adapter", "mh_pa", "prefix", "prompt", "bitfit", "full", "probe"]
+LrKind = Literal["lora", "adapter", "mh_pa", "prefix", "prompt", "bitfit", "full", "probe", "ia3", "vera"]
 
 # central learning rate of each kind (AdamW, linear decay after 6 % warmup); see the table above
 LR_CENTRAL: dict[str, float] = {
@@ -57,6 +59,8 @@ LR_CENTRAL: dict[str, float] = {
     "bitfit": 5e-3,
     "full": 1e-4,
     "probe": 2e-2,
+    "ia3": 3e-2,  # (IA)³'s scale vectors: at chance at the adapters' 2e-3 (table above)
+    "vera": 3e-2,  # VeRA's scale vectors: at chance at LoRA's 2e-3 (table above)
 }
 # the shared multiplier's default search range (log-uniform)
 LR_SCALE_RANGE: tuple[float, float] = (0.25, 4.0)

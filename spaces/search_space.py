@@ -17,11 +17,12 @@ it by hand) trained, and random / TPE samplers keep proposing infeasible sizes a
 grows as the budget shrinks (at 0.1 % most (r, l) pairs are over budget). Instead we sample the
 *share* of the budget each site receives (`attn.share`) and the fraction of the budget used
 (`budget_use`) and derive r / l as the largest integer that fits, using the analytic paper count
-(`unipetl.spaces.accounting.count`, linear in the size). Every sample is feasible by construction, no
-trial is wasted, and the sampled numbers are smooth, budget-independent quantities that TPE
-models well. Methods whose smallest instance (size 1) does not fit are removed from the choice
-lists once per study (the lists depend only on shape, budget and the study file, so every trial
-of a study sees the same distributions).
+(`unipetl.spaces.accounting.count`, affine in the size: VeRA's λ_b and DoRA's magnitude do not
+grow with r). Every sample is feasible by construction, no trial is wasted, and the sampled
+numbers are smooth, budget-independent quantities that TPE models well. Methods whose smallest
+instance (size 1) does not fit are removed from the choice lists once per study (the lists
+depend only on shape, budget and the study file, so every trial of a study sees the same
+distributions).
 
 The same function serves `optuna.Study.ask()` trials, `optuna.trial.FixedTrial` in tests and
 Ray Tune's `OptunaSearch(space=define_by_run)`, since it only calls `trial.suggest_*`.
@@ -178,8 +179,16 @@ def _module(site: str, method: str, size: int, *, function: str = "relu", compos
 
 
 def unit_cost(site: str, method: str, shape: ModelShape, layers: tuple[int, ...] | None = None) -> int:
-    """Paper count of the method at size 1 (the count is linear in r / l)."""
+    """Paper count of the method at size 1."""
     return count(Variant(modules=(_module(site, method, 1, layers=layers),)), shape).paper_params
+
+
+def cost_line(site: str, method: str, shape: ModelShape, layers: tuple[int, ...] | None = None) -> tuple[int, int]:
+    """(fixed, per unit of size): the paper count is fixed + size · per-unit. Affine, not linear:
+    VeRA's λ_b (d_out per target) and DoRA's magnitude are there at any r; 0 for the other kinds."""
+    one = unit_cost(site, method, shape, layers)
+    step = count(Variant(modules=(_module(site, method, 2, layers=layers),)), shape).paper_params - one
+    return one - step, step
 
 
 def feasible_methods(shape: ModelShape, budget_fraction: float, cfg: SpaceConfig) -> tuple[list[str], list[str]]:
@@ -247,21 +256,22 @@ def suggest_variant(trial: SuggestTrial, shape: ModelShape, budget_fraction: flo
         opts = _site_choices(trial, site, method, cfg)
         placement = trial.suggest_categorical(f"{site}.placement", list(cfg.placements))
         sites.append((site, method, opts, _layers(placement, shape)))
-    units = [unit_cost(site, method, shape, layers) for site, method, _, layers in sites]
+    lines = [cost_line(site, method, shape, layers) for site, method, _, layers in sites]
+    fixed, units = [f for f, _ in lines], [u for _, u in lines]
     if len(sites) == 2:
         share = trial.suggest_float("attn.share", *cfg.attn_share) if cfg.attn_share[0] < cfg.attn_share[1] else cfg.attn_share[0]
-        if units[0] + units[1] > b:  # both cannot fit even at size 1: keep the site with the larger share
+        if fixed[0] + units[0] + fixed[1] + units[1] > b:  # both cannot fit even at size 1: keep the site with the larger share
             keep = 0 if share >= 0.5 else 1
-            sites, units = [sites[keep]], [units[keep]]
-            sizes = [min(cap, max(1, spend // units[0]))]
+            sites, fixed, units = [sites[keep]], [fixed[keep]], [units[keep]]
+            sizes = [min(cap, max(1, (spend - fixed[0]) // units[0]))]
         else:
-            s_attn = min(cap, max(1, int(share * spend) // units[0]))
-            s_ffn = (spend - s_attn * units[0]) // units[1]
+            s_attn = min(cap, max(1, (int(share * spend) - fixed[0]) // units[0]))
+            s_ffn = (spend - fixed[0] - s_attn * units[0] - fixed[1]) // units[1]
             if s_ffn < 1:
-                s_ffn, s_attn = 1, min(cap, max(1, (b - units[1]) // units[0]))
+                s_ffn, s_attn = 1, min(cap, max(1, (b - fixed[1] - units[1] - fixed[0]) // units[0]))
             sizes = [s_attn, min(cap, s_ffn)]
     else:
-        sizes = [min(cap, max(1, spend // units[0]))]
+        sizes = [min(cap, max(1, (spend - fixed[0]) // units[0]))]
     modules = tuple(_module(site, method, size, layers=layers, **opts) for (site, method, opts, layers), size in zip(sites, sizes, strict=True))
     variant = Variant(modules=modules)
     paper = count(variant, shape).paper_params

@@ -19,6 +19,8 @@ KINDS = {
     "pa-ffn:r=4": {"adapter"}, "scaled-pa:r=4": {"adapter"}, "prefix:l=3": {"prefix"}, "prefix:l=3,mlp=8": {"prefix"},
     "mh-pa:l=3": {"mh_pa"}, "prompt:l=3": {"prompt"}, "bitfit": {"bitfit"}, "full": {"full"}, "probe": set(),
     "mam:l=3,r=4": {"prefix", "adapter"}, "unipelt:l=2,r=4,lora_r=2": {"lora", "prefix", "adapter"},
+    # the kinds after 2022: LoRA variants at LoRA's rate, the vector kinds at their own measured 3e-2
+    "rslora:r=4": {"lora"}, "dora:r=4": {"lora"}, "pissa:r=4": {"lora"}, "olora:r=4": {"lora"}, "ia3": {"ia3"}, "vera:r=8": {"vera"},
 }
 
 

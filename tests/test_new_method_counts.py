@@ -20,10 +20,11 @@ def formula(preset: str, d: int, attn: int, ffn: int, d_ffn: int) -> int:
         "rslora:r=8": attn * 2 * r * (d + d),  # LoRA's 4·r·d per attention sublayer (q, v)
         "dora:r=8": attn * 2 * (r * (d + d) + d),  # + the magnitude, d_out per target
         "ia3": attn * 2 * d + ffn * d_ffn,  # l_k, l_v per attention sublayer; l_ff per FFN
+        "vera:r=256": attn * 2 * (256 + d),  # λ_d (r) + λ_b (d_out) per target (q, v); the frozen pair is regenerated, not stored
     }[preset]
 
 
-@pytest.mark.parametrize("preset", ["rslora:r=8", "dora:r=8", "ia3"])
+@pytest.mark.parametrize("preset", ["rslora:r=8", "dora:r=8", "ia3", "vera:r=256"])
 @pytest.mark.parametrize(("model", "dims"), [("roberta-base", ROBERTA), ("bart-large", BART)])
 def test_counts_follow_the_readme_formulas(model: str, dims: dict[str, int], preset: str) -> None:
     c = count(parse_preset(preset), resolve_shape(model))
@@ -32,5 +33,6 @@ def test_counts_follow_the_readme_formulas(model: str, dims: dict[str, int], pre
 
 def test_reference_values() -> None:
     roberta, bart = resolve_shape("roberta-base"), resolve_shape("bart-large")
-    assert [count(parse_preset(p), roberta).paper_params for p in ("rslora:r=8", "dora:r=8", "ia3")] == [294_912, 313_344, 55_296]
-    assert [count(parse_preset(p), bart).paper_params for p in ("rslora:r=8", "dora:r=8", "ia3")] == [1_179_648, 1_253_376, 172_032]
+    presets = ("rslora:r=8", "dora:r=8", "ia3", "vera:r=256")
+    assert [count(parse_preset(p), roberta).paper_params for p in presets] == [294_912, 313_344, 55_296, 24_576]
+    assert [count(parse_preset(p), bart).paper_params for p in presets] == [1_179_648, 1_253_376, 172_032, 92_160]

@@ -191,6 +191,12 @@ def cost_line(site: str, method: str, shape: ModelShape, layers: tuple[int, ...]
     return one - step, step
 
 
+def _fit(avail: int, fixed: int, unit: int, cap: int) -> int:
+    """The largest size ≤ cap whose cost fixed + size · unit fits `avail` (at least 1); a sizeless
+    method (unit 0: (IA)³, whose count does not depend on a size) is always size 1."""
+    return 1 if unit == 0 else min(cap, max(1, (avail - fixed) // unit))
+
+
 def feasible_methods(shape: ModelShape, budget_fraction: float, cfg: SpaceConfig) -> tuple[list[str], list[str]]:
     """Attention and FFN choice lists whose size-1 instance on every layer fits the budget.
 
@@ -263,15 +269,17 @@ def suggest_variant(trial: SuggestTrial, shape: ModelShape, budget_fraction: flo
         if fixed[0] + units[0] + fixed[1] + units[1] > b:  # both cannot fit even at size 1: keep the site with the larger share
             keep = 0 if share >= 0.5 else 1
             sites, fixed, units = [sites[keep]], [fixed[keep]], [units[keep]]
-            sizes = [min(cap, max(1, (spend - fixed[0]) // units[0]))]
+            sizes = [_fit(spend, fixed[0], units[0], cap)]
         else:
-            s_attn = min(cap, max(1, (int(share * spend) - fixed[0]) // units[0]))
-            s_ffn = (spend - fixed[0] - s_attn * units[0] - fixed[1]) // units[1]
-            if s_ffn < 1:
-                s_ffn, s_attn = 1, min(cap, max(1, (b - fixed[1] - units[1] - fixed[0]) // units[0]))
-            sizes = [s_attn, min(cap, s_ffn)]
+            s_attn = _fit(int(share * spend), fixed[0], units[0], cap)
+            rest = spend - fixed[0] - s_attn * units[0] - fixed[1]  # what the FFN site's sized part may spend
+            if rest < units[1]:  # not even size 1 there: size 1, and the attention site takes the rest of the budget
+                s_ffn, s_attn = 1, _fit(b - fixed[1] - units[1], fixed[0], units[0], cap)
+            else:
+                s_ffn = min(cap, rest // units[1]) if units[1] else 1
+            sizes = [s_attn, s_ffn]
     else:
-        sizes = [min(cap, max(1, (spend - fixed[0]) // units[0]))]
+        sizes = [_fit(spend, fixed[0], units[0], cap)]
     modules = tuple(_module(site, method, size, layers=layers, **opts) for (site, method, opts, layers), size in zip(sites, sizes, strict=True))
     variant = Variant(modules=modules)
     paper = count(variant, shape).paper_params

@@ -133,3 +133,34 @@ def test_presets_sized_to_budget_are_the_largest_that_fit() -> None:
     # BART-large at 6.74 %: MAM keeps l = 30 and reaches r = 512 exactly as in the paper's table
     assert size_preset("mam", BART, 27_377_664 / BART.base_params).name.startswith("mam:l=30,r=512")
     assert size_preset("lora", BART, 0.00001) is None
+
+
+@pytest.mark.parametrize("budget", [0.005, 0.0005])
+def test_every_method_pair_of_the_full_space_samples_within_budget(budget: float) -> None:
+    """The opt-in kinds too: sizeless (IA)³ (its count does not grow with a size) and VeRA /
+    DoRA (a fixed part at any rank) beside sized methods at the other site, every share."""
+    from unipetl.spaces.search_space import ATTN_METHODS, FFN_METHODS
+
+    cfg = SpaceConfig.from_dict({"attention_methods": list(ATTN_METHODS), "ffn_methods": list(FFN_METHODS), "attn_share": [0.05, 0.95]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3), direction="maximize")
+    b = budget_params(budget, MINILM)
+    pairs = set()
+    for _ in range(400):
+        trial = study.ask()
+        v = suggest_variant(trial, MINILM, budget, cfg)
+        assert 0 < count(v, MINILM).paper_params <= b
+        pairs.add(tuple(m.kind for m in v.modules))
+        study.tell(trial, 0.0)
+    if budget == 0.005:  # at 0.05 % LoRA and others no longer fit at size 1 and leave the lists
+        assert ("lora", "ia3") in pairs and ("ia3", "vera") in pairs and len(pairs) >= 20
+    assert ("ia3", "ia3") in pairs
+
+
+def test_a_sizeless_ffn_method_beside_lora_gets_size_1_and_lora_the_rest() -> None:
+    """Regression: LoRA at attention + (IA)³ at the FFN divided by a zero per-size cost."""
+    t = optuna.trial.FixedTrial({"attn.method": "lora", "ffn.method": "ia3", "budget_use": 0.0205, "attn.lora.composition": "add",
+                                 "attn.placement": "all", "ffn.placement": "all", "attn.share": 0.38})
+    cfg = SpaceConfig.from_dict({"attention_methods": ["none", "lora"], "ffn_methods": ["none", "ia3"]})
+    lora, ia3 = suggest_variant(t, MINILM, 0.005, cfg).modules
+    # 0.5 % of MiniLM = 113,566; spend 2,328; LoRA (q, v) costs 4·384·6 = 9,216 per rank > the FFN's 2,328 - 9,216: fallback
+    assert ia3.kind == "ia3" and ia3.size == 1 and lora.size == (113_566 - 6 * 1536) // 9216 == 11

@@ -20,11 +20,13 @@ def formula(preset: str, d: int, attn: int, ffn: int, d_ffn: int) -> int:
         "rslora:r=8": attn * 2 * r * (d + d),  # LoRA's 4·r·d per attention sublayer (q, v)
         "dora:r=8": attn * 2 * (r * (d + d) + d),  # + the magnitude, d_out per target
         "ia3": attn * 2 * d + ffn * d_ffn,  # l_k, l_v per attention sublayer; l_ff per FFN
+        "pissa:r=8": attn * 2 * r * (d + d),  # LoRA's: B0A0 is a function of W (recomputed), not stored per task
+        "olora:r=8": attn * 2 * r * (d + d),
         "vera:r=256": attn * 2 * (256 + d),  # λ_d (r) + λ_b (d_out) per target (q, v); the frozen pair is regenerated, not stored
     }[preset]
 
 
-@pytest.mark.parametrize("preset", ["rslora:r=8", "dora:r=8", "ia3", "vera:r=256"])
+@pytest.mark.parametrize("preset", ["rslora:r=8", "dora:r=8", "ia3", "vera:r=256", "pissa:r=8", "olora:r=8"])
 @pytest.mark.parametrize(("model", "dims"), [("roberta-base", ROBERTA), ("bart-large", BART)])
 def test_counts_follow_the_readme_formulas(model: str, dims: dict[str, int], preset: str) -> None:
     c = count(parse_preset(preset), resolve_shape(model))
@@ -33,6 +35,6 @@ def test_counts_follow_the_readme_formulas(model: str, dims: dict[str, int], pre
 
 def test_reference_values() -> None:
     roberta, bart = resolve_shape("roberta-base"), resolve_shape("bart-large")
-    presets = ("rslora:r=8", "dora:r=8", "ia3", "vera:r=256")
-    assert [count(parse_preset(p), roberta).paper_params for p in presets] == [294_912, 313_344, 55_296, 24_576]
-    assert [count(parse_preset(p), bart).paper_params for p in presets] == [1_179_648, 1_253_376, 172_032, 92_160]
+    presets = ("rslora:r=8", "dora:r=8", "ia3", "vera:r=256", "pissa:r=8", "olora:r=8")
+    assert [count(parse_preset(p), roberta).paper_params for p in presets] == [294_912, 313_344, 55_296, 24_576, 294_912, 294_912]
+    assert [count(parse_preset(p), bart).paper_params for p in presets] == [1_179_648, 1_253_376, 172_032, 92_160, 1_179_648, 1_179_648]

@@ -70,3 +70,30 @@ def crash_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str |
                        higher_is_better=True, metric=metric, best_step=1, curve=[{"step": 1, "loss": 0.5, "metrics": {"accuracy": metric}}],
                        wall_seconds=0.3, train_tokens_per_second=0.0, step_seconds=0.3, peak_memory_bytes=0, device="cpu", seed=0,
                        train_settings={}, fidelity="final")
+
+
+# task head per model family for the method-vs-PEFT tests (test_peft_methods, test_vera, test_pissa_olora)
+HEADS = {"bert": "cls", "roberta": "cls", "bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
+
+
+def peft_inputs(family: str) -> dict[str, Any]:
+    """A fixed batch of 2 × 7 token ids with one padded row (+ 4 decoder ids for seq2seq)."""
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 100, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if HEADS.get(family) == "seq2seq":
+        out["decoder_input_ids"] = ids[:, :4]
+    return out
+
+
+def model_output(model: Any, inputs: dict[str, Any]) -> Any:
+    """Logits, or the last hidden state of a bare encoder (MiniLM), without autograd."""
+    import torch
+
+    with torch.no_grad():
+        res = model(**inputs)
+    return res.logits if hasattr(res, "logits") else res.last_hidden_state

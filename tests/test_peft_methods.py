@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import HEADS, model_output, peft_inputs
 
 from unipetl.spaces.peft_export import export_peft
 from unipetl.spaces.realize import apply_variant
@@ -24,24 +25,9 @@ from unipetl.spaces.variant import Module, Variant
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
 
-HEADS = {"bert": "cls", "roberta": "cls", "bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
 
 
-def _inputs(family: str) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, 100, (2, 7), generator=g)
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if HEADS.get(family) == "seq2seq":
-        out["decoder_input_ids"] = ids[:, :4]
-    return out
-
-
-def _out(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        res = model(**inputs)
-    return res.logits if hasattr(res, "logits") else res.last_hidden_state
+_inputs, _out = peft_inputs, model_output
 
 
 def _lora_like(model: torch.nn.Module, names: tuple[str, ...] = ("lora_A", "lora_B")) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import HEADS, model_output, peft_inputs
 
 from unipetl.spaces.io import load_variant, save_variant
 from unipetl.spaces.layers import Lora
@@ -33,7 +34,6 @@ from unipetl.spaces.variant import Module, Variant
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
 
-HEADS = {"bert": "cls", "roberta": "cls", "bart": "seq2seq", "mbart": "seq2seq", "t5": "seq2seq", "gpt2": "causal", "llama": "causal", "qwen2": "causal"}
 R, S = 4, 1.5
 # PEFT's `olora_init` factors the stored weight without the Conv1D transpose (GPT-2): not OLoRA
 # there (test_peft_olora_ignores_fan_in_fan_out pins it); our export still loads on GPT-2
@@ -47,21 +47,7 @@ def _variant(kind: str, family: str, composition: str = "scaled") -> Variant:
     return Variant(modules=(Module(site=site, kind=kind, size=R, function="identity", composition=composition, scale=S, targets=targets, init="lora"),))
 
 
-def _inputs(family: str) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, 100, (2, 7), generator=g)
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if HEADS.get(family) == "seq2seq":
-        out["decoder_input_ids"] = ids[:, :4]
-    return out
-
-
-def _out(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        res = model(**inputs)
-    return res.logits if hasattr(res, "logits") else res.last_hidden_state
+_inputs, _out = peft_inputs, model_output
 
 
 def _minilm() -> torch.nn.Module:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import HEADS, model_output, peft_inputs
 from safetensors.torch import load_file
 
 from unipetl.spaces.accounting import count
@@ -32,16 +33,6 @@ from unipetl.spaces.variant import Module, Variant
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
 
-HEADS = {
-    "bert": "cls",
-    "roberta": "cls",
-    "bart": "seq2seq",
-    "mbart": "seq2seq",
-    "t5": "seq2seq",
-    "gpt2": "causal",
-    "llama": "causal",
-    "qwen2": "causal",
-}
 
 
 def _vera(site: str, r: int, targets: tuple[str, ...], d0: float = 0.1, **kw: Any) -> Module:
@@ -55,21 +46,7 @@ def _variant(family: str, r: int = 4) -> Variant:
     return Variant(modules=(_vera("attn", r, attn), _vera("ffn", r, ("w1", "w2"))))
 
 
-def _inputs(family: str) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, 100, (2, 7), generator=g)
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if HEADS.get(family) == "seq2seq":
-        out["decoder_input_ids"] = ids[:, :4]
-    return out
-
-
-def _out(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        res = model(**inputs)
-    return res.logits if hasattr(res, "logits") else res.last_hidden_state
+_inputs, _out = peft_inputs, model_output
 
 
 def _veras(model: torch.nn.Module) -> list[Any]:

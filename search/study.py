@@ -287,7 +287,11 @@ def directions(attrs: dict[str, Any]) -> list[str]:
 
 
 def make_sampler(attrs: dict[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
-    if attrs.get("sampler") == "random":
+    """TPE (constant liar) by default; random search when asked, and under MO-ASHA: Optuna's TPE
+    cannot read the PRUNED trials of a multi-objective study (it asks for a single direction and
+    raises), and MO-ASHA itself is successive halving over random configurations (Schmucker et
+    al. 2021, §3)."""
+    if attrs.get("sampler") == "random" or attrs.get("pruner") == "mo-asha":
         return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: parallel workers do not all sample the same point while trials run
     return optuna.samplers.TPESampler(n_startup_trials=max(3, min(10, attrs["trials"] // 3)), constant_liar=True, seed=seed)

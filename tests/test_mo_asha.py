@@ -181,3 +181,17 @@ def test_the_loop_evaluates_only_at_rungs_under_mo_asha() -> None:
     plain: list[int] = []
     run_trial(TrialConfig(**base), report=lambda s, _v: plain.append(s) or False)
     assert plain == list(range(1, 11))
+
+
+def test_mo_asha_with_the_default_sampler_runs_past_its_startup_trials(tmp_path: Path) -> None:
+    """Regression: with TPE (the default sampler) every trial after TPE's startup trials failed —
+    Optuna's TPE reads PRUNED trials of a multi-objective study through `study.direction`. Under
+    MO-ASHA the study samples at random (MO-ASHA's own base sampler)."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=14, seeds=1, storage=url, study="t",
+                             pruner="mo-asha", train={"eval_every": 10}, space={"presets": []})
+    study = studies.create_or_check(spec)
+    assert isinstance(studies.load(url, "t").sampler, optuna.samplers.RandomSampler)
+    run_worker(url, "t", runner=stub_runner)
+    c = studies.state_counts(study)
+    assert c["COMPLETE"] + c["PRUNED"] == 14 and c["FAIL"] == 0 and c["PRUNED"] > 0

@@ -67,7 +67,7 @@ test-all: venv
 bench: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py
-	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --trials 24
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --trials 12 --repeats 3
 
 ## the same three with --quick (smoke: minutes, numbers meaningless)
 bench-quick: venv

@@ -52,6 +52,10 @@ class LoraKind(ModuleKind):
             raise UnipetlError(f"`function` of LoRA is 'identity', got {m.function!r}.")
         if m.insertion != "parallel":
             raise UnipetlError(f"`insertion` of LoRA is 'parallel', got {m.insertion!r}.")
+        self.check_targets(m)
+
+    def check_targets(self, m: Module) -> None:
+        """Default the targets ((q, v) at attention, (w1, w2) at the FFN) and check they belong to the site."""
         attn = m.site in ATTN_SITES
         allowed = ATTN_TARGETS if attn else FFN_TARGETS
         if not m.targets:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from unipetl.spaces.kind_lora import ATTN_TARGETS, FFN_TARGETS, LoraKind, lora_dims
+from unipetl.spaces.kind_lora import LoraKind, lora_dims
 from unipetl.spaces.kinds import ATTN_SITES, KindPreset, SearchMethod, register_kind
 from unipetl.spaces.registry import UnipetlError
 
@@ -60,13 +60,7 @@ class VeraKind(LoraKind):
                 raise UnipetlError(f"`{fld}` of VeRA is {want!r} (its learned vectors λ_b, λ_d are the scales), got {getattr(m, fld)!r}.")
         if m.reparam:
             raise UnipetlError(f"`reparam` (prefix MLP) is for kind 'heads' only, got kind {m.kind!r}.")
-        attn = m.site in ATTN_SITES
-        allowed = ATTN_TARGETS if attn else FFN_TARGETS
-        if not m.targets:
-            object.__setattr__(m, "targets", ("q", "v") if attn else ("w1", "w2"))
-        for t in m.targets:
-            if t not in allowed:
-                raise UnipetlError(f"`targets` at site {m.site!r} must be among {list(allowed)}, got {t!r}.")
+        self.check_targets(m)
 
     def describe(self, m: Module) -> str:
         return f"VeRA r={m.size} [{','.join(m.targets)}] d0={m.scale:g}"

@@ -423,6 +423,7 @@ class TaskData:
     train: Any  # tokenized Dataset
     eval: dict[str, Any]  # "eval" and extra eval names → tokenized Dataset (seq2seq keeps the reference text column)
     sources: dict[str, str]
+    identity: str = ""  # digest of everything the splits were made from (prepare's cache key); "" when unknown
 
 
 def raw_splits(task: Task, data_dir: str | None, max_train: int | None, max_eval: int | None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -461,7 +462,7 @@ def prepare(task: Task, tokenizer: Any, *, data_dir: str | None, max_train: int 
     splits, sources = raw_splits(task, data_dir, max_train, max_eval)
     train = tokenize(task, splits["train"], tokenizer, max_length)
     evals = {name: tokenize(task, ds, tokenizer, max_length) for name, ds in splits.items() if name != "train"}
-    data = TaskData(train=train, eval=evals, sources=sources)
+    data = TaskData(train=train, eval=evals, sources=sources, identity=hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest())
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = data

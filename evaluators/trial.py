@@ -238,15 +238,27 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     clock.laps.update(train=res.train_seconds, eval=res.eval_seconds)
     latency = None
     if status != "failed" and "eval" in data.eval:
+        import torch
+
         from unipetl.evaluators.latency import measure_latency
         from unipetl.evaluators.models import kept_backbone
         from unipetl.evaluators.train import eval_batch_size
 
-        # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move
-        reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
-        latency = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=eval_batch_size(task, config.batch_size), device=device,
-                                  reference=reference)
-        del reference
+        from unipetl.evaluators.data import task_fingerprint
+        from unipetl.evaluators.latency import design_key, reuse_or_measure
+        from unipetl.evaluators.models import backbone_identity
+
+        def measure() -> dict[str, Any]:
+            # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move
+            reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
+            return measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference)
+
+        bs = eval_batch_size(task, config.batch_size)
+        # another seed / lr of this design in this process: the same forward passes, timed once
+        key = design_key(backbone=backbone_identity(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples),
+                         variant=config.variant.to_dict(), task=task_fingerprint(task), data=data.identity or None, max_length=max_length, batch_size=bs,
+                         device=str(device), threads=torch.get_num_threads())
+        latency = reuse_or_measure(key, measure)
         clock.lap("latency")
     if out_dir is not None and status != "failed":
         save_weights(realized, out_dir, loaded.name)

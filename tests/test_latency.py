@@ -70,6 +70,35 @@ def test_every_kind_gets_a_latency_in_its_record(name: str, tmp_path) -> None:
     assert math.isclose(tb["outside_training"], 1 - tb["train"] / rec["wall_seconds"], abs_tol=1e-3)
 
 
+def test_a_design_is_timed_once_per_process_and_its_seeds_reuse_it(monkeypatch) -> None:
+    from unipetl.evaluators import latency as lat_mod
+
+    monkeypatch.setattr(lat_mod, "_MEASURED", {})
+    calls: list[int] = []
+    real = lat_mod.measure_latency
+    monkeypatch.setattr(lat_mod, "measure_latency", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = dict(task="sst2", model="tiny-bert", max_train_examples=48, max_eval_examples=24, max_steps=2, batch_size=4)
+    first = run_trial(TrialConfig(**base, variant=parse_preset("lora:r=3"), seed=0))["latency"]
+    again = run_trial(TrialConfig(**base, variant=parse_preset("lora:r=3"), seed=1, lr_scale=2.0))["latency"]
+    assert len(calls) == 1 and first["reused"] is False and again["reused"] is True
+    assert {k: v for k, v in again.items() if k != "reused"} == {k: v for k, v in first.items() if k != "reused"}
+    # anything that changes the timed passes is measured anew: the variant, the batch, the eval split, the length limit
+    other = [TrialConfig(**base, variant=parse_preset("lora:r=5")), TrialConfig(**{**base, "batch_size": 8}, variant=parse_preset("lora:r=3")),
+             TrialConfig(**{**base, "max_eval_examples": 20}, variant=parse_preset("lora:r=3")), TrialConfig(**base, variant=parse_preset("lora:r=3"), max_length=16)]
+    assert [run_trial(c)["latency"]["reused"] for c in other] == [False] * 4 and len(calls) == 5
+
+
+def test_design_key_refuses_an_unknown_identity() -> None:
+    from unipetl.evaluators.latency import design_key, reuse_or_measure
+
+    assert design_key(backbone=None, variant={"modules": []}) is None
+    assert design_key(a=1, b=[2, 3]) == design_key(b=[2, 3], a=1)  # canonical: order of the parts does not matter
+    n = []
+    for _ in range(2):  # no key: measured every time
+        assert reuse_or_measure(None, lambda: n.append(1) or {"batch1_ms": 1.0})["reused"] is False
+    assert len(n) == 2
+
+
 def test_seq2seq_latency_is_a_teacher_forced_forward() -> None:
     cfg = TrialConfig(task="xsum", model="tiny-bart", variant=parse_preset("lora:r=4"), max_train_examples=16, max_eval_examples=8, max_steps=1,
                       batch_size=4, max_new_tokens=4)

@@ -240,13 +240,10 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     if status != "failed" and "eval" in data.eval:
         import torch
 
-        from unipetl.evaluators.latency import measure_latency
-        from unipetl.evaluators.models import kept_backbone
-        from unipetl.evaluators.train import eval_batch_size
-
         from unipetl.evaluators.data import task_fingerprint
-        from unipetl.evaluators.latency import design_key, reuse_or_measure
-        from unipetl.evaluators.models import backbone_identity
+        from unipetl.evaluators.latency import design_key, measure_latency, reuse_or_measure
+        from unipetl.evaluators.models import backbone_identity, kept_backbone
+        from unipetl.evaluators.train import eval_batch_size
 
         def measure() -> dict[str, Any]:
             # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move

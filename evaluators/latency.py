@@ -19,15 +19,18 @@ amount of work; generation length would confound the method with what it learned
 Wall times depend on the machine and its load: compare trials of one study (one machine), or
 ratios to full fine-tuning's latency measured alongside.
 
-The cost of a forward pass depends on the variant's structure, not on its trained values, so a
-process measures each design once (`reuse_or_measure`): another seed or learning rate of the same
-variant on the same backbone, eval split, length limit, batch size, device and thread count gets
-the same figures back, marked `reused: true` in its record.
+The cost of a forward pass depends on the variant's structure, not on its trained values, so each
+design is measured once (`reuse_or_measure`): another seed or learning rate of the same variant on
+the same backbone, eval split, length limit, batch size, device and thread count gets the same
+figures back, marked `reused: true` in its record — in the process that measured it, or in any
+worker that runs an extra seed of it (`remember` takes the parent trial's record; the search
+worker does this before each extra seed).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import statistics
 import time
@@ -118,33 +121,49 @@ def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch
             "batch_ratio": round(statistics.median(full_ratio), 4) if full_ratio else None}
 
 
-# measured latency per design, kept by a long-lived process (a search worker runs the seeds of a design)
+# measured latency per design (digest of `design_key`'s parts), kept by a long-lived process
 _MEASURED: dict[str, dict[str, Any]] = {}
 _MEASURED_SIZE = 256
 
 
 def design_key(**identity: Any) -> str | None:
-    """The cache key of a latency measurement: every input that changes what is timed (the
-    backbone's files, the variant's full spec, the eval split's identity and caps, the length
-    limit, the batch size, the device, the thread count), as canonical JSON. None (no reuse) when
-    any part is None — a model with no stable identity (a hub name) is measured every time."""
+    """The key of a latency measurement: a digest (BLAKE2b, 32 hex digits) of every input that
+    changes what is timed (the backbone's files, the variant's full spec, the eval split's
+    identity and caps, the length limit, the batch size, the device, the thread count) as
+    canonical JSON. None (no reuse) when any part is None — a model with no stable identity (a
+    hub name) is measured every time."""
     if any(v is None for v in identity.values()):
         return None
-    return json.dumps(identity, sort_keys=True, default=repr)
+    return hashlib.blake2b(json.dumps(identity, sort_keys=True, default=repr).encode(), digest_size=16).hexdigest()
 
 
 def reuse_or_measure(key: str | None, measure: Any) -> dict[str, Any]:
-    """`measure()`'s latency record, or the one this process measured under the same `key`
-    (`design_key`); the result carries `reused` (bool). A record with no figures (empty split)
-    is not kept."""
+    """`measure()`'s latency record, or the one kept under the same `key` (`design_key`: measured
+    earlier in this process, or `remember`ed from another trial of the design). The result
+    carries `design` (the key) and `reused` (bool). A record with no figures (empty split) is not kept."""
     if key is not None and key in _MEASURED:
-        return {**_MEASURED[key], "reused": True}
-    out = dict(measure())
+        return {**_MEASURED[key], "design": key, "reused": True}
+    out = {k: v for k, v in dict(measure()).items() if k not in ("design", "reused")}
     if key is not None and out.get("batch1_ms") is not None:
-        if len(_MEASURED) >= _MEASURED_SIZE:
-            _MEASURED.pop(next(iter(_MEASURED)))
-        _MEASURED[key] = out
-    return {**out, "reused": False}
+        _keep(key, out)
+    return {**out, "design": key, "reused": False}
 
 
-__all__ = ["design_key", "measure_latency", "mergeable_copy", "reuse_or_measure"]
+def _keep(key: str, record: dict[str, Any]) -> None:
+    if key not in _MEASURED and len(_MEASURED) >= _MEASURED_SIZE:
+        _MEASURED.pop(next(iter(_MEASURED)))
+    _MEASURED[key] = record
+
+
+def remember(latency: Any) -> bool:
+    """Keep a latency record another process measured (a trial record's `latency`, e.g. the
+    parent design trial of an extra seed) for `reuse_or_measure`; it is only ever found under its
+    own `design` key, so a record of a different design, backbone, split or machine set-up is
+    never used. Returns whether it was kept (False for a record without key or figures)."""
+    if not isinstance(latency, dict) or not isinstance(latency.get("design"), str) or latency.get("batch1_ms") is None:
+        return False
+    _keep(latency["design"], {k: v for k, v in latency.items() if k not in ("design", "reused")})
+    return True
+
+
+__all__ = ["design_key", "measure_latency", "mergeable_copy", "remember", "reuse_or_measure"]

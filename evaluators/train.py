@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unipetl.evaluators.data import column, token_lengths
 from unipetl.evaluators.metrics import compute_metrics
 from unipetl.evaluators.reporting import Report, RungReport
 from unipetl.evaluators.tasks import Task
@@ -115,7 +116,7 @@ def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_si
     if task.kind == "seq2seq":
         gen = task.generation
         assert gen is not None
-        refs = list(ds[task.target_field])
+        refs = column(ds, task.target_field)
         from transformers import DataCollatorWithPadding
 
         loader = DataLoader(ds.remove_columns([task.target_field, "labels"]), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
@@ -127,7 +128,7 @@ def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_si
             preds += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     else:
         # evaluate in order of length (less padding); predictions and references stay paired per batch
-        lens = [len(ids) for ids in ds["input_ids"]] if "input_ids" in ds.column_names else None
+        lens = token_lengths(ds) if "input_ids" in ds.column_names else None
         order = sorted(range(len(lens)), key=lens.__getitem__) if lens else None
         loader = DataLoader(ds.select(order) if order else ds, batch_size=batch_size, collate_fn=_collator(task, tokenizer, None))
         for batch in loader:
@@ -209,7 +210,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     # which on SST-2 cuts a step by about a third against plain shuffling
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    lengths = [len(ids) for ids in train_ds["input_ids"]]
+    lengths = token_lengths(train_ds)
     sampler = LengthGroupedSampler(s.batch_size, lengths=lengths, generator=torch.Generator().manual_seed(s.seed))
     loader = DataLoader(train_ds.remove_columns([c for c in (task.target_field,) if c and c in train_ds.column_names]),
                         batch_size=s.batch_size, sampler=sampler, collate_fn=_collator(task, tokenizer, model))

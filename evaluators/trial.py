@@ -165,12 +165,13 @@ def _baseline(task: Any, data: Any) -> float | None:
     0 correlation). None for generation tasks (no trivial predictor with a meaningful score)."""
     from collections import Counter
 
+    from unipetl.evaluators.data import column
     from unipetl.evaluators.metrics import compute_metrics
 
     if task.kind == "seq2seq" or "eval" not in data.eval or "labels" not in data.train.column_names:
         return None
-    train_labels = data.train["labels"]
-    refs = list(data.eval["eval"]["labels"])
+    train_labels = column(data.train, "labels")
+    refs = column(data.eval["eval"], "labels")
     if not refs or not train_labels:
         return None
     if task.kind == "classification":

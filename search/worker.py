@@ -218,6 +218,8 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     trial.set_user_attr("paper_fraction", counts.paper_params / counts.base_params)
     trial.set_user_attr("variant_description", variant.describe())
     seed_trial = studies.is_seed_trial(trial)  # an extra seed always trains to the end
+    if seed_trial:  # its parent's latency was measured on the same design: keep it for reuse (checked by key)
+        _remember_parent_latency(trial)
     prunable = attrs["mode"] == "budget" and not seed_trial
     rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) \
         if attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA and not seed_trial else None
@@ -242,6 +244,16 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     # MO-ASHA judges only at rungs: evaluate there (and at the end), not at every `eval_every`
     judged = RungReport(report, rungs.is_rung) if rungs is not None else report
     return runner({**attrs, "train": train}, variant, judged, trial.user_attrs.get("preset"))
+
+
+def _remember_parent_latency(trial: optuna.Trial) -> None:
+    from unipetl.evaluators.latency import remember
+
+    parent = int(trial.user_attrs["parent"])
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number == parent:
+            remember((t.user_attrs.get("record") or {}).get("latency"))
+            return
 
 
 def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:

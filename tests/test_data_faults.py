@@ -434,3 +434,15 @@ def test_variant_file_bad_input_names_the_file(tmp_path: Path, capsys: pytest.Ca
         assert message in err and str(f) in err, err
         with pytest.raises(UnipetlError, match="v.json"):
             Variant.from_file(str(f))
+
+
+def test_column_reads_the_rows_a_view_holds_and_decodes_what_arrow_stores_encoded() -> None:
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"label": [0, 1, 1, 0], "text": ["a", "b", "c", "d"], "input_ids": [[1], [1, 2], [], [3, 4, 5]]},
+                                    features=datasets.Features({"label": datasets.ClassLabel(names=["n", "p"]), "text": datasets.Value("string"),
+                                                                "input_ids": datasets.List(datasets.Value("int32"))}))
+    view = ds.select([3, 1, 2])
+    assert data_mod.column(view, "label") == [0, 1, 1] and data_mod.column(view, "text") == ["d", "b", "c"]
+    assert data_mod.token_lengths(view) == [3, 2, 0] and data_mod.token_lengths(ds.shuffle(seed=0)) == [len(x) for x in ds.shuffle(seed=0)["input_ids"]]
+    assert data_mod.column(view, "input_ids") == [[3, 4, 5], [1, 2], []]  # a list feature takes the decoding path

@@ -99,6 +99,20 @@ def test_design_key_refuses_an_unknown_identity() -> None:
     assert len(n) == 2
 
 
+def test_a_remembered_latency_is_only_found_under_its_own_design(monkeypatch) -> None:
+    from unipetl.evaluators import latency as lat_mod
+
+    monkeypatch.setattr(lat_mod, "_MEASURED", {})
+    a, b = lat_mod.design_key(variant="lora:r=3", batch=8), lat_mod.design_key(variant="lora:r=3", batch=16)
+    assert a != b and len(a) == 32
+    assert lat_mod.remember({"design": a, "batch1_ms": 2.5, "batch1_ratio": 1.02, "reused": False})
+    assert not lat_mod.remember({"batch1_ms": 2.5}) and not lat_mod.remember({"design": b, "batch1_ms": None}) and not lat_mod.remember(None)
+    got = lat_mod.reuse_or_measure(a, lambda: pytest.fail("a remembered design is not timed again"))
+    assert got == {"batch1_ms": 2.5, "batch1_ratio": 1.02, "design": a, "reused": True}
+    fresh = lat_mod.reuse_or_measure(b, lambda: {"batch1_ms": 9.0})
+    assert fresh == {"batch1_ms": 9.0, "design": b, "reused": False}
+
+
 def test_seq2seq_latency_is_a_teacher_forced_forward() -> None:
     cfg = TrialConfig(task="xsum", model="tiny-bart", variant=parse_preset("lora:r=4"), max_train_examples=16, max_eval_examples=8, max_steps=1,
                       batch_size=4, max_new_tokens=4)

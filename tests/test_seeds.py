@@ -81,6 +81,39 @@ def test_frontier_points_and_named_methods_get_linked_seed_trials(tmp_path: Path
     assert studies.enqueue_seed_trials(study) == 0  # idempotent
 
 
+def test_an_extra_seed_reuses_its_parents_latency_in_a_fresh_worker(tmp_path: Path, monkeypatch) -> None:
+    """The seed phase runs in new worker processes: the parent's measured latency reaches them
+    through its stored record (keyed by design), so an extra seed does not time the design again."""
+    from unipetl.evaluators import latency
+
+    measured: list[str] = []
+
+    def timed(attrs: dict[str, Any], variant: Variant, report: Any, preset: str | None) -> dict[str, Any]:
+        rec = stub(attrs, variant, report, preset)
+        key = latency.design_key(variant=variant.to_dict(), model=attrs["model"])
+        rec["latency"] = latency.reuse_or_measure(key, lambda: measured.append(variant.describe()) or {"batch1_ms": 1.0 + len(measured), "batch1_ratio": 1.1})
+        return rec
+
+    CALLS.clear()
+    KILL_AT.clear()
+    monkeypatch.setattr(latency, "_MEASURED", {})
+    url, study = _study(tmp_path)
+    run_worker(url, "z", runner=timed)
+    designs = {t.user_attrs["record"]["variant_description"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    assert sorted(measured) == sorted(designs) and studies.enqueue_seed_trials(study) > 0  # each distinct design timed once
+    first = list(measured)
+    monkeypatch.setattr(latency, "_MEASURED", {})  # what a new worker process starts with
+    run_worker(url, "z", runner=timed)
+    assert measured == first  # no design timed again in the seed phase
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    seeds = [t for t in by_number.values() if studies.is_seed_trial(t)]
+    assert seeds and all(t.state == TrialState.COMPLETE for t in seeds)
+    for t in seeds:
+        mine, theirs = t.user_attrs["record"]["latency"], by_number[t.user_attrs["parent"]].user_attrs["record"]["latency"]
+        assert mine["reused"] is True and theirs["reused"] is False
+        assert mine["batch1_ms"] == theirs["batch1_ms"] and mine["design"] == theirs["design"]
+
+
 def test_kill_during_the_seed_phase_resumes_without_duplicates(tmp_path: Path) -> None:
     CALLS.clear()
     KILL_AT.clear()

@@ -253,8 +253,11 @@ def render_repeats(over: dict[str, Any], n: int) -> str:
     """The medians over repeats: equal trials, equal wall time, and the multi-fidelity ratio."""
     med = over["medians"]
 
+    def num(v: float, spec: str) -> str:  # a median of an even count of trial numbers can fall between two (4.5)
+        return format(v, ".1f") if spec == "d" and v != int(v) else format(int(v) if spec == "d" else v, spec)
+
     def cell(m: dict[str, Any], spec: str) -> list[str]:
-        return [", ".join("—" if v is None else format(v, spec) for v in m["values"]), "not reached" if m["median"] is None else format(m["median"], spec)]
+        return [", ".join("—" if v is None else num(v, spec) for v in m["values"]), "not reached" if m["median"] is None else num(m["median"], spec)]
 
     rows = [[k, *cell(m["trials_to_grid_hv_over_chance"], "d"), *cell(m["hv_over_chance_at_grid_wall"], ".4f"),
              *cell(m["seconds_to_grid_hv_over_chance"], ".0f"), *cell(m["final_hypervolume_over_chance"], ".4f"), *cell(m["wall_s"], ".0f")]
@@ -277,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mf-trials", type=int, default=None, help="tickets of the multi-fidelity study (default 2 × --trials; --quick: --trials)")
     ap.add_argument("--caps", choices=["repeats", "cpu"], default="repeats", help="training caps (CAPS): 'cpu' is the 4,000-sentence, one-lr run of RESULTS §3")
     ap.add_argument("--repeats", type=int, default=1, help="independent repeats of every study (training seed + r); medians over them")
+    ap.add_argument("--first-repeat", type=int, default=0, help="run (or tabulate) repeats first-repeat … repeats−1 only: more repeats in another process or run")
     ap.add_argument("--report-only", action="store_true", help="tabulate the trials the studies already hold; run nothing")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/out)")
     args = ap.parse_args(argv)
@@ -300,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     groups: list[dict[str, list[dict[str, Any]]]] = []
     from unipetl.search import study as studies
 
-    for repeat in range(args.repeats):
+    if not 0 <= args.first_repeat < args.repeats:
+        ap.error(f"--first-repeat should be in 0..{args.repeats - 1} (--repeats {args.repeats}), got {args.first_repeat}")
+    for repeat in range(args.first_repeat, args.repeats):
         if args.report_only and repeat and f"se-grid-r{repeat}" not in studies.study_names(studies.make_storage(storage)):
             break  # report-only never creates studies: stop at the first repeat that was not run
         group: dict[str, list[dict[str, Any]]] = {}

@@ -176,6 +176,12 @@ def test_search_efficiency_summary() -> None:
     assert m["mf_hv_over_chance_at_half_wall"] == pytest.approx(math.log10(1 / 0.0005) * (0.81 - 0.72))
     over = search_efficiency.summarize_repeats([{"grid": grid, "default": better, "mf": mf}, {"grid": grid, "default": better, "mf": worse}])
     assert over["mf_wall_ratio"] == {"values": [pytest.approx(0.4), None], "median": None}
+    # an even count of repeats: a median trial number between two is printed as such, not refused
+    two = search_efficiency.summarize_repeats([{"grid": grid, "default": better}, {"grid": grid, "default": h([(None, 0.004, 0.70), (None, 0.01, 0.5),
+                                                                                                          (None, 0.0005, 0.81)])}])
+    assert two["medians"]["default"]["trials_to_grid_hv_over_chance"] == {"values": [2, 3], "median": 2.5}
+    table = search_efficiency.render_repeats(two, 2)
+    assert "| default | 2, 3 | 2.5 |" in table and "| grid | 2, 2 | 2 |" in table
 
 
 def test_grid_presets_fill_the_ladder() -> None:

@@ -254,7 +254,7 @@ def render_repeats(over: dict[str, Any], n: int) -> str:
     med = over["medians"]
 
     def num(v: float, spec: str) -> str:  # a median of an even count of trial numbers can fall between two (4.5)
-        return format(v, ".1f") if spec == "d" and v != int(v) else format(int(v) if spec == "d" else v, spec)
+        return format(v, "g" if spec == "d" else spec)
 
     def cell(m: dict[str, Any], spec: str) -> list[str]:
         return [", ".join("—" if v is None else num(v, spec) for v in m["values"]), "not reached" if m["median"] is None else num(m["median"], spec)]

@@ -143,7 +143,7 @@ def reuse_or_measure(key: str | None, measure: Any) -> dict[str, Any]:
     carries `design` (the key) and `reused` (bool). A record with no figures (empty split) is not kept."""
     if key is not None and key in _MEASURED:
         return {**_MEASURED[key], "design": key, "reused": True}
-    out = {k: v for k, v in dict(measure()).items() if k not in ("design", "reused")}
+    out = dict(measure())
     if key is not None and out.get("batch1_ms") is not None:
         _keep(key, out)
     return {**out, "design": key, "reused": False}

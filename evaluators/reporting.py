@@ -3,7 +3,17 @@
 `Report`: `report(step, value) -> stop?`, called after every evaluation with the main metric.
 `RungReport`: a report that is asked only at some steps (MO-ASHA's rungs, `search/mo_asha.py`):
 the loop then evaluates only at those multiples of `eval_every` and at the last step, so
-successive halving pays one dev-set evaluation per rung instead of one per `eval_every`.
+successive halving pays one evaluation per rung instead of one per `eval_every`.
+
+What a rung measures (`RungReport.examples`): with a number n, the mean dev loss (the training
+loss without label smoothing: cross-entropy per example, per target token for seq2seq, squared
+error for regression) on a fixed subset of n dev examples (`rung_subset`: seed 0) — lower is
+better. Early in training the loss moves while accuracy still sits at the majority class (every
+trial ties there, and the ranking would fall back on parameter count alone), and n examples cost
+a fraction of a dev pass. These rung evaluations do not compete for the trial's best evaluation:
+its metric is the full dev evaluation at the end, the same number a full-fidelity trial records.
+With None (studies created before the rung loss existed), a rung is a full dev evaluation and
+reports the main metric.
 """
 
 from __future__ import annotations
@@ -12,15 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 Report = Callable[[int, float], bool]
+RUNG_EXAMPLES = 256  # dev examples a rung's loss is measured on (SST-2: 256 of 872)
 
 
 @dataclass(frozen=True, slots=True)
 class RungReport:
     """`judge(step, value)` as the report; `evaluates_at(step)` (step a multiple of `eval_every`)
-    says whether the loop evaluates there. The last step is always evaluated."""
+    says whether the loop evaluates there. The last step is always evaluated (fully) and is not
+    judged when `examples` is set. `examples`: rung value = mean dev loss on that many examples."""
 
     judge: Report
     evaluates_at: Callable[[int], bool]
+    examples: int | None = None
 
     def __call__(self, step: int, value: float) -> bool:
         return self.judge(step, value)

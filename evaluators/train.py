@@ -6,7 +6,9 @@ accumulation, label smoothing for generation, bf16 autocast on CUDA. Every `eval
 optimizer steps (default: once per epoch) and at the end it evaluates, appends to the curve,
 keeps the best evaluation, and calls `report(step, value)`; True means "stop" (the search
 prunes the trial). A `RungReport` narrows the evaluations to the steps it asks for (MO-ASHA's
-rungs): successive halving then pays one evaluation per rung, not one per `eval_every`. A loss that becomes NaN / inf ends the run as failed with that reason
+rungs): successive halving then pays one evaluation per rung, not one per `eval_every`, and
+with `RungReport.examples` that evaluation is the dev loss on a fixed subset (`dev_loss`), kept
+in the curve under "rung" and never the best evaluation. A loss that becomes NaN / inf ends the run as failed with that reason
 instead of raising, so a search worker carries on with the next trial.
 """
 
@@ -74,6 +76,16 @@ def _collator(task: Task, tokenizer: Any, model: Any) -> Any:
     return DataCollatorWithPadding(tokenizer)
 
 
+def eval_loader(ds: Any, batch_size: int, collate_fn: Any) -> Any:
+    """An in-order DataLoader for evaluation that leaves the global RNG alone: each iteration of a
+    DataLoader draws its base seed from the default generator unless it has its own, so an
+    evaluation would otherwise shift the dropout masks of every later training step — a trial's
+    result would depend on how often it was evaluated (and MO-ASHA's rungs would change it)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ds, batch_size=batch_size, collate_fn=collate_fn, generator=torch.Generator().manual_seed(0))
+
+
 def eval_batch_size(task: Task, batch_size: int) -> int:
     """The evaluation batch: twice the training batch (no activations kept for backward), the
     training batch itself for seq2seq (beam search multiplies the batch by the beams)."""
@@ -107,7 +119,6 @@ def evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_siz
 
 
 def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> dict[str, float]:
-    from torch.utils.data import DataLoader
 
     model.eval()
     preds: list[Any] = []
@@ -119,7 +130,7 @@ def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_si
         refs = column(ds, task.target_field)
         from transformers import DataCollatorWithPadding
 
-        loader = DataLoader(ds.remove_columns([task.target_field, "labels"]), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+        loader = eval_loader(ds.remove_columns([task.target_field, "labels"]), batch_size, DataCollatorWithPadding(tokenizer))
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with amp:
@@ -130,7 +141,7 @@ def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_si
         # evaluate in order of length (less padding); predictions and references stay paired per batch
         lens = token_lengths(ds) if "input_ids" in ds.column_names else None
         order = sorted(range(len(lens)), key=lens.__getitem__) if lens else None
-        loader = DataLoader(ds.select(order) if order else ds, batch_size=batch_size, collate_fn=_collator(task, tokenizer, None))
+        loader = eval_loader(ds.select(order) if order else ds, batch_size, _collator(task, tokenizer, None))
         for batch in loader:
             labels = batch.pop("labels")
             with amp:
@@ -138,6 +149,40 @@ def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_si
             preds += (logits.squeeze(-1) if task.kind == "regression" else logits.argmax(-1)).tolist()
             refs += labels.tolist()
     return compute_metrics(task.metrics, preds, refs, num_labels=task.num_labels)
+
+
+def rung_subset(ds: Any, examples: int) -> Any:
+    """The fixed dev subset a rung's loss is measured on: `examples` rows of `ds` after a seed-0
+    shuffle (the same rows for every trial of a study, whatever its training seed); all of `ds`
+    when it holds no more."""
+    if len(ds) <= examples:
+        return ds
+    return ds.shuffle(seed=0).select(range(examples))
+
+
+def dev_loss(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> float:
+    """Mean loss on a tokenized split, no autograd graph: the training loss without label
+    smoothing (`_loss_sum`), averaged over `loss_units` — examples, or target tokens for seq2seq.
+
+    Raises ValueError on an empty split."""
+
+    if len(ds) == 0:
+        raise ValueError("dev_loss: the split is empty")
+    drop = [c for c in (task.target_field,) if c and c in ds.column_names]
+    lens = token_lengths(ds) if "input_ids" in ds.column_names else None
+    if lens:  # in order of length: far less padding (a shuffled subset padded every batch to its longest row)
+        ds = ds.select(sorted(range(len(lens)), key=lens.__getitem__))
+    loader = eval_loader(ds.remove_columns(drop) if drop else ds, batch_size, _collator(task, tokenizer, model))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    total, units = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            units += loss_units(task, batch)
+            with amp:
+                total += float(_loss_sum(task, model, batch, 0.0))
+    return total / max(units, 1)
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -227,6 +272,8 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     t_start, t_eval = time.perf_counter(), 0.0
     best_state: dict[str, torch.Tensor] | None = None
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rungs = report if isinstance(report, RungReport) else None
+    rung_ds = None
     while step < total and res.status == "ok":
         model.train()
         for window in _windows(loader, s.grad_accum):
@@ -246,12 +293,27 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            due = step % eval_every == 0 and (not isinstance(report, RungReport) or report.evaluates_at(step))
-            if due or step == total:
+            due = step % eval_every == 0 and (rungs is None or report.evaluates_at(step))
+            if due and step < total and rungs is not None and rungs.examples is not None:
+                # a rung before the end: the dev loss on the fixed subset, judged; not a candidate for the best
+                t0 = time.perf_counter()
+                if rung_ds is None:
+                    rung_ds = rung_subset(eval_sets.get("eval") or next(iter(eval_sets.values())), rungs.examples)
+                value = dev_loss(task, model, tokenizer, rung_ds, batch_size=eval_bs, device=device)
+                res.curve.append({"step": step, "loss": sum(running) / max(len(running), 1), "metrics": {},
+                                  "rung": {"dev_loss": value, "examples": len(rung_ds)}})
+                log.info("%s step %d: rung dev loss = %.4f (%d examples)", task.name, step, value, len(rung_ds))
+                if math.isfinite(value) and rungs(step, value):
+                    res.status = "pruned"
+                t_eval += time.perf_counter() - t0
+                running = []
+                model.train()
+            elif due or step == total:
                 t0 = time.perf_counter()
                 before = res.best_step
                 # a stop at the last step would save nothing and mark a fully trained trial partial
-                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, report) and step < total:
+                judge = None if rungs is not None and rungs.examples is not None else report  # the full evaluation at the end is not a rung
+                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, judge) and step < total:
                     res.status = "pruned"
                 if res.best_step != before:  # a new best: keep its tensors (on the CPU) for the end
                     best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}

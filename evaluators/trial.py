@@ -238,7 +238,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     clock.laps.pop("loop")
     clock.laps.update(train=res.train_seconds, eval=res.eval_seconds)
     latency = None
-    if status != "failed" and "eval" in data.eval:
+    if status == "ok" and "eval" in data.eval:  # a pruned trial is never on a frontier: its latency would be time for nothing
         import torch
 
         from unipetl.evaluators.data import task_fingerprint

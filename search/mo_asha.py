@@ -4,7 +4,7 @@ Neither Optuna's pruners nor Ray Tune's schedulers stop trials of a multi-object
 frontier search trains every trial to the end. MO-ASHA (Schmucker et al., "Multi-objective
 Asynchronous Successive Halving", 2021, §3) keeps ASHA's rungs (Li et al. 2020, Alg. 2) and
 replaces "the top 1/η by the metric" with "the top 1/η by non-dominated rank": here the rank is
-over (metric at the rung ↑/↓, log paper fraction ↓), ties inside one front broken by each
+over (dev loss at the rung ↓, log paper fraction ↓), ties inside one front broken by each
 point's hypervolume contribution to that front (larger first; `moocore.hv_contributions`), then
 by the metric, then by trial number (so every process decides the same way).
 
@@ -15,6 +15,13 @@ those n, else it stops (PRUNED, partial fidelity: never on the frontier). The va
 study's storage as intermediate values, so any worker — a local process or a Ray task — judges
 with the same data, and a resumed study judges again from what is stored: a trial failed as
 stale (FAIL) is not a competitor, so its retry is not counted twice at a rung.
+
+What a rung measures (`evaluators.reporting`): the mean dev loss on a fixed subset of the dev
+split (`rung_examples`, 256 by default), not the main metric: early in training accuracy sits at
+the majority class for every trial (on SST-2 / MiniLM at 7 of 63 steps all trials scored the
+same), so the rank over (accuracy, size) promoted by size alone, while the loss already orders
+them; and the subset costs a fraction of a dev pass. Studies created before this (no
+`rung_examples` attribute) keep ranking the main metric from a full dev pass.
 
 Extra seeds of a design point always train to the end (they measure noise, not promise).
 """

@@ -8,6 +8,13 @@ trial ids — names Optuna keeps private (`Study._storage`, `Study._study_id`, `
 `FrozenTrial._trial_id`). They are read here and nowhere else, and tests/test_optuna_ext.py pins
 the behaviour unipetl relies on, so an Optuna release that changes it fails loudly.
 
+Optuna's TPE cannot sample for a multi-objective study that holds PRUNED trials (it scores them
+through `study.direction`, which raises for several objectives), and MO-ASHA prunes. TPE reads a
+study's trials through the private `Study._get_trials`; `CompleteOnlyTPE` hands it a view of the
+study in which PRUNED trials show as RUNNING (constant liar then counts them among the worse
+trials), so MO-ASHA keeps the search's sampler. Pinned in tests/test_optuna_ext.py: plain TPE
+still raises there, TPE still puts RUNNING trials in its worse group, and the view samples.
+
 Claiming a ticket is the one place where Optuna's storage alone is not enough:
 `RDBStorage.set_trial_state_values(id, RUNNING)` reads the row (`SELECT … FOR UPDATE`) and then
 writes it. PostgreSQL and MySQL lock the row, so a second claimer waits and then sees RUNNING.
@@ -20,6 +27,7 @@ lock covers every process that can open the file).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -137,3 +145,64 @@ def _claim(study: optuna.Study, order: Callable[[list[FrozenTrial]], Iterable[Fr
 
 
 __all__ = ["claim_waiting", "database_url", "frozen", "heartbeat", "live", "set_intermediate", "set_param", "set_user_attr", "storage_of", "trial_id"]
+
+
+class _PrunedAsRunning:
+    """A read-only view of a study in which every PRUNED trial shows as RUNNING (a copy; the
+    study is untouched); everything else is the study's own (attribute access falls through).
+    TPE with constant liar puts RUNNING trials in its "above" (worse) group — so a pruned design
+    counts as evidence against its region, where TPE itself would have raised — and its startup
+    phase, which counts COMPLETE and PRUNED trials, counts the COMPLETE ones only."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._viewed = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._viewed, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        wanted = tuple(states) if states is not None else tuple(TrialState)
+        fetch = tuple({*wanted, TrialState.PRUNED}) if TrialState.RUNNING in wanted else tuple(s for s in wanted if s != TrialState.PRUNED)
+        out = []
+        for t in self._viewed._get_trials(deepcopy=deepcopy, states=fetch, use_cache=use_cache):
+            if t.state == TrialState.PRUNED:
+                t = copy.copy(t)
+                t.state = TrialState.RUNNING
+            out.append(t)
+        return out
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states, use_cache=False)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class CompleteOnlyTPE(optuna.samplers.BaseSampler):
+    """TPE (`optuna.samplers.TPESampler(constant_liar=True, **kwargs)`) for a multi-objective
+    study under MO-ASHA: it models the COMPLETE trials, and sees each PRUNED trial as a RUNNING
+    one (`_PrunedAsRunning`: in the worse group, as constant liar places running trials), so it
+    neither raises nor proposes a pruned design again as if nothing were known of it. Its startup
+    phase counts COMPLETE trials."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.tpe = optuna.samplers.TPESampler(**{**kwargs, "constant_liar": True})
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.tpe.infer_relative_search_space(_PrunedAsRunning(study), trial)  # type: ignore[arg-type]
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.tpe.sample_relative(_PrunedAsRunning(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        return self.tpe.sample_independent(_PrunedAsRunning(study), trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.tpe.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self.tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.tpe.reseed_rng()

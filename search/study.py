@@ -28,11 +28,13 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
+from unipetl.evaluators.reporting import RUNG_EXAMPLES
 from unipetl.evaluators.trial import setting_type
 from unipetl.evaluators.trial import settings as trial_settings
 from unipetl.reports.load import mask_url
 from unipetl.reports.objectives import COSTS, parse_objectives
 from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from unipetl.search import optuna_ext
 from unipetl.search.mo_asha import Rungs
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
@@ -47,7 +49,7 @@ DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
 # the training settings a study file's `train:` block (and `unipetl search` flags) may set: TrialConfig's
 TRAIN_KEYS = tuple(f.name for f in trial_settings())
 FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train", "seeds",
-             "objectives", "reduction_factor")
+             "objectives", "reduction_factor", "rung_examples")
 PRUNERS = ("median", "hyperband", "none", "mo-asha")  # mo-asha: frontier mode (search.mo_asha); the others: budget mode
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsing (hostile or wrong file)
@@ -73,6 +75,7 @@ class StudySpec:
     seeds: int = 3  # seeds per frontier point and named method (1 = no re-runs); extra seeds are trials of their own
     objectives: str | list[str] | None = None  # frontier mode: what the front trades (reports.objectives); None: metric, params
     reduction_factor: int = 3  # mo-asha: keep the top 1/η at each rung
+    rung_examples: int = RUNG_EXAMPLES  # mo-asha: a rung ranks the dev loss on this many dev examples (evaluators.reporting)
     space: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -91,6 +94,8 @@ class StudySpec:
             if not self.train.get("eval_every"):
                 raise UnipetlError("`pruner` mo-asha needs `train.eval_every` (the first rung, in optimizer steps; rungs at eval_every · η^k).")
             Rungs(self.train["eval_every"], self.reduction_factor)
+            if isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1:
+                raise UnipetlError(f"`rung_examples` (dev examples a MO-ASHA rung's loss is measured on) should be a positive integer, got {self.rung_examples!r}.")
         if self.objectives is not None:
             if self.mode != "frontier":
                 raise UnipetlError(f"`objectives` {self.objectives!r} applies to frontier mode; budget mode maximises the metric under the budget.")
@@ -263,7 +268,7 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
         # stored only when not the default (older studies lack them and mean the default)
         **({"objectives": list(parse_objectives(spec.objectives))} if spec.objectives is not None
            and parse_objectives(spec.objectives) != DEFAULT_OBJECTIVES else {"objectives": None}),
-        **({"reduction_factor": spec.reduction_factor} if spec.pruner == "mo-asha" else {}),
+        **({"reduction_factor": spec.reduction_factor, "rung_examples": spec.rung_examples} if spec.pruner == "mo-asha" else {}),
     }
 
 
@@ -287,12 +292,15 @@ def directions(attrs: dict[str, Any]) -> list[str]:
 
 
 def make_sampler(attrs: dict[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """TPE (constant liar) by default; random search when asked, and under MO-ASHA: Optuna's TPE
-    cannot read the PRUNED trials of a multi-objective study (it asks for a single direction and
-    raises), and MO-ASHA itself is successive halving over random configurations (Schmucker et
-    al. 2021, §3)."""
-    if attrs.get("sampler") == "random" or attrs.get("pruner") == "mo-asha":
+    """TPE (constant liar) by default; random search when asked. Under MO-ASHA, TPE that models
+    the COMPLETE trials and sees each PRUNED one as RUNNING, i.e. among the worse
+    (`optuna_ext.CompleteOnlyTPE`): Optuna's TPE cannot read the PRUNED trials of a
+    multi-objective study (it asks for a single direction and raises). Its startup phase then
+    counts completed trials, of which MO-ASHA leaves a few: 3, TPE's own minimum here."""
+    if attrs.get("sampler") == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if attrs.get("pruner") == "mo-asha":
+        return optuna_ext.CompleteOnlyTPE(n_startup_trials=3, constant_liar=True, seed=seed)
     # constant_liar: parallel workers do not all sample the same point while trials run
     return optuna.samplers.TPESampler(n_startup_trials=max(3, min(10, attrs["trials"] // 3)), constant_liar=True, seed=seed)
 

@@ -223,6 +223,7 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     prunable = attrs["mode"] == "budget" and not seed_trial
     rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) \
         if attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA and not seed_trial else None
+    rung_examples = attrs.get("rung_examples")  # absent in studies created before rungs measured the dev loss
     train = dict(attrs["train"])
     if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched
         preset = trial.user_attrs.get("preset")
@@ -234,7 +235,8 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         if value is None or not math.isfinite(value):
             return False
         if rungs is not None:  # frontier mode, multi-fidelity: successive halving by non-dominated rank
-            return mo_asha_judge(trial.study, trial, int(step), float(value), rungs, higher=bool(attrs["higher_is_better"]),
+            # the rung's value: the dev loss on a fixed subset (lower is better); the main metric in older studies
+            return mo_asha_judge(trial.study, trial, int(step), float(value), rungs, higher=rung_examples is None and bool(attrs["higher_is_better"]),
                                  paper_fraction=counts.paper_params / counts.base_params)
         if not prunable:
             return False
@@ -242,7 +244,7 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         return trial.should_prune()
 
     # MO-ASHA judges only at rungs: evaluate there (and at the end), not at every `eval_every`
-    judged = RungReport(report, rungs.is_rung) if rungs is not None else report
+    judged = RungReport(report, rungs.is_rung, rung_examples) if rungs is not None else report
     return runner({**attrs, "train": train}, variant, judged, trial.user_attrs.get("preset"))
 
 

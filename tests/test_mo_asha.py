@@ -42,6 +42,19 @@ def test_ranking_is_rank_then_hypervolume_contribution() -> None:
     assert mo_asha.ranking(vals, (True, False), [0, 1, 2, 3, 4]) == order  # deterministic
 
 
+def test_a_rung_of_dev_losses_keeps_the_lowest(tmp_path: Path) -> None:
+    """Rungs rank the dev loss (lower first): four trials of one size arriving in turn at rung 10
+    with losses 0.69, 0.60, 0.65, 0.50 — the first two lead when they arrive, the third is behind
+    0.60 in a rung of three (keep 1), the fourth leads."""
+    study = _mo_study(tmp_path)
+    stops = []
+    for loss in (0.69, 0.60, 0.65, 0.50):
+        trial = study.ask()
+        trial.set_user_attr("paper_fraction", 0.004)
+        stops.append(mo_asha.judge(study, trial, 10, loss, RUNGS, higher=False, paper_fraction=0.004))
+    assert stops == [False, False, True, False]
+
+
 def _mo_study(tmp_path: Path, name: str = "mo") -> optuna.Study:
     return optuna.create_study(storage=f"sqlite:///{tmp_path}/mo.db", study_name=name, directions=["maximize", "minimize"])
 
@@ -99,7 +112,8 @@ def test_kill_and_resume_mid_rung_promotes_nothing_twice(tmp_path: Path) -> None
 
 
 def stub_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
-    """Reports a rising curve at steps 10…90 whose height grows with the variant's size; stops when told."""
+    """A rising curve at steps 10…90 whose height grows with the variant's size; at a rung it
+    reports the falling loss 1 − value (a rung ranks the dev loss, lower first); stops when told."""
     from unipetl.evaluators.record import make_record
     from unipetl.spaces.accounting import count
 
@@ -111,7 +125,7 @@ def stub_runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | 
     for step in range(10, 100, 10):
         value = q * (1 - math.exp(-step / 30))
         curve.append({"step": step, "loss": 0.5, "metrics": {"accuracy": value}})
-        if report(step, value) and step < 90:  # as the training loop: no stop at the last step
+        if step < 90 and report(step, 1 - value):  # as the training loop: rungs before the end judge the loss
             status = "pruned"
             break
     metric = curve[-1]["metrics"]["accuracy"]
@@ -143,6 +157,8 @@ def test_frontier_search_with_mo_asha_through_the_worker(tmp_path: Path) -> None
     ({"pruner": "mo-asha", "mode": "budget"}, "prunes frontier-mode studies"),
     ({"pruner": "mo-asha", "mode": "frontier"}, "needs `train.eval_every`"),
     ({"pruner": "mo-ashaa", "mode": "frontier"}, "`pruner` must be one of.*mo-asha"),
+    ({"pruner": "mo-asha", "mode": "frontier", "train": {"eval_every": 10}, "rung_examples": 0}, r"`rung_examples` .* positive integer, got 0"),
+    ({"pruner": "mo-asha", "mode": "frontier", "train": {"eval_every": 10}, "rung_examples": "all"}, r"`rung_examples` .* got 'all'"),
     ({"objectives": "metric,latency", "mode": "budget"}, "applies to frontier mode"),
     ({"objectives": "metric,speed", "mode": "frontier"}, "unknown cost 'speed'"),
 ])
@@ -162,6 +178,7 @@ def test_a_stop_at_the_last_step_is_ignored_by_the_loop() -> None:
             "max_steps": 2, "batch_size": 8}
     early = run_trial(TrialConfig(**base, eval_every=1), report=lambda _s, _v: True)
     assert early["status"] == "pruned" and early["train_settings"]["steps"] == 1
+    assert early["latency"] is None  # never on a frontier: its latency is not measured
     last = run_trial(TrialConfig(**base, eval_every=2), report=lambda _s, _v: True)
     assert last["status"] == "ok" and last["fidelity"] == "final" and last["train_settings"]["steps"] == 2
 
@@ -186,12 +203,119 @@ def test_the_loop_evaluates_only_at_rungs_under_mo_asha() -> None:
 def test_mo_asha_with_the_default_sampler_runs_past_its_startup_trials(tmp_path: Path) -> None:
     """Regression: with TPE (the default sampler) every trial after TPE's startup trials failed —
     Optuna's TPE reads PRUNED trials of a multi-objective study through `study.direction`. Under
-    MO-ASHA the study samples at random (MO-ASHA's own base sampler)."""
+    MO-ASHA the study samples with TPE over its COMPLETE trials (`optuna_ext.CompleteOnlyTPE`)."""
     url = f"sqlite:///{tmp_path}/t.db"
     spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=14, seeds=1, storage=url, study="t",
                              pruner="mo-asha", train={"eval_every": 10}, space={"presets": []})
     study = studies.create_or_check(spec)
-    assert isinstance(studies.load(url, "t").sampler, optuna.samplers.RandomSampler)
+    from unipetl.search.optuna_ext import CompleteOnlyTPE
+
+    assert isinstance(studies.load(url, "t").sampler, CompleteOnlyTPE)
     run_worker(url, "t", runner=stub_runner)
     c = studies.state_counts(study)
     assert c["COMPLETE"] + c["PRUNED"] == 14 and c["FAIL"] == 0 and c["PRUNED"] > 0
+
+
+def _spy_loop(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Capture what `run_trial` hands the loop (task, model, tokenizer, eval sets) and the model after it."""
+    from unipetl.evaluators import train as train_mod
+
+    seen: dict[str, Any] = {}
+    real = train_mod.train_and_evaluate
+
+    def spy(task, model, tokenizer, train_ds, eval_sets, *a, **kw):  # type: ignore[no-untyped-def]
+        seen.update(task=task, model=model, tokenizer=tokenizer, eval_sets=eval_sets)
+        return real(task, model, tokenizer, train_ds, eval_sets, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", spy)
+    return seen
+
+
+def test_rungs_rank_the_dev_loss_on_a_subset_and_the_end_is_the_full_fidelity_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `RungReport.examples`, the judge hears the dev loss on a fixed subset at rungs 1, 3, 9
+    (never at the last step); those points are in the curve under "rung" and never the best; the
+    trial's metric and its trained tensors equal those of a run evaluated only at the end."""
+    import torch
+
+    from unipetl.evaluators.reporting import RungReport
+    from unipetl.evaluators.train import dev_loss, rung_subset
+    from unipetl.evaluators.trial import TrialConfig, run_trial
+    from unipetl.spaces.presets import parse_preset
+
+    base = {"task": "sst2", "model": "tiny-bert", "variant": parse_preset("lora:r=2"), "max_train_examples": 32, "max_eval_examples": 16,
+            "max_steps": 10, "batch_size": 8, "lr": 3e-3, "seed": 5}
+    seen = _spy_loop(monkeypatch)
+    asked: list[tuple[int, float]] = []
+    rung = run_trial(TrialConfig(**base, eval_every=1), report=RungReport(lambda s, v: asked.append((s, v)) or False, mo_asha.Rungs(1, 3).is_rung, 8))
+    rung_model = {n: p.detach().clone() for n, p in seen["model"].named_parameters() if p.requires_grad}
+    assert [s for s, _ in asked] == [1, 3, 9] and all(math.isfinite(v) and v > 0 for _, v in asked)
+    assert [p["step"] for p in rung["curve"]] == [1, 3, 9, 10]
+    assert all(p["metrics"] == {} and p["rung"]["examples"] == 8 for p in rung["curve"][:3]) and "rung" not in rung["curve"][3]
+    assert rung["status"] == "ok" and rung["best_step"] == 10 and rung["metric"] == rung["curve"][3]["metrics"]["accuracy"]
+    # the rung subset is the same rows every time; the loss does not depend on the batch size (padding)
+    sub = rung_subset(seen["eval_sets"]["eval"], 8)
+    assert len(sub) == 8 and sub["input_ids"] == rung_subset(seen["eval_sets"]["eval"], 8)["input_ids"]
+    end_loss = dev_loss(seen["task"], seen["model"], seen["tokenizer"], sub, batch_size=4, device=torch.device("cpu"))
+
+    plain = run_trial(TrialConfig(**base, eval_every=10))
+    assert plain["metric"] == rung["metric"] and plain["best_step"] == 10
+    for n, p in seen["model"].named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.detach(), rung_model[n]), n  # rung evaluations leave training untouched
+    assert dev_loss(seen["task"], seen["model"], seen["tokenizer"], sub, batch_size=8, device=torch.device("cpu")) == pytest.approx(end_loss, abs=1e-5)
+
+
+def test_dev_loss_is_the_mean_per_example_cross_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batched with padding = one example at a time, by hand: mean cross-entropy over examples."""
+    import torch
+    import torch.nn.functional as F
+
+    from unipetl.evaluators.train import dev_loss
+    from unipetl.evaluators.trial import TrialConfig, run_trial
+    from unipetl.spaces.presets import parse_preset
+
+    seen = _spy_loop(monkeypatch)
+    run_trial(TrialConfig(task="sst2", model="tiny-bert", variant=parse_preset("lora:r=2"), max_train_examples=16, max_eval_examples=12,
+                          max_steps=2, batch_size=8, lr=1e-2))
+    model, ds = seen["model"].eval(), seen["eval_sets"]["eval"]
+    by_hand = []
+    with torch.no_grad():
+        for row in ds:
+            ids = torch.tensor([row["input_ids"]])
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+            by_hand.append(float(F.cross_entropy(logits, torch.tensor([row["labels"]]))))
+    assert len(by_hand) == 12
+    want = sum(by_hand) / len(by_hand)
+    for bs in (1, 5, 12):
+        assert dev_loss(seen["task"], model, seen["tokenizer"], ds, batch_size=bs, device=torch.device("cpu")) == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        dev_loss(seen["task"], model, seen["tokenizer"], ds.select([]), batch_size=4, device=torch.device("cpu"))
+
+
+def test_the_worker_hands_rung_examples_to_the_loop_and_old_studies_keep_the_metric(tmp_path: Path) -> None:
+    """A new MO-ASHA study stores `rung_examples` (default 256) and the loop gets it; a study from
+    before (no such attribute) keeps rungs on the main metric, judged higher-is-better."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    got: list[Any] = []
+
+    def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+        got.append(report.examples)
+        return stub_runner(attrs, variant, report, preset)
+
+    for name, examples in (("new", 256), ("custom", 64)):
+        spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, seeds=1, storage=url, study=name,
+                                 pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []},
+                                 **({"rung_examples": examples} if name == "custom" else {}))
+        assert studies.create_or_check(spec).user_attrs["rung_examples"] == examples
+        got.clear()
+        run_worker(url, name, runner=runner)
+        assert got == [examples, examples]
+    old = studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=3, seeds=1, storage=url,
+                                                    study="old", pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []}))
+    old.set_user_attr("rung_examples", None)
+    got.clear()
+    run_worker(url, "old", runner=runner)
+    assert got == [None, None, None]
+    # judged higher-is-better there: the stub reports 1 − value, so the best (highest) stored value is the lowest loss
+    ranked = [t for t in old.get_trials(states=mo_asha.ACTIVE) if 10 in t.intermediate_values]
+    assert len(ranked) == 3

@@ -13,7 +13,8 @@ trial ties there, and the ranking would fall back on parameter count alone), and
 a fraction of a dev pass. These rung evaluations do not compete for the trial's best evaluation:
 its metric is the full dev evaluation at the end, the same number a full-fidelity trial records.
 With None (studies created before the rung loss existed), a rung is a full dev evaluation and
-reports the main metric.
+reports the main metric (such a study, resumed, now samples with TPE like a new one). A report
+whose `evaluates_at` is always False evaluates once, at the end (MO-ASHA's extra seeds).
 """
 
 from __future__ import annotations

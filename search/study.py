@@ -94,8 +94,8 @@ class StudySpec:
             if not self.train.get("eval_every"):
                 raise UnipetlError("`pruner` mo-asha needs `train.eval_every` (the first rung, in optimizer steps; rungs at eval_every · η^k).")
             Rungs(self.train["eval_every"], self.reduction_factor)
-            if isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1:
-                raise UnipetlError(f"`rung_examples` (dev examples a MO-ASHA rung's loss is measured on) should be a positive integer, got {self.rung_examples!r}.")
+        if isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1:
+            raise UnipetlError(f"`rung_examples` (dev examples a MO-ASHA rung's loss is measured on) should be a positive integer, got {self.rung_examples!r}.")
         if self.objectives is not None:
             if self.mode != "frontier":
                 raise UnipetlError(f"`objectives` {self.objectives!r} applies to frontier mode; budget mode maximises the metric under the budget.")

@@ -243,8 +243,14 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         trial.report(float(value), int(step))
         return trial.should_prune()
 
-    # MO-ASHA judges only at rungs: evaluate there (and at the end), not at every `eval_every`
-    judged = RungReport(report, rungs.is_rung, rung_examples) if rungs is not None else report
+    # MO-ASHA judges only at rungs: evaluate there (and at the end), not at every `eval_every`;
+    # its extra seeds are evaluated at the end only, as their design trial is (one mean, one kind of number)
+    if rungs is not None:
+        judged: Any = RungReport(report, rungs.is_rung, rung_examples)
+    elif seed_trial and attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA and rung_examples is not None:
+        judged = RungReport(report, lambda _step: False, rung_examples)
+    else:
+        judged = report
     return runner({**attrs, "train": train}, variant, judged, trial.user_attrs.get("preset"))
 
 

@@ -292,30 +292,64 @@ def test_dev_loss_is_the_mean_per_example_cross_entropy(monkeypatch: pytest.Monk
         dev_loss(seen["task"], model, seen["tokenizer"], ds.select([]), batch_size=4, device=torch.device("cpu"))
 
 
-def test_the_worker_hands_rung_examples_to_the_loop_and_old_studies_keep_the_metric(tmp_path: Path) -> None:
-    """A new MO-ASHA study stores `rung_examples` (default 256) and the loop gets it; a study from
-    before (no such attribute) keeps rungs on the main metric, judged higher-is-better."""
+def test_the_worker_hands_rung_examples_to_the_loop_and_old_studies_keep_the_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new MO-ASHA study stores `rung_examples` (default 256), the loop gets it, and the judge
+    ranks rung values lower-first (a loss); a study from before (no such attribute) keeps rungs on
+    the main metric, higher-first for SST-2's accuracy. Extra seeds of a new study are evaluated
+    at the end only (a RungReport that asks at no step), as their design trial is."""
+    from unipetl.evaluators.reporting import RungReport
+    from unipetl.search import worker as worker_mod
+
     url = f"sqlite:///{tmp_path}/r.db"
     got: list[Any] = []
+    higher: list[bool] = []
+    real_judge = worker_mod.mo_asha_judge
+
+    def spy_judge(*a: Any, **kw: Any) -> bool:
+        higher.append(kw["higher"])
+        return real_judge(*a, **kw)
+
+    monkeypatch.setattr(worker_mod, "mo_asha_judge", spy_judge)
 
     def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
-        got.append(report.examples)
+        got.append((report.examples, [s for s in range(10, 100, 10) if report.evaluates_at(s)]) if isinstance(report, RungReport) else None)
         return stub_runner(attrs, variant, report, preset)
 
     for name, examples in (("new", 256), ("custom", 64)):
-        spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, seeds=1, storage=url, study=name,
+        spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, seeds=2, storage=url, study=name,
                                  pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []},
                                  **({"rung_examples": examples} if name == "custom" else {}))
-        assert studies.create_or_check(spec).user_attrs["rung_examples"] == examples
+        study = studies.create_or_check(spec)
+        assert study.user_attrs["rung_examples"] == examples
         got.clear()
+        higher.clear()
         run_worker(url, name, runner=runner)
-        assert got == [examples, examples]
+        assert got == [(examples, [10, 30, 90])] * 2 and higher and not any(higher)
+        got.clear()
+        assert studies.enqueue_seed_trials(study) >= 1
+        run_worker(url, name, runner=runner)
+        assert got and all(g == (examples, []) for g in got)  # extra seeds: no rung, one evaluation at the end
     old = studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=3, seeds=1, storage=url,
                                                     study="old", pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []}))
     old.set_user_attr("rung_examples", None)
     got.clear()
+    higher.clear()
     run_worker(url, "old", runner=runner)
-    assert got == [None, None, None]
-    # judged higher-is-better there: the stub reports 1 − value, so the best (highest) stored value is the lowest loss
-    ranked = [t for t in old.get_trials(states=mo_asha.ACTIVE) if 10 in t.intermediate_values]
-    assert len(ranked) == 3
+    assert got == [(None, [10, 30, 90])] * 3 and higher and all(higher)
+
+
+def test_evaluations_leave_the_training_stream_alone() -> None:
+    """Full dev evaluations after every step do not move training: the per-step losses of a run
+    evaluated at every step average to the loss of the same run evaluated once at the end (with
+    dropout on: a shifted RNG would change every mask)."""
+    from unipetl.evaluators.trial import TrialConfig, run_trial
+    from unipetl.spaces.presets import parse_preset
+
+    base = {"task": "sst2", "model": "tiny-bert", "variant": parse_preset("lora:r=2"), "max_train_examples": 48, "max_eval_examples": 16,
+            "max_steps": 6, "batch_size": 8, "lr": 3e-3, "seed": 3}
+    every = run_trial(TrialConfig(**base, eval_every=1))
+    once = run_trial(TrialConfig(**base, eval_every=6))
+    assert [p["step"] for p in every["curve"]] == [1, 2, 3, 4, 5, 6] and [p["step"] for p in once["curve"]] == [6]
+    losses = [p["loss"] for p in every["curve"]]
+    assert len(set(round(x, 6) for x in losses)) > 1
+    assert sum(losses) / 6 == pytest.approx(once["curve"][0]["loss"], abs=1e-6)

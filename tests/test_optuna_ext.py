@@ -174,7 +174,7 @@ def test_complete_only_tpe_sees_pruned_trials_as_running() -> None:
         assert t.suggest_categorical("kind", ["a", "b"]) in ("a", "b") and 0.0 <= x <= 1.0
         study.tell(t, [x, 1 - x])
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 9
-    # the same seed, the same history: the same proposals (TPE's own, not a fallback)
+    # the same seed, the same history: the same proposals (deterministic)
     again = _mo_study_with_pruned(4, 3)
     again.sampler = optuna_ext.CompleteOnlyTPE(n_startup_trials=2, seed=0)
     assert again.ask().suggest_float("x", 0.0, 1.0) == study.trials[7].params["x"]

@@ -118,8 +118,13 @@ def evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_siz
         return _evaluate_split(task, model, tokenizer, ds, batch_size=batch_size, device=device)
 
 
-def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> dict[str, float]:
+def _by_length(ds: Any) -> Any:
+    """`ds` in order of token length (less padding per batch); as it is when it has no input_ids."""
+    lens = token_lengths(ds) if "input_ids" in ds.column_names else None
+    return ds.select(sorted(range(len(lens)), key=lens.__getitem__)) if lens else ds
 
+
+def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device) -> dict[str, float]:
     model.eval()
     preds: list[Any] = []
     refs: list[Any] = []
@@ -139,9 +144,7 @@ def _evaluate_split(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_si
             preds += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     else:
         # evaluate in order of length (less padding); predictions and references stay paired per batch
-        lens = token_lengths(ds) if "input_ids" in ds.column_names else None
-        order = sorted(range(len(lens)), key=lens.__getitem__) if lens else None
-        loader = eval_loader(ds.select(order) if order else ds, batch_size, _collator(task, tokenizer, None))
+        loader = eval_loader(_by_length(ds), batch_size, _collator(task, tokenizer, None))
         for batch in loader:
             labels = batch.pop("labels")
             with amp:
@@ -169,9 +172,7 @@ def dev_loss(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int
     if len(ds) == 0:
         raise ValueError("dev_loss: the split is empty")
     drop = [c for c in (task.target_field,) if c and c in ds.column_names]
-    lens = token_lengths(ds) if "input_ids" in ds.column_names else None
-    if lens:  # in order of length: far less padding (a shuffled subset padded every batch to its longest row)
-        ds = ds.select(sorted(range(len(lens)), key=lens.__getitem__))
+    ds = _by_length(ds)  # a shuffled subset would pad every batch to its longest row
     loader = eval_loader(ds.remove_columns(drop) if drop else ds, batch_size, _collator(task, tokenizer, model))
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     total, units = 0.0, 0
@@ -273,6 +274,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     best_state: dict[str, torch.Tensor] | None = None
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rungs = report if isinstance(report, RungReport) else None
+    loss_rungs = rungs is not None and rungs.examples is not None  # rungs judge the dev loss; the end is not judged
     rung_ds = None
     while step < total and res.status == "ok":
         model.train()
@@ -293,8 +295,8 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            due = step % eval_every == 0 and (rungs is None or report.evaluates_at(step))
-            if due and step < total and rungs is not None and rungs.examples is not None:
+            due = step % eval_every == 0 and (rungs is None or rungs.evaluates_at(step))
+            if due and step < total and loss_rungs:
                 # a rung before the end: the dev loss on the fixed subset, judged; not a candidate for the best
                 t0 = time.perf_counter()
                 if rung_ds is None:
@@ -312,8 +314,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
                 t0 = time.perf_counter()
                 before = res.best_step
                 # a stop at the last step would save nothing and mark a fully trained trial partial
-                judge = None if rungs is not None and rungs.examples is not None else report  # the full evaluation at the end is not a rung
-                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, judge) and step < total:
+                if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, None if loss_rungs else report) and step < total:
                     res.status = "pruned"
                 if res.best_step != before:  # a new best: keep its tensors (on the CPU) for the end
                     best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}

@@ -300,7 +300,7 @@ def make_sampler(attrs: dict[str, Any], seed: int | None = None) -> optuna.sampl
     if attrs.get("sampler") == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if attrs.get("pruner") == "mo-asha":
-        return optuna_ext.CompleteOnlyTPE(n_startup_trials=3, constant_liar=True, seed=seed)
+        return optuna_ext.CompleteOnlyTPE(n_startup_trials=3, seed=seed)  # constant liar always: it places the pruned trials
     # constant_liar: parallel workers do not all sample the same point while trials run
     return optuna.samplers.TPESampler(n_startup_trials=max(3, min(10, attrs["trials"] // 3)), constant_liar=True, seed=seed)
 

@@ -221,8 +221,8 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     if seed_trial:  # its parent's latency was measured on the same design: keep it for reuse (checked by key)
         _remember_parent_latency(trial)
     prunable = attrs["mode"] == "budget" and not seed_trial
-    rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) \
-        if attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA and not seed_trial else None
+    mo_asha = attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA
+    rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) if mo_asha and not seed_trial else None
     rung_examples = attrs.get("rung_examples")  # absent in studies created before rungs measured the dev loss
     train = dict(attrs["train"])
     if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched
@@ -247,7 +247,7 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     # its extra seeds are evaluated at the end only, as their design trial is (one mean, one kind of number)
     if rungs is not None:
         judged: Any = RungReport(report, rungs.is_rung, rung_examples)
-    elif seed_trial and attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA and rung_examples is not None:
+    elif mo_asha and rung_examples is not None:  # an extra seed
         judged = RungReport(report, lambda _step: False, rung_examples)
     else:
         judged = report

@@ -18,7 +18,7 @@ needs to reach the grid's final hypervolume, and whether each study's frontier d
 named method of the grid at that method's budget (a point with fraction ≤ and accuracy ≥).
 (d) `mf`: (c) with multi-fidelity, `--pruner mo-asha` (MO-ASHA rungs at `eval_every · η^k`
     optimizer steps, η = 3, each rung ranking the dev loss on 256 dev examples; TPE over the
-    completed trials; only trials trained to the end enter the front), given `--mf-trials`
+    completed trials; named methods train to the end; only trials trained to the end enter the front), given `--mf-trials`
     tickets (default 2 × `--trials`): a pruned ticket costs a fraction of a full one. Its own
     caps `--caps mf` (4,000 sentences, one rung at 42 of 125 steps) give training room for that.
 Every study trains one seed per design (`seeds: 1`); repeat r uses training seed r, and its

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,9 @@ MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsi
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 # the attrs that make two studies "the same search": a study name that exists with other values is refused
 IDENTITY = ("task", "model", "mode", "budget_fraction", "space", "objectives")
+# how a trial is run and judged: a continued study keeps its stored values, so a different value asked
+# for is refused rather than silently ignored (older studies lacking a key keep its stored meaning)
+SETTINGS = ("train", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples")
 
 
 @dataclass(kw_only=True)
@@ -186,16 +191,29 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
         return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
 
 
-def _rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
+# what a process sees when another one is creating the same empty database's schema at that moment
+# (SQLite and PostgreSQL wording): opening again finds the schema complete
+_CREATION_RACE = ("already exists", "unique constraint", "duplicate key", "database is locked")
+
+
+def _rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None, attempts: int = 6) -> optuna.storages.RDBStorage:
+    """Open the storage; several workers starting together on a new database race to create its
+    tables, and the losers open it again (up to `attempts` times) instead of failing."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    try:
-        return _open_rdb(url, engine_kwargs, heartbeat_interval, grace_period)
-    except SQLAlchemyError as err:
-        reason = str(getattr(err, "orig", None) or err).splitlines()[0] if str(err) else type(err).__name__
-        if url.startswith("sqlite"):
-            raise UnipetlError(f"`storage` {url.split('///', 1)[-1]!r} is not a readable SQLite database ({reason}).") from None
-        raise UnipetlError(f"`storage` {mask_url(url)!r} cannot be opened: {mask_url(reason, url)}.") from None
+    for attempt in range(attempts):
+        try:
+            return _open_rdb(url, engine_kwargs, heartbeat_interval, grace_period)
+        except SQLAlchemyError as err:
+            reason = str(getattr(err, "orig", None) or err).splitlines()[0] if str(err) else type(err).__name__
+            if attempt + 1 < attempts and any(s in reason.lower() for s in _CREATION_RACE):
+                logger.info("storage %s: schema being created by another process (%s); opening again", mask_url(url), reason)
+                time.sleep(0.25 * (attempt + 1))
+                continue
+            if url.startswith("sqlite"):
+                raise UnipetlError(f"`storage` {url.split('///', 1)[-1]!r} is not a readable SQLite database ({reason}).") from None
+            raise UnipetlError(f"`storage` {mask_url(url)!r} cannot be opened: {mask_url(reason, url)}.") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _open_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int, grace_period: int | None) -> optuna.storages.RDBStorage:
@@ -339,6 +357,12 @@ def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_peri
                     f"study {name!r} exists with {key}={_short(existing.get(key))}, not {_short(attrs[key])}; "
                     "choose another --study name (the existing study was not changed)."
                 )
+        for key in SETTINGS:
+            if key in existing and _as_stored(attrs.get(key)) != existing[key]:
+                raise UnipetlError(
+                    f"study {name!r} exists with {key}={_short(existing[key])}, not {_short(attrs.get(key))}; its trials are run with the "
+                    "stored settings: continue it with `unipetl resume` or the same options, or choose another --study name (the existing study was not changed)."
+                )
         study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if spec.trials > existing.get("trials", 0):
             study.set_user_attr("trials", spec.trials)
@@ -373,6 +397,11 @@ def _drop_unfinished(storage: optuna.storages.BaseStorage, name: str) -> bool:
     logger.warning("study %s was left half-created by a stopped process; creating it again", name)
     optuna.delete_study(study_name=name, storage=storage)
     return True
+
+
+def _as_stored(value: Any) -> Any:
+    """`value` as a study user attribute reads back (JSON: tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _short(value: Any) -> str:

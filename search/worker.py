@@ -224,10 +224,10 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     mo_asha = attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA
     rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) if mo_asha and not seed_trial else None
     rung_examples = attrs.get("rung_examples")  # absent in studies created before rungs measured the dev loss
+    named = bool(trial.user_attrs.get("preset"))
     train = dict(attrs["train"])
     if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched
-        preset = trial.user_attrs.get("preset")
-        train["lr_scale"] = train.get("lr_scale", 1.0) if preset else suggest_lr_scale(trial, SpaceConfig.from_dict(attrs["space"]))
+        train["lr_scale"] = train.get("lr_scale", 1.0) if named else suggest_lr_scale(trial, SpaceConfig.from_dict(attrs["space"]))
     train["seed"] = int(train.get("seed", 0)) + int(trial.user_attrs.get("seed_index", 0))
     trial.set_user_attr("seed", train["seed"])
 
@@ -236,8 +236,11 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
             return False
         if rungs is not None:  # frontier mode, multi-fidelity: successive halving by non-dominated rank
             # the rung's value: the dev loss on a fixed subset (lower is better); the main metric in older studies
-            return mo_asha_judge(trial.study, trial, int(step), float(value), rungs, higher=rung_examples is None and bool(attrs["higher_is_better"]),
+            stop = mo_asha_judge(trial.study, trial, int(step), float(value), rungs, higher=rung_examples is None and bool(attrs["higher_is_better"]),
                                  paper_fraction=counts.paper_params / counts.base_params)
+            # a named method competes at the rung (its value is stored) but trains to the end: it is
+            # the report's reference point, and stopping one that sits on the front loses its area
+            return stop and not named
         if not prunable:
             return False
         trial.report(float(value), int(step))

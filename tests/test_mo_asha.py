@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from unipetl.search import mo_asha
+from unipetl.search import mo_asha, optuna_ext
 from unipetl.search import study as studies
 from unipetl.search.worker import run_worker
 from unipetl.spaces.registry import UnipetlError
@@ -151,6 +151,44 @@ def test_frontier_search_with_mo_asha_through_the_worker(tmp_path: Path) -> None
         assert t.user_attrs["record"]["fidelity"] == "partial" and max(t.intermediate_values) < 90
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert len(t.values) == 3 and t.values[2] == pytest.approx(t.user_attrs["record"]["latency"]["batch1_ratio"])
+
+
+def test_a_named_method_competes_at_the_rung_but_trains_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under MO-ASHA a named method's rung value is stored and counts for the others, but the
+    method is not stopped: it is the report's reference point. Here full fine-tuning (fraction 1)
+    reports a rung loss of 5.0 after six sampled trials that all dominate it — the judge says
+    stop, the trial still completes with its rung value stored; sampled trials told to stop are pruned."""
+    from unipetl.search import worker
+
+    answers: dict[int, list[bool]] = {}
+    real_judge = worker.mo_asha_judge
+
+    def spy(study: optuna.Study, trial: optuna.Trial, step: int, value: float, rungs: mo_asha.Rungs, **kw: Any) -> bool:
+        stop = real_judge(study, trial, step, value, rungs, **kw)
+        if rungs.is_rung(step):
+            answers.setdefault(trial.number, []).append(stop)
+        return stop
+
+    monkeypatch.setattr(worker, "mo_asha_judge", spy)
+
+    def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+        return stub_runner(attrs, variant, (lambda s, _v: report(s, 5.0)) if preset else report, preset)
+
+    url = f"sqlite:///{tmp_path}/n.db"
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=7, seeds=1, storage=url, study="n",
+                             pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []})
+    study = studies.create_or_check(spec)
+    run_worker(url, "n", runner=runner, max_trials=6)
+    (ticket,) = study.get_trials(states=(TrialState.WAITING,))  # the last ticket becomes the named method
+    optuna_ext.set_user_attr(study, optuna_ext.trial_id(ticket), "preset", "full")
+    run_worker(url, "n", runner=runner)
+    (named,) = [t for t in study.get_trials() if t.user_attrs.get("preset") == "full"]
+    assert answers[named.number][0] is True  # last of seven at rung 10: the judge would stop it
+    assert named.state == TrialState.COMPLETE and named.user_attrs["record"]["fidelity"] == "final"
+    assert named.intermediate_values[10] == 5.0 and max(named.intermediate_values) == 80
+    for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number != named.number:
+            assert (t.state == TrialState.PRUNED) == any(answers[t.number])
 
 
 @pytest.mark.parametrize(("changes", "message"), [

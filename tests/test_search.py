@@ -166,6 +166,31 @@ def test_existing_study_with_other_task_or_space_is_refused(tmp_path: Path, data
     assert load(url, "e").user_attrs == attrs and len(load(url, "e").get_trials()) == len(attrs["space"]["presets"][:2])
 
 
+def test_continuing_a_study_with_other_run_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A continued study runs its trials with its stored settings; a different training setting,
+    pruner, sampler or MO-ASHA rung setting asked for was silently ignored — now one error line,
+    exit 2, study unchanged. The same command continues it."""
+    url = f"sqlite:///{tmp_path}/k.db"
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, storage=url, study="m",
+                                              pruner="mo-asha", train={"eval_every": 5}))
+    before = (dict(load(url, "m").user_attrs), len(load(url, "m").get_trials()))
+    base = ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--mode", "frontier", "--trials", "2", "--seeds", "1",
+            "--storage", url, "--study", "m", "--no-progress"]
+    for extra, message in [(["--pruner", "mo-asha", "--eval-every", "7"], "exists with train={'eval_every': 5}, not {'eval_every': 7}"),
+                           (["--pruner", "none", "--eval-every", "5"], "exists with pruner='mo-asha', not 'none'"),
+                           (["--pruner", "mo-asha", "--eval-every", "5", "--sampler", "random"], "exists with sampler='tpe', not 'random'"),
+                           (["--pruner", "mo-asha", "--eval-every", "5", "--reduction-factor", "2"], "exists with reduction_factor=3, not 2"),
+                           (["--pruner", "mo-asha", "--eval-every", "5", "--rung-examples", "64"], "exists with rung_examples=256, not 64")]:
+        capsys.readouterr()
+        assert cli(*base, *extra, "--trials", "3") == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and "unipetl resume" in err and len(err.splitlines()) == 1, err
+        assert (dict(load(url, "m").user_attrs), len(load(url, "m").get_trials())) == before
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=3, storage=url, study="m",
+                             pruner="mo-asha", train={"eval_every": 5})
+    assert len(studies.create_or_check(spec).get_trials()) == 3  # the same settings continue it (and raise the trials)
+
+
 def test_study_file_unknown_keys_and_bundled_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.yaml").write_text("task: sst2\nmodel: tiny-bert\nbudgett: 1%\n")
     assert cli("search", "--study-file", str(tmp_path / "bad.yaml"), "--storage", f"sqlite:///{tmp_path}/n.db") == 2
@@ -226,3 +251,18 @@ def test_two_workers_one_sqlite_study(tmp_path: Path, data_dir: str) -> None:
     assert c["COMPLETE"] + c["PRUNED"] == 6 and c["FAIL"] == c["RUNNING"] == c["WAITING"] == 0
     assert len(study.get_trials()) == 6  # no duplicate and no lost ticket
     assert all("record" in t.user_attrs for t in study.get_trials())
+
+
+def test_processes_opening_a_new_database_together_all_succeed(tmp_path: Path) -> None:
+    """Regression: four processes opening one new SQLite file at the same instant raced to create
+    its tables, and the losers failed with "not a readable SQLite database (table studies already
+    exists)" (3 rounds of 3 before the fix). The losers now open it again and find the schema."""
+    url = f"sqlite:///{tmp_path}/new.db"
+    start = time.time() + 8  # after every interpreter has imported optuna
+    code = ("import sys, time\nfrom unipetl.search.study import make_storage\n"
+            f"while time.time() < {start}:\n    time.sleep(0.001)\nmake_storage({url!r})\nprint('opened')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-300:] for _, err in outs]
+    assert all(out.strip() == "opened" for out, _ in outs)
+    assert studies.study_names(studies.make_storage(url)) == []

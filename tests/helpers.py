@@ -11,6 +11,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -97,3 +99,16 @@ def model_output(model: Any, inputs: dict[str, Any]) -> Any:
     with torch.no_grad():
         res = model(**inputs)
     return res.logits if hasattr(res, "logits") else res.last_hidden_state
+
+
+def open_together(url: str, n: int, barrier: Path) -> None:
+    """n processes call `make_storage(url)` at the same instant: each, once its imports are done,
+    marks itself ready in the empty folder `barrier` and spins until all n are (a fixed start
+    time let a slow import arrive late and hide the race). Asserts every one opened the storage."""
+    code = ("import os, sys\nfrom pathlib import Path\nfrom unipetl.search.study import make_storage\n"
+            f"barrier = Path({str(barrier)!r})\n(barrier / str(os.getpid())).touch()\n"
+            f"while len(os.listdir(barrier)) < {n}:\n    pass\nmake_storage({url!r})\nprint('opened')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [err[-300:] for _, err in outs]
+    assert all(out.strip() == "opened" for out, _ in outs)

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import search_args
+from helpers import open_together, search_args
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -258,11 +258,6 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path: Path) -
     its tables, and the losers failed with "not a readable SQLite database (table studies already
     exists)" (3 rounds of 3 before the fix). The losers now open it again and find the schema."""
     url = f"sqlite:///{tmp_path}/new.db"
-    start = time.time() + 8  # after every interpreter has imported optuna
-    code = ("import sys, time\nfrom unipetl.search.study import make_storage\n"
-            f"while time.time() < {start}:\n    time.sleep(0.001)\nmake_storage({url!r})\nprint('opened')\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err[-300:] for _, err in outs]
-    assert all(out.strip() == "opened" for out, _ in outs)
+    (tmp_path / "barrier").mkdir()
+    open_together(url, 4, tmp_path / "barrier")
     assert studies.study_names(studies.make_storage(url)) == []

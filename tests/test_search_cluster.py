@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import FAST
+from helpers import FAST, open_together
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -45,6 +45,29 @@ def test_postgresql_two_workers(data_dir: str) -> None:
         _check(PG, name, 4)
     finally:
         optuna.delete_study(study_name=name, storage=PG)
+
+
+def test_workers_opening_a_new_postgresql_database_together_all_succeed(tmp_path: Path) -> None:
+    """Regression: four workers opening one new PostgreSQL database at the same instant raced to
+    create its tables; the losers failed ("duplicate key value violates unique constraint
+    pg_type_typname_nsp_index", 2 rounds of 2 before the fix). They now open it again."""
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG}")
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(PG, isolation_level="AUTOCOMMIT")
+    db = f"unipetl_new_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"CREATE DATABASE {db}"))
+    try:
+        url = sqlalchemy.engine.make_url(PG).set(database=db).render_as_string(hide_password=False)
+        (tmp_path / "barrier").mkdir()
+        open_together(url, 4, tmp_path / "barrier")
+        assert studies.study_names(studies.make_storage(url)) == []
+    finally:
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        admin.dispose()
 
 
 def test_ray_workers_local(data_dir: str, tmp_path: Path) -> None:

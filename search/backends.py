@@ -192,10 +192,10 @@ def run_study(backend: Backend, storage_url: str, study_name: str, options: RunO
     from unipetl.search import study as studies
 
     study = studies.load(storage_url, study_name, heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period)
-    with warnings.catch_warnings():
+    with studies.driver_lock(study), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # re-queue what dead workers left RUNNING
-    studies.top_up(study)
+        studies.top_up(study)
     started = _started(study)
     done = backend.run(storage_url, study_name, options)
     if not backend.seed_phase:

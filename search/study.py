@@ -11,7 +11,9 @@ claims them). Claiming a WAITING trial is an atomic state change in the storage,
 never run the same ticket and no worker ever creates a trial of its own. A ticket ends as
 COMPLETE / PRUNED (it counts) or FAIL; a failed ticket is replaced (a dead worker's trial by the
 heartbeat's `RetryFailedTrialCallback` with the same parameters, an evaluator failure by a fresh
-ticket), so COMPLETE + PRUNED reaches N exactly and never passes it.
+ticket), so COMPLETE + PRUNED reaches N exactly and never passes it. Every step that counts the
+tickets and then adds some runs under the study's driver lock (`driver_lock`), so drivers started
+together on one study, or a driver and a worker replacing a failed trial, never fill one gap twice.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import math
 import time
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +40,7 @@ from unipetl.reports.load import mask_url
 from unipetl.reports.objectives import COSTS, parse_objectives
 from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from unipetl.search import optuna_ext
+from unipetl.search.locks import study_lock
 from unipetl.search.mo_asha import Rungs
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
@@ -349,6 +353,12 @@ def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_peri
     attrs = study_attrs(spec)
     name = spec.study or default_study_name(spec)
     storage = make_storage(spec.storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    with study_lock(storage.url, name):  # a second driver starting together waits, then continues the study
+        return _create_or_continue(spec, name, attrs, storage, heartbeat_interval, grace_period)
+
+
+def _create_or_continue(spec: StudySpec, name: str, attrs: dict[str, Any], storage: optuna.storages.BaseStorage, heartbeat_interval: int,
+                        grace_period: int | None) -> optuna.Study:
     if name in study_names(storage) and not _drop_unfinished(storage, name):
         existing = optuna.load_study(study_name=name, storage=storage).user_attrs
         for key in IDENTITY:
@@ -379,6 +389,13 @@ def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_peri
     top_up(study)
     logger.info("created study %s with %d tickets", name, attrs["trials"])
     return study
+
+
+def driver_lock(study: optuna.Study) -> AbstractContextManager[None]:
+    """The study's driver lock (`search/locks.py`): held by every step that reads which tickets
+    the study holds and then adds some (create, top up, extra seeds, a failed trial's
+    replacement, re-queueing stale trials)."""
+    return study_lock(optuna_ext.database_url(study), study.study_name)
 
 
 def is_complete(attrs: dict[str, Any]) -> bool:
@@ -475,7 +492,13 @@ def top_up(study: optuna.Study) -> int:
     """Add empty tickets so the design trials' COMPLETE + PRUNED + RUNNING + WAITING equals the
     trial budget (extra seeds are topped up by `enqueue_seed_trials`).
 
-    Called by the driver only (search / resume), never by workers, so it cannot race itself."""
+    Called by drivers only (search / resume), never by workers, under the study's driver lock, so
+    two drivers cannot both fill the same gap."""
+    with driver_lock(study):
+        return _top_up(study)
+
+
+def _top_up(study: optuna.Study) -> int:
     c = state_counts(study, design_only=True)
     missing = study.user_attrs["trials"] - (c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] + c["WAITING"])
     for _ in range(max(0, missing)):
@@ -520,7 +543,13 @@ def enqueue_seed_trials(study: optuna.Study) -> int:
     user attrs `parent` (the parent's number) and `seed_index`; the worker trains it with seed
     `train.seed + seed_index`. Idempotent: a (parent, seed_index) pair that is COMPLETE, PRUNED,
     RUNNING or WAITING is not enqueued again, so a driver killed half-way and run again adds no
-    duplicates. Sets the study's `seed_trials` to the pairs wanted; returns the tickets added."""
+    duplicates, and two drivers at once take turns (the study's driver lock). Sets the study's
+    `seed_trials` to the pairs wanted; returns the tickets added."""
+    with driver_lock(study):
+        return _enqueue_seed_trials(study)
+
+
+def _enqueue_seed_trials(study: optuna.Study) -> int:
     k = int(study.user_attrs.get("seeds", 1))
     if k < 2:
         return 0
@@ -549,4 +578,4 @@ def enqueue_seed_trials(study: optuna.Study) -> int:
 
 
 __all__ = ["StudySpec", "TrialState", "load_study_file", "make_storage", "create_or_check", "load", "state_counts", "top_up", "finished",
-           "target", "seed_candidates", "enqueue_seed_trials", "is_seed_trial"]
+           "target", "seed_candidates", "enqueue_seed_trials", "is_seed_trial", "driver_lock"]

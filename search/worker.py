@@ -190,8 +190,9 @@ def _store(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], reco
     if status == "pruned":
         _retry_locked(lambda: _tell_once(study, trial, TrialState.PRUNED), "tell")
         return TrialState.PRUNED
-    _retry_locked(lambda: _tell_once(study, trial, TrialState.FAIL), "tell")
-    _retry_locked(lambda: _replace_failed(study, trial), "replace failed")
+    with studies.driver_lock(study):  # a driver topping up meanwhile would fill the same gap
+        _retry_locked(lambda: _tell_once(study, trial, TrialState.FAIL), "tell")
+        _retry_locked(lambda: _replace_failed(study, trial), "replace failed")
     return TrialState.FAIL
 
 
@@ -305,7 +306,7 @@ def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 1
     study = studies.load(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     ran = 0
     while max_trials is None or ran < max_trials:
-        with warnings.catch_warnings():
+        with studies.driver_lock(study), warnings.catch_warnings():  # a reaped trial's retry fills its gap, not a driver's top-up too
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _retry_locked(lambda: optuna.storages.fail_stale_trials(study), "fail stale trials")
         c = _retry_locked(lambda: studies.state_counts(study), "count trials")

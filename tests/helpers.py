@@ -102,13 +102,52 @@ def model_output(model: Any, inputs: dict[str, Any]) -> Any:
 
 
 def open_together(url: str, n: int, barrier: Path) -> None:
-    """n processes call `make_storage(url)` at the same instant: each, once its imports are done,
-    marks itself ready in the empty folder `barrier` and spins until all n are (a fixed start
-    time let a slow import arrive late and hide the race). Asserts every one opened the storage."""
-    code = ("import os, sys\nfrom pathlib import Path\nfrom unipetl.search.study import make_storage\n"
-            f"barrier = Path({str(barrier)!r})\n(barrier / str(os.getpid())).touch()\n"
-            f"while len(os.listdir(barrier)) < {n}:\n    pass\nmake_storage({url!r})\nprint('opened')\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert [p.returncode for p in procs] == [0] * n, [err[-300:] for _, err in outs]
-    assert all(out.strip() == "opened" for out, _ in outs)
+    """n processes call `make_storage(url)` at the same instant (`run_together`). Asserts every
+    one opened the storage."""
+    run_together(f"from unipetl.search.study import make_storage\nmake_storage({url!r})\n", n, barrier)
+
+
+def run_together(code: str, n: int, barrier: Path) -> list[str]:
+    """n processes run `code` at the same instant: each, once its imports are done, marks itself
+    ready in the empty folder `barrier` and spins until all n are (a fixed start time let a slow
+    import arrive late and hide the race), then runs `code` after its own imports (a line starting
+    with `from`/`import` is hoisted above the barrier). Asserts every process exited 0; returns
+    their stdouts."""
+    lines = code.splitlines()
+    head = [line for line in lines if line.startswith(("from ", "import "))]
+    body = [line for line in lines if not line.startswith(("from ", "import "))]
+    program = "\n".join(["import os", "from pathlib import Path", *head, f"barrier = Path({str(barrier)!r})",
+                         "(barrier / str(os.getpid())).touch()", f"while len(os.listdir(barrier)) < {n}:", "    pass", *body]) + "\n"
+    procs = [subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [err[-400:] for _, err in outs]
+    return [out for out, _ in outs]
+
+
+def drivers_together(url: str, name: str, tmp: Path, n: int = 3) -> None:
+    """n drivers create study `name` together (3 tickets), then n drivers raise it to 6 trials
+    together. Asserts the tickets are exactly those of one driver alone: the first 3 named
+    methods once each, in order, then 3 empty tickets (the driver lock makes them take turns;
+    without it one creator failed or deleted the other's half-written study, and each raise
+    enqueued the missing tickets again)."""
+    import dataclasses
+
+    import optuna
+
+    from unipetl.search import study as studies
+
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study=name)
+    alone = [t.user_attrs.get("preset") for t in studies.create_or_check(dataclasses.replace(spec, storage="sqlite:///:memory:")).get_trials()]
+    assert len(alone) == 3 and None not in alone
+    studies.make_storage(url)  # the schema exists: the drivers race on the study, not on the tables
+    for trials, round_ in ((3, "create"), (6, "raise")):
+        (tmp / round_).mkdir()
+        code = ("from unipetl.search import study as studies\n"
+                f"studies.create_or_check(studies.StudySpec(seeds=1, task='sst2', model='tiny-bert', budget='5%', trials={trials}, "
+                f"storage={url!r}, study={name!r}))\n")
+        run_together(code, n, tmp / round_)
+        study = optuna.load_study(study_name=name, storage=url)
+        tickets = study.get_trials(deepcopy=False)
+        assert [t.user_attrs.get("preset") for t in tickets] == alone + [None] * (trials - 3), round_
+        assert study.user_attrs["trials"] == trials and all(t.state == optuna.trial.TrialState.WAITING for t in tickets)
+    assert studies.study_names(studies.make_storage(url)).count(name) == 1

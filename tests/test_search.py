@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import open_together, search_args
+from helpers import drivers_together, open_together, search_args
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -261,3 +261,50 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path: Path) -
     (tmp_path / "barrier").mkdir()
     open_together(url, 4, tmp_path / "barrier")
     assert studies.study_names(studies.make_storage(url)) == []
+
+
+def test_drivers_starting_together_on_one_new_study_take_turns(tmp_path: Path) -> None:
+    """Regression: three `unipetl search` drivers started together on one new study (the same
+    command on every node) both created it (one failed, or deleted the other's half-written study)
+    and each raise of `--trials` enqueued the missing tickets once per driver. The driver lock
+    makes the result that of one driver alone."""
+    drivers_together(f"sqlite:///{tmp_path}/d.db", "d", tmp_path)
+
+
+def test_the_driver_lock_closes_the_read_then_write_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race as above, made certain: each driver's read-then-write window is widened by
+    0.3 s (between counting the tickets and enqueueing, and between writing the study's attrs and
+    enqueueing the named methods), and two drivers start 0.1 s apart. Without the driver lock the
+    raise to 6 trials gives 9 tickets, and the second creator tops up the first one's study before
+    its named methods exist (empty tickets first)."""
+    import dataclasses
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path}/w.db"
+    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study="w")
+    alone = [t.user_attrs.get("preset") for t in studies.create_or_check(dataclasses.replace(spec, storage="sqlite:///:memory:")).get_trials()]
+    counts, presets = studies.state_counts, studies.enqueue_presets
+    monkeypatch.setattr(studies, "state_counts", lambda *a, **k: (counts(*a, **k), time.sleep(0.3))[0])
+    monkeypatch.setattr(studies, "enqueue_presets", lambda *a, **k: (time.sleep(0.3), presets(*a, **k))[1])
+
+    def two_drivers(s: studies.StudySpec) -> list[str | None]:
+        errors: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                studies.create_or_check(s)
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=drive, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.1)
+        for t in threads:
+            t.join(60)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        return [t.user_attrs.get("preset") for t in load(url, "w").get_trials()]
+
+    assert two_drivers(spec) == alone
+    assert two_drivers(dataclasses.replace(spec, trials=6)) == alone + [None] * 3

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import FAST, open_together
+from helpers import FAST, drivers_together, open_together
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -68,6 +68,67 @@ def test_workers_opening_a_new_postgresql_database_together_all_succeed(tmp_path
         with admin.connect() as c:
             c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_drivers_starting_together_on_one_new_postgresql_study_take_turns(tmp_path: Path) -> None:
+    """The cluster case of tests/test_search.py's driver race: three drivers on one new
+    PostgreSQL study, created together and raised together, give one driver's tickets."""
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG}")
+    name = f"pg-drivers-{uuid.uuid4().hex[:10]}"
+    try:
+        drivers_together(PG, name, tmp_path)
+    finally:
+        if name in studies.study_names(studies.make_storage(PG)):
+            optuna.delete_study(study_name=name, storage=PG)
+
+
+def test_the_postgresql_driver_lock_is_per_study_and_dies_with_its_holder() -> None:
+    """A driver killed while it holds the lock (an advisory lock of its connection) does not
+    leave it held: the server releases it when the connection drops."""
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG}")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import sqlalchemy
+
+    from unipetl.search.locks import lock_key, study_lock
+
+    name = f"pg-lock-{uuid.uuid4().hex[:10]}"
+    code = (f"from unipetl.search.locks import study_lock\nimport time\nwith study_lock({PG!r}, {name!r}):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    engine = sqlalchemy.create_engine(PG, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+
+        def free() -> bool:
+            with engine.connect() as c:
+                got = c.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(name)}).scalar()
+                if got:
+                    c.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(name)})
+                return bool(got)
+
+        assert not free()  # held by the other process
+        t0 = time.perf_counter()
+        with study_lock(PG, name + "-other"):  # another study's lock is independent
+            pass
+        assert time.perf_counter() - t0 < 10
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 30
+        while not free() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert free(), "the killed driver's lock was not released"
+        with study_lock(PG, name):  # taken at once now
+            assert not free()
+        assert free()  # and released on exit
+    finally:
+        proc.kill()
+        engine.dispose()
 
 
 def test_ray_workers_local(data_dir: str, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ runs under `study_lock`, which every process that reaches the storage shares:
   all its studies; SQLite databases live on one machine's disk);
 - in-memory SQLite: a process lock.
 
-Workers never take it: claiming a ticket is atomic on its own (`optuna_ext.claim_waiting`).
+Workers take it only where they add a ticket too (a failed trial's replacement, re-queueing a
+dead worker's trial); claiming a ticket is atomic on its own (`optuna_ext.claim_waiting`).
 The lock is reentrant within a thread (creating a study tops it up while holding it).
 """
 
@@ -27,7 +28,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -52,19 +53,13 @@ def study_lock(url: str | None, study_name: str) -> Iterator[None]:
         return
     target = _target(url, study_name)
     held: dict[tuple[str, ...], int] = _LOCAL.__dict__.setdefault("held", {})
-    if held.get(target):  # this thread holds it already (two spellings of one URL are one lock)
-        held[target] += 1
+    # a thread that holds it already (under any spelling of the URL) enters again without waiting
+    with nullcontext() if held.get(target) else _acquire(url, target):
+        held[target] = held.get(target, 0) + 1
         try:
             yield
         finally:
             held[target] -= 1
-        return
-    with _acquire(url, target):
-        held[target] = 1
-        try:
-            yield
-        finally:
-            held[target] = 0
 
 
 def _target(url: str, study_name: str) -> tuple[str, ...]:

@@ -130,14 +130,11 @@ def drivers_together(url: str, name: str, tmp: Path, n: int = 3) -> None:
     methods once each, in order, then 3 empty tickets (the driver lock makes them take turns;
     without it one creator failed or deleted the other's half-written study, and each raise
     enqueued the missing tickets again)."""
-    import dataclasses
-
     import optuna
 
     from unipetl.search import study as studies
 
-    spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study=name)
-    alone = [t.user_attrs.get("preset") for t in studies.create_or_check(dataclasses.replace(spec, storage="sqlite:///:memory:")).get_trials()]
+    alone = lone_driver_presets(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study=name))
     assert len(alone) == 3 and None not in alone
     studies.make_storage(url)  # the schema exists: the drivers race on the study, not on the tables
     for trials, round_ in ((3, "create"), (6, "raise")):
@@ -151,3 +148,13 @@ def drivers_together(url: str, name: str, tmp: Path, n: int = 3) -> None:
         assert [t.user_attrs.get("preset") for t in tickets] == alone + [None] * (trials - 3), round_
         assert study.user_attrs["trials"] == trials and all(t.state == optuna.trial.TrialState.WAITING for t in tickets)
     assert studies.study_names(studies.make_storage(url)).count(name) == 1
+
+
+def lone_driver_presets(spec: Any) -> list[str | None]:
+    """The `preset` of each ticket that `create_or_check(spec)` makes when it runs alone (in a
+    throw-away in-memory storage): what drivers racing on `spec.storage` must also end with."""
+    import dataclasses
+
+    from unipetl.search import study as studies
+
+    return [t.user_attrs.get("preset") for t in studies.create_or_check(dataclasses.replace(spec, storage="sqlite:///:memory:")).get_trials()]

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import drivers_together, open_together, search_args
+from helpers import drivers_together, lone_driver_presets, open_together, search_args
 
 from unipetl.search import study as studies
 from unipetl.search.cli import main
@@ -283,7 +283,7 @@ def test_the_driver_lock_closes_the_read_then_write_windows(tmp_path: Path, monk
 
     url = f"sqlite:///{tmp_path}/w.db"
     spec = studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=3, storage=url, study="w")
-    alone = [t.user_attrs.get("preset") for t in studies.create_or_check(dataclasses.replace(spec, storage="sqlite:///:memory:")).get_trials()]
+    alone = lone_driver_presets(spec)
     counts, presets = studies.state_counts, studies.enqueue_presets
     monkeypatch.setattr(studies, "state_counts", lambda *a, **k: (counts(*a, **k), time.sleep(0.3))[0])
     monkeypatch.setattr(studies, "enqueue_presets", lambda *a, **k: (time.sleep(0.3), presets(*a, **k))[1])

@@ -62,19 +62,34 @@ def study_lock(url: str | None, study_name: str) -> Iterator[None]:
             held[target] -= 1
 
 
-def _target(url: str, study_name: str) -> tuple[str, ...]:
-    """What the lock is on, equal for two spellings of one storage: (kind, where) for SQLite (one
-    lock for all studies of a file), (kind, where, study name) for a database server."""
+def sqlite_place(url: str) -> tuple[str, str] | None:
+    """Where an SQLite storage lives, the same for every spelling of it: ("memory", url) for an
+    in-memory database, ("file", the database file's real path: symlinks and relative parts
+    resolved) for a file; None when `url` is not SQLite. The file locks beside a database (this
+    module's driver lock, `optuna_ext.claim_waiting`'s claim lock) are named from it, so two
+    spellings of one file share one lock."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        db = parsed.database
-        if not db or db == ":memory:" or db.startswith("file::memory:"):
-            return ("memory", url)
-        return ("file", os.path.realpath(db))  # one lock per file: its sections are milliseconds
-    return (backend, f"{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}", study_name)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file::memory:"):
+        return ("memory", url)
+    return ("file", os.path.realpath(db))
+
+
+def _target(url: str, study_name: str) -> tuple[str, ...]:
+    """What the lock is on, equal for two spellings of one storage: (kind, where) for SQLite (one
+    lock for all studies of a file: its sections are milliseconds), (kind, where, study name) for
+    a database server."""
+    from sqlalchemy.engine import make_url
+
+    place = sqlite_place(url)
+    if place is not None:
+        return place
+    parsed = make_url(url)
+    return (parsed.get_backend_name(), f"{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}", study_name)
 
 
 @contextmanager
@@ -119,4 +134,4 @@ def _acquire(url: str, target: tuple[str, ...]) -> Iterator[None]:
                 logger.warning("driver lock of study %s: unlock failed; closing its connection releases it", study_name)
 
 
-__all__ = ["lock_key", "study_lock"]
+__all__ = ["lock_key", "sqlite_place", "study_lock"]

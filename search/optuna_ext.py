@@ -92,19 +92,17 @@ def heartbeat(study: optuna.Study) -> tuple[int, Callable[[int], None]]:
 
 
 def _lock_path(study: optuna.Study) -> Path | None:
-    """The claim lock file of a file-backed SQLite storage; None for other storages."""
-    from sqlalchemy.engine import make_url
+    """The claim lock file of a file-backed SQLite storage (beside the database file's real path,
+    so every spelling of one file shares it); Path() for in-memory SQLite (the process lock);
+    None for other storages."""
+    from .locks import sqlite_place
 
     url = database_url(study)
-    if not url:
+    place = sqlite_place(url) if url else None
+    if place is None:
         return None
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("sqlite"):
-        return None
-    db = parsed.database
-    if not db or db == ":memory:" or db.startswith("file::memory:"):
-        return Path()  # in-memory: the process lock
-    return Path(db + ".claim.lock")
+    kind, where = place
+    return Path() if kind == "memory" else Path(where + ".claim.lock")
 
 
 def claim_waiting(study: optuna.Study, order: Callable[[list[FrozenTrial]], Iterable[FrozenTrial]] = list,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from unipetl.search.locks import lock_key, study_lock
+from unipetl.search.locks import lock_key, sqlite_place, study_lock
 
 
 def test_lock_key_is_a_stable_signed_64_bit_key() -> None:
@@ -92,3 +92,15 @@ def test_the_lock_is_released_when_the_body_raises(tmp_path: Path) -> None:
 
 def test_no_database_no_lock() -> None:
     assert _reenters((None, "s"), (None, "s"))
+
+
+def test_sqlite_place_is_the_same_for_every_spelling_of_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.db").touch()
+    os.symlink(tmp_path / "s.db", tmp_path / "link.db")
+    real = ("file", os.path.realpath(tmp_path / "s.db"))
+    for url in (f"sqlite:///{tmp_path}/s.db", "sqlite:///./s.db", "sqlite:///link.db", f"sqlite+pysqlite:///{tmp_path}/link.db"):
+        assert sqlite_place(url) == real, url
+    assert _second_waits(f"sqlite:///{tmp_path}/s.db", "s", "sqlite:///link.db", "s")
+    assert sqlite_place("sqlite:///:memory:") == ("memory", "sqlite:///:memory:")
+    assert sqlite_place("postgresql://u@127.0.0.1:5432/test") is None

@@ -41,7 +41,7 @@ def test_private_names_unipetl_reads_still_exist_and_mean_the_same(tmp_path: Pat
     study = _study(f"sqlite:///{tmp_path}/s.db", "s", 2)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert optuna_ext.database_url(study) == f"sqlite:///{tmp_path}/s.db"  # the claim lock is found through it
-    assert optuna_ext._lock_path(study) == Path(f"{tmp_path}/s.db.claim.lock")
+    assert optuna_ext._lock_path(study) == Path(os.path.realpath(f"{tmp_path}/s.db")).with_name("s.db.claim.lock")
     assert optuna_ext.database_url(optuna.create_study()) is None
     tid = optuna_ext.trial_id(waiting[1])
     assert isinstance(tid, int) and optuna_ext.storage_of(study).get_trial(tid).number == waiting[1].number == 1
@@ -106,12 +106,15 @@ def _claimer(url: str, name: str, start: float, out: str) -> None:
     Path(out).write_text("\n".join(map(str, claimed)))
 
 
-def _race(url: str, name: str, tmp_path: Path, tickets: int = 120, procs: int = 4) -> list[int]:
+def _race(url: str, name: str, tmp_path: Path, tickets: int = 120, procs: int = 4, spellings: tuple[str, ...] = ()) -> list[int]:
+    """Claims of `procs` processes racing for `tickets` tickets; process i opens the storage as
+    (url, *spellings)[i % (1 + len(spellings))]."""
     _study(url, name, tickets)
+    urls = (url, *spellings)
     ctx = mp.get_context("spawn")
     start = time.time() + 8.0  # every process loaded and waiting before the first claim
     outs = [str(tmp_path / f"claims{i}.txt") for i in range(procs)]
-    ps = [ctx.Process(target=_claimer, args=(url, name, start, out)) for out in outs]
+    ps = [ctx.Process(target=_claimer, args=(urls[i % len(urls)], name, start, out)) for i, out in enumerate(outs)]
     for p in ps:
         p.start()
     for p in ps:
@@ -121,10 +124,23 @@ def _race(url: str, name: str, tmp_path: Path, tickets: int = 120, procs: int = 
 
 
 def test_concurrent_claims_on_sqlite_never_share_a_ticket(tmp_path: Path) -> None:
-    """4 processes race for 120 tickets of one SQLite study: each ticket claimed exactly once.
-    Without the claim lock this fails (two processes read WAITING before either writes)."""
-    claims = _race(f"sqlite:///{tmp_path}/race.db", "race", tmp_path)
+    """4 processes race for 120 tickets of one SQLite study, two of them through a symlink to the
+    database file: each ticket claimed exactly once. Without the claim lock this fails (two
+    processes read WAITING before either writes); with a lock named after the spelling, the two
+    spellings claim under two locks."""
+    os.symlink(tmp_path / "race.db", tmp_path / "link.db")
+    claims = _race(f"sqlite:///{tmp_path}/race.db", "race", tmp_path, spellings=(f"sqlite:///{tmp_path}/link.db",))
     assert len(claims) == 120 and len(set(claims)) == 120
+
+
+def test_every_spelling_of_one_sqlite_file_claims_under_one_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _study(f"sqlite:///{tmp_path}/s.db", "s", 1)
+    os.symlink(tmp_path / "s.db", tmp_path / "link.db")
+    real = Path(os.path.realpath(tmp_path / "s.db.claim.lock"))
+    for url in (f"sqlite:///{tmp_path}/s.db", "sqlite:///./s.db", f"sqlite:///{tmp_path}/link.db", "sqlite:///link.db"):
+        assert optuna_ext._lock_path(optuna.load_study(study_name="s", storage=url)) == real, url
+    assert optuna_ext._lock_path(optuna.create_study(storage="sqlite:///:memory:")) == Path()
 
 
 @pytest.mark.cluster

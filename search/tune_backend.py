@@ -38,6 +38,7 @@ from ray import tune
 
 from unipetl.search import optuna_ext
 from unipetl.search import study as studies
+from unipetl.search.locks import sqlite_place
 from unipetl.spaces.accounting import count
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
@@ -238,11 +239,11 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
 
 
 def default_tune_dir(storage_url: str, study_name: str) -> str:
-    """Next to the study: <dir of the SQLite file>/tune/<study>; runs/tune/<study> for servers."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage_url)
-    base = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") else Path("runs")
+    """Next to the study: <folder of the SQLite file's real path>/tune/<study> (the same folder
+    for every spelling of one file, `locks.sqlite_place`); runs/tune/<study> for a database
+    server or an in-memory SQLite database."""
+    place = sqlite_place(storage_url)
+    base = Path(place[1]).parent if place is not None and place[0] == "file" else Path("runs")
     return str((base / "tune" / study_name).resolve())
 
 

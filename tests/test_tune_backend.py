@@ -118,6 +118,18 @@ def test_schedulers_and_run_dir(tmp_path: Path) -> None:
     assert tb.default_tune_dir("postgresql://h/db", "x") == str(Path("runs/tune/x").resolve())
 
 
+def test_default_tune_dir_is_one_folder_for_every_spelling_of_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "s.db").touch()
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "s.db").symlink_to(tmp_path / "real" / "s.db")
+    monkeypatch.chdir(tmp_path / "link")
+    want = str((tmp_path / "real" / "tune" / "x").resolve())
+    spellings = [f"sqlite:///{tmp_path}/real/s.db", f"sqlite:///{tmp_path}/link/s.db", "sqlite:///s.db", "sqlite:///../real/./s.db"]
+    assert [tb.default_tune_dir(u, "x") for u in spellings] == [want] * 4
+    assert tb.default_tune_dir("sqlite:///:memory:", "x") == tb.default_tune_dir("sqlite://", "x") == str(Path("runs/tune/x").resolve())
+
+
 def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
     url, study = _study(tmp_path, name="k")
     before = [(t.number, t.state, t.user_attrs) for t in study.get_trials()]

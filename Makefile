@@ -69,11 +69,12 @@ bench: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --trials 12 --repeats 3
 
-## the same three with --quick (smoke: minutes, numbers meaningless)
+## the same with --quick (and the rung-signal smoke) (smoke: minutes, numbers meaningless)
 bench-quick: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead.py --quick
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py --quick
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --quick
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rung_signal.py --quick
 
 lint: venv
 	$(BIN)/ruff check unipetl spaces evaluators search reports tests benchmarks

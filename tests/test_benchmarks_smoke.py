@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, reproduce_sst2, search_efficiency  # noqa: E402
+from benchmarks import common, reproduce_sst2, rung_signal, search_efficiency  # noqa: E402
 
 
 def _rec(acc: float | None, scale: float = 1.0, seed: int = 0, kind: str = "adapter", status: str = "ok") -> dict:
@@ -184,6 +184,23 @@ def test_search_efficiency_summary() -> None:
     assert "| default | 2, 3 | 2.5 |" in table and "| grid | 2, 2 | 2 |" in table
 
 
+def test_rung_signal_on_known_curves() -> None:
+    """Spearman ρ, the flat count and the front kept by MO-ASHA's top ⌊n/3⌋, per step and repeat."""
+    ln2 = math.log(2)
+    fa = [(0.001, 0.80), (0.002, 0.85), (0.004, 0.70), (0.0005, 0.60), (0.003, 0.75), (0.0002, 0.55)]  # final front: trials 0, 1, 3, 5
+    rows = [{"repeat": 0, "trial": i, "paper_fraction": f, "metric": a, "losses": {7: ln2, 42: round(1 - a, 2)}} for i, (f, a) in enumerate(fa)]
+    # repeat 1: trial 0 dominates the others at the end, but at step 49 the rung keeps trial 1
+    rows += [{"repeat": 1, "trial": i, "paper_fraction": f, "metric": a, "losses": {49: v}} for i, (f, a, v) in enumerate([(0.001, 0.9, 0.5), (0.002, 0.5, 0.1), (0.003, 0.5, 0.2)])]
+    got = {r["step"]: r for r in rung_signal.analyze(rows)}
+    assert sorted(got) == [7, 42, 49]
+    # step 7: every head still at ln 2, no order from the loss; the rank is then by size alone (5 and 3, both on the front)
+    assert got[7]["spearman"] is None and got[7]["near_ln2"] == 6 and got[7]["front_recall"] == {0: {"kept": 2, "front": 4, "n": 6}}
+    # step 42: loss = 1 − accuracy, a perfect order; the rung's first front is the final front, and the top 2 of 6 are on it
+    assert got[42]["spearman"] == pytest.approx(1.0) and got[42]["near_ln2"] == 0 and got[42]["front_recall"] == {0: {"kept": 2, "front": 4, "n": 6}}
+    # step 49: ranks (3, 1, 2) against (1, 2.5, 2.5): ρ = −1.5 / √3; the one kept (trial 1, the larger HV contribution) is not on the front
+    assert got[49]["spearman"] == pytest.approx(-1.5 / math.sqrt(3)) and got[49]["front_recall"] == {1: {"kept": 0, "front": 1, "n": 3}}
+
+
 def test_grid_presets_fill_the_ladder() -> None:
     names = search_efficiency.grid_presets(24)
     assert len(names) == 24 == len(set(names))
@@ -249,6 +266,17 @@ def test_search_efficiency_quick(tmp_path: Path) -> None:
     assert all(p["preset"] is None for p in data["histories"]["random"])
     assert all(p["elapsed_s"] > 0 for h in data["histories"].values() for p in h)
     assert "mf" in data and data["mf"]["full_wall_s"] > 0  # multi-fidelity against the full-fidelity default
+
+
+@pytest.mark.slow
+def test_rung_signal_quick(tmp_path: Path) -> None:
+    """Two trials of three steps with a rung at every step and nothing stopped: every trial keeps its whole loss curve."""
+    proc = _run("rung_signal.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "rung_signal.json").read_text())
+    assert len(data["rows"]) == 2 and all(sorted(r["losses"]) == ["1", "2"] for r in data["rows"])  # the last step is the full evaluation
+    assert [t["step"] for t in data["table"]] == [1, 2] and all(t["n"] == 2 and t["front_recall"]["0"]["n"] == 2 for t in data["table"])
+    assert "Spearman" in (tmp_path / "rung_signal.md").read_text()
 
 
 @pytest.mark.slow

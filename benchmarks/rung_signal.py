@@ -48,10 +48,10 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     column), trials within FLAT of ln 2, and per repeat (front members among the top ⌊n/3⌋ by
     MO-ASHA's order, front size, n). `rows`: dicts with repeat, trial, paper_fraction, metric
     (final accuracy) and losses ({step: rung loss})."""
-    import moocore
     import numpy as np
     from scipy.stats import spearmanr
 
+    from unipetl.reports.frontier import pareto_mask
     from unipetl.search.mo_asha import ranking
 
     out = []
@@ -66,8 +66,7 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = [r for r in have if r["repeat"] == rep]
             order = ranking([(r["losses"][step], math.log10(r["paper_fraction"])) for r in mine], (False, False), [r["trial"] for r in mine])
             top = set(order[: max(1, len(mine) // 3)])
-            final = np.array([(r["metric"], r["paper_fraction"]) for r in mine], dtype=float)
-            front = set(np.flatnonzero(moocore.is_nondominated(final, maximise=[True, False])).tolist())
+            front = set(np.flatnonzero(pareto_mask([r["paper_fraction"] for r in mine], [r["metric"] for r in mine])).tolist())  # the report's front
             recall[rep] = {"kept": len(front & top), "front": len(front), "n": len(mine)}
         out.append({"step": step, "n": len(have), "spearman": rho, "near_ln2": sum(abs(v - math.log(2)) < FLAT for v in losses), "front_recall": recall})
     return out

@@ -3,7 +3,9 @@
 This module must import in *both* virtual environments (the project's .venv with transformers 5
 and .venv-adapters with transformers 4 for AdapterHub), so it uses only the standard library at
 import time; torch is imported inside the functions that need it. Nothing here imports the
-project's packages for the same reason.
+project's packages for the same reason; the memory probes come from `evaluators/memory.py`
+(standard library only), imported from the source tree, so a benchmark and a trial record
+measure peak memory the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks" / "out"
+if str(ROOT) not in sys.path:  # the source tree: evaluators/memory.py without the package installed
+    sys.path.insert(0, str(ROOT))
+from evaluators.memory import peak_rss_bytes, reset_peak_rss  # noqa: E402
+
 DATA_DIR = Path(os.environ.get("UNIPETL_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
@@ -36,38 +41,6 @@ def rss_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux: write 5 to /proc/self/clear_refs resets VmHWM).
-
-    Without it the peak would be whatever importing torch / transformers and loading the
-    checkpoint touched, not what training needs; True when the reset worked.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """VmHWM (peak RSS since the last reset) from /proc, else ru_maxrss (peak since start)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return max_rss_bytes()
-
-
-def max_rss_bytes() -> int:
-    """Peak resident set size of this process so far. Linux reports kilobytes, macOS bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def make_batch(kind: str, vocab: int, batch: int, seq_len: int, target_len: int, seed: int = 0) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unipetl.evaluators import memory
 from unipetl.evaluators.data import column, token_lengths
 from unipetl.evaluators.metrics import compute_metrics
 from unipetl.evaluators.reporting import Report, RungReport
@@ -65,7 +65,8 @@ class LoopResult:
     train_seconds: float = 0.0  # the loop's wall time less its evaluations
     eval_seconds: float = 0.0  # the evaluations inside the loop (all eval splits, every eval step)
     train_tokens: int = 0
-    peak_memory_bytes: int = 0
+    peak_memory_bytes: int = 0  # since the loop began (evaluators.memory)
+    peak_memory_kind: str | None = None  # what peak_memory_bytes counts: memory.CUDA, CPU_RESET or CPU_LIFETIME
 
 
 def _collator(task: Task, tokenizer: Any, model: Any) -> Any:
@@ -186,12 +187,6 @@ def dev_loss(task: Task, model: Any, tokenizer: Any, ds: Any, *, batch_size: int
     return total / max(units, 1)
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # process peak RSS (Linux: KiB)
-
-
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases and norms (the usual BERT recipe); frozen parameters left out."""
     decay, no_decay = [], []
@@ -246,8 +241,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     set_seed(s.seed)
     res = LoopResult()
     model.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    res.peak_memory_kind = memory.start(device)  # this trial's peak, not the process's (evaluators.memory)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -333,7 +327,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     res.eval_seconds = t_eval
     bar.close()
     res.steps = step
-    res.peak_memory_bytes = _peak_memory(device)
+    res.peak_memory_bytes = memory.peak(device)
     return res
 
 

@@ -276,7 +276,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         baseline_metric=baseline, baseline=_BASELINE_NAME.get(task.kind) if baseline is not None else None, eval_examples=len(data.eval["eval"]) if "eval" in data.eval else None,
         curve=res.curve, wall_seconds=(wall := time.perf_counter() - t_start), time_breakdown=clock.breakdown(wall),
         train_tokens_per_second=res.train_tokens / res.train_seconds if res.train_seconds > 0 else 0.0,
-        step_seconds=res.train_seconds / res.steps if res.steps else 0.0, peak_memory_bytes=res.peak_memory_bytes,
+        step_seconds=res.train_seconds / res.steps if res.steps else 0.0, peak_memory_bytes=res.peak_memory_bytes, peak_memory_kind=res.peak_memory_kind,
         device=str(device), seed=config.seed, train_settings=train_settings, latency=latency, fidelity="final" if status == "ok" else "partial",
     )
     if out_dir is not None:

@@ -37,6 +37,28 @@ def test_record_has_exactly_the_contract_fields() -> None:
     json.loads(json.dumps(rec))
 
 
+def test_peak_memory_is_this_trials_not_the_processes() -> None:
+    """A worker runs many trials in one process: a trial's peak must not be a larger earlier one's."""
+    import sys
+
+    import numpy as np
+
+    from unipetl.evaluators import memory
+
+    def rss() -> int:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * 4096
+
+    run_trial(_cfg())  # imports, data and model caches: what every later trial of this process finds resident
+    before = rss()
+    blob = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident, then freed: the process's lifetime peak includes it
+    del blob
+    assert memory.peak_rss_bytes() >= before + 300 * 2**20  # the process's peak (and ru_maxrss, the old reading) holds the blob
+    rec = run_trial(_cfg())
+    assert sys.platform.startswith("linux") and rec["peak_memory_kind"] == memory.CPU_RESET
+    assert 0.8 * before <= rec["peak_memory_bytes"] < before + 150 * 2**20  # a repeat tiny-bert trial adds little
+
+
 def test_best_evaluation_is_kept_and_seeds_reproduce() -> None:
     a = run_trial(_cfg(max_steps=6, eval_every=1, seed=3))
     vals = [c["metrics"]["accuracy"] for c in a["curve"]]

@@ -1,0 +1,78 @@
+"""Peak training memory of one trial, measured the same way for every method.
+
+On CUDA: the peak of allocated tensors (`torch.cuda.max_memory_allocated`) since the loop began
+(the counter is reset there). On CPU: the process's peak resident set size since the loop began.
+Linux keeps that peak (VmHWM in /proc/self/status, what `getrusage`'s ru_maxrss reports) for the
+process's whole life unless it is reset — read as a trial's peak, a worker that runs many trials
+would record the largest trial so far for every later one (a small LoRA after a full fine-tune
+would "need" the full fine-tune's memory). So the loop resets it when it starts (writing 5 to
+/proc/self/clear_refs, Linux ≥ 4.0, proc(5)) and reads VmHWM at the end. Where the
+reset is not possible, the figure is the process's lifetime peak and says so (`kind`).
+
+The CPU figure includes everything resident (interpreter, torch, the frozen weights, the data):
+compare trials of one study, where that part is the same for every variant.
+
+Standard library only, so the benchmarks' second virtual environment (transformers 4, no
+unipetl installed) imports it from the source tree (`benchmarks/common.py`).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Any
+
+CUDA = "cuda_max_allocated"
+CPU_RESET = "peak_rss_since_reset"
+CPU_LIFETIME = "max_rss_of_process"  # the reset failed (not Linux, or /proc not writable): a lifetime peak
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: writing 5 to /proc/self/clear_refs resets VmHWM);
+    True when the reset worked."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process since it started (ru_maxrss: Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last `reset_peak_rss` (VmHWM from /proc/self/status), else `max_rss_bytes`. Bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return max_rss_bytes()
+
+
+def start(device: Any) -> str:
+    """Begin a peak-memory window on `device` (a torch.device); returns its kind (CUDA, CPU_RESET or CPU_LIFETIME)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return CUDA
+    return CPU_RESET if reset_peak_rss() else CPU_LIFETIME
+
+
+def peak(device: Any) -> int:
+    """Peak memory in bytes since `start(device)` (see the module docstring for what it counts)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+__all__ = ["CPU_LIFETIME", "CPU_RESET", "CUDA", "max_rss_bytes", "peak", "peak_rss_bytes", "reset_peak_rss", "start"]

@@ -58,9 +58,13 @@ def mergeable_copy(realized: Any) -> tuple[Any, int]:
 
 
 def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device, n_single: int = 10,
-                    n_batches: int = 1, warmup: int = 2, reference: Any = None) -> dict[str, float | int | None]:
+                    n_batches: int = 1, warmup: int = 2, reference: Any = None, single: bool = True, batch: bool = True) -> dict[str, float | int | None]:
     """Latency of the trained variant (see the module docstring); values are None when the split
     is empty. Units: milliseconds. A variant that cannot merge is measured as trained.
+
+    `single` / `batch`: time the batch-1 part (batch1_ms, batch1_ratio) / the eval-batch part
+    (batch_ms_per_example, batch_ratio); a part not timed is None (a MO-ASHA rung that ranks the
+    batch-1 latency times that part before training and the rest only for a trial that finishes).
 
     `reference`: the pristine backbone (same architecture, no variant). Each timed pass of the
     variant is then paired with one of the reference on the same input, in alternating order, and
@@ -107,18 +111,22 @@ def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch
             ratios.append(v / r)
         return mine, ratios
 
+    out: dict[str, float | int | None] = {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": batch_size, "merged": merged,
+                                          "batch1_ratio": None, "batch_ratio": None}
     with torch.no_grad():
-        singles = list(DataLoader(ds.select(range(min(len(ds), n_single + warmup))), batch_size=1, collate_fn=collate))
-        pairs(singles[:warmup])
-        one, one_ratio = pairs(singles[warmup:] or singles)
-        batches = list(DataLoader(ds.select(range(min(len(ds), batch_size * n_batches))), batch_size=batch_size, collate_fn=collate))
-        pairs([{k: v[: max(1, len(v) // 8)] for k, v in batches[0].items()}])  # warm-up at a fraction of the batch: allocations, not the clock
-        full, full_ratio = pairs(batches)
-    n = [len(b["input_ids"]) for b in batches]
-    return {"batch1_ms": round(statistics.median(one), 4), "batch_ms_per_example": round(statistics.median(f / k for f, k in zip(full, n, strict=True)), 4),
-            "batch_size": batch_size, "merged": merged,
-            "batch1_ratio": round(statistics.median(one_ratio), 4) if one_ratio else None,
-            "batch_ratio": round(statistics.median(full_ratio), 4) if full_ratio else None}
+        if single:
+            singles = list(DataLoader(ds.select(range(min(len(ds), n_single + warmup))), batch_size=1, collate_fn=collate))
+            pairs(singles[:warmup])
+            one, one_ratio = pairs(singles[warmup:] or singles)
+            out.update(batch1_ms=round(statistics.median(one), 4), batch1_ratio=round(statistics.median(one_ratio), 4) if one_ratio else None)
+        if batch:
+            batches = list(DataLoader(ds.select(range(min(len(ds), batch_size * n_batches))), batch_size=batch_size, collate_fn=collate))
+            pairs([{k: v[: max(1, len(v) // 8)] for k, v in batches[0].items()}])  # warm-up at a fraction of the batch: allocations, not the clock
+            full, full_ratio = pairs(batches)
+            n = [len(b["input_ids"]) for b in batches]
+            out.update(batch_ms_per_example=round(statistics.median(f / k for f, k in zip(full, n, strict=True)), 4),
+                       batch_ratio=round(statistics.median(full_ratio), 4) if full_ratio else None)
+    return out
 
 
 # measured latency per design (digest of `design_key`'s parts), kept by a long-lived process
@@ -137,14 +145,15 @@ def design_key(**identity: Any) -> str | None:
     return hashlib.blake2b(json.dumps(identity, sort_keys=True, default=repr).encode(), digest_size=16).hexdigest()
 
 
-def reuse_or_measure(key: str | None, measure: Any) -> dict[str, Any]:
+def reuse_or_measure(key: str | None, measure: Any, *, keep: bool = True) -> dict[str, Any]:
     """`measure()`'s latency record, or the one kept under the same `key` (`design_key`: measured
     earlier in this process, or `remember`ed from another trial of the design). The result
-    carries `design` (the key) and `reused` (bool). A record with no figures (empty split) is not kept."""
+    carries `design` (the key) and `reused` (bool). A record with no figures (empty split), or
+    any record with `keep=False` (a part of a measurement), is not kept."""
     if key is not None and key in _MEASURED:
         return {**_MEASURED[key], "design": key, "reused": True}
     out = dict(measure())
-    if key is not None and out.get("batch1_ms") is not None:
+    if keep and key is not None and out.get("batch1_ms") is not None:
         _keep(key, out)
     return {**out, "design": key, "reused": False}
 

@@ -15,11 +15,20 @@ its metric is the full dev evaluation at the end, the same number a full-fidelit
 With None (studies created before the rung loss existed), a rung is a full dev evaluation and
 reports the main metric (such a study, resumed, now samples with TPE like a new one). A report
 whose `evaluates_at` is always False evaluates once, at the end (MO-ASHA's extra seeds).
+
+What a rung ranks besides the loss (`RungReport.costs`): the costs the study's frontier trades
+(reports.objectives), so a 3-objective study (accuracy, params, latency) keeps at each rung the
+designs that may end on *its* front, not on the (accuracy, params) one. Paper parameters are
+known to the search before training; the evaluator gives the others through `note(costs)`
+before the rung they count for: `latency` / `latency_batch` (the variant's forward cost relative
+to the backbone: it depends on the structure only, so `evaluators.trial` times it right after
+realization and the record reuses that measurement), `step_time` (training seconds per optimizer
+step so far) and `memory` (peak bytes since the loop began), from the loop at each rung.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 Report = Callable[[int, float], bool]
@@ -35,6 +44,18 @@ class RungReport:
     judge: Report
     evaluates_at: Callable[[int], bool]
     examples: int | None = None
+    costs: tuple[str, ...] = ()  # reports.objectives cost names the judge ranks besides the loss ("params" needs no note)
+    note: Callable[[Mapping[str, float]], None] | None = None  # the evaluator's measured costs, before the rung they count for
+
+    def wants(self, *names: str) -> bool:
+        """Does the judge rank any of these costs (and take notes)?"""
+        return self.note is not None and any(n in self.costs for n in names)
+
+    def tell_costs(self, costs: Mapping[str, float | None]) -> None:
+        """Pass the costs the judge ranks (others, and None values, are dropped) to `note`."""
+        kept = {k: float(v) for k, v in costs.items() if k in self.costs and v is not None}
+        if self.note is not None and kept:
+            self.note(kept)
 
     def __call__(self, step: int, value: float) -> bool:
         return self.judge(step, value)

@@ -270,6 +270,11 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     rungs = report if isinstance(report, RungReport) else None
     loss_rungs = rungs is not None and rungs.examples is not None  # rungs judge the dev loss; the end is not judged
     rung_ds = None
+
+    def tell_costs(now: float) -> None:  # what a rung ranks besides the loss, so far (evaluators.reporting)
+        if rungs is not None and rungs.wants("step_time", "memory"):
+            rungs.tell_costs({"step_time": (now - t_start - t_eval) / step, "memory": memory.peak(device)})
+
     while step < total and res.status == "ok":
         model.train()
         for window in _windows(loader, s.grad_accum):
@@ -299,6 +304,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
                 res.curve.append({"step": step, "loss": sum(running) / max(len(running), 1), "metrics": {},
                                   "rung": {"dev_loss": value, "examples": len(rung_ds)}})
                 log.info("%s step %d: rung dev loss = %.4f (%d examples)", task.name, step, value, len(rung_ds))
+                tell_costs(t0)
                 if math.isfinite(value) and rungs(step, value):
                     res.status = "pruned"
                 t_eval += time.perf_counter() - t0
@@ -307,6 +313,8 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
             elif due or step == total:
                 t0 = time.perf_counter()
                 before = res.best_step
+                if not loss_rungs:
+                    tell_costs(t0)
                 # a stop at the last step would save nothing and mark a fully trained trial partial
                 if _evaluate(task, model, tokenizer, eval_sets, step, running, res, eval_bs, device, None if loss_rungs else report) and step < total:
                     res.status = "pruned"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unipetl.evaluators.record import make_record
+from unipetl.evaluators.reporting import RungReport
 from unipetl.evaluators.tasks import get_task
 from unipetl.spaces import lr as lr_rules
 from unipetl.spaces.registry import UnipetlError, did_you_mean
@@ -219,6 +220,14 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     lr_plan, kinds = lr_rules.plan(realized.model, config.variant, scale=config.lr_scale, override=config.lr)
     groups = lr_rules.param_groups(realized.model, lr_plan, kinds, config.weight_decay)
     clock.lap("realize")
+    latency = None
+    rung = report if isinstance(report, RungReport) else None
+    if rung is not None and rung.wants("latency", "latency_batch") and "eval" in data.eval:
+        # the study's rungs rank latency (its frontier trades it): a forward pass costs what the structure
+        # costs, not what training made of the values, so it is timed now and the record keeps this measurement
+        latency = _latency(config, task, loaded, realized, data, max_length, device, batch=rung.wants("latency_batch"))
+        rung.tell_costs({"latency": latency.get("batch1_ratio"), "latency_batch": latency.get("batch_ratio")})
+        clock.lap("latency")
     label_smoothing = config.label_smoothing if config.label_smoothing is not None else (0.1 if task.kind == "seq2seq" else 0.0)
     settings = LoopSettings(epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size, lr=max(lr_plan.rates.values()), scheduler=config.scheduler,
                             warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay, grad_accum=config.grad_accum,
@@ -237,26 +246,9 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     clock.lap("loop")
     clock.laps.pop("loop")
     clock.laps.update(train=res.train_seconds, eval=res.eval_seconds)
-    latency = None
-    if status == "ok" and "eval" in data.eval:  # a pruned trial is never on a frontier: its latency would be time for nothing
-        import torch
-
-        from unipetl.evaluators.data import task_fingerprint
-        from unipetl.evaluators.latency import design_key, measure_latency, reuse_or_measure
-        from unipetl.evaluators.models import backbone_identity, kept_backbone
-        from unipetl.evaluators.train import eval_batch_size
-
-        def measure() -> dict[str, Any]:
-            # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move
-            reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
-            return measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference)
-
-        bs = eval_batch_size(task, config.batch_size)
-        # another seed / lr of this design in this process: the same forward passes, timed once
-        key = design_key(backbone=backbone_identity(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples),
-                         variant=config.variant.to_dict(), task=task_fingerprint(task), data=data.identity or None, max_length=max_length, batch_size=bs,
-                         device=str(device), threads=torch.get_num_threads())
-        latency = reuse_or_measure(key, measure)
+    # a pruned trial is never on a frontier: the rest of its latency would be time for nothing
+    if status == "ok" and "eval" in data.eval and (latency is None or latency.get("batch_ms_per_example") is None):
+        latency = _latency(config, task, loaded, realized, data, max_length, device, part=latency)
         clock.lap("latency")
     if out_dir is not None and status != "failed":
         save_weights(realized, out_dir, loaded.name)
@@ -282,6 +274,34 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     if out_dir is not None:
         write_record(record, out_dir)
     return record
+
+
+def _latency(config: TrialConfig, task: Any, loaded: Any, realized: Any, data: Any, max_length: int, device: Any, *, batch: bool = True,
+             part: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The variant's latency record (evaluators.latency), timed once per design in this process.
+
+    `batch=False`: the batch-1 part only (what a rung ranking `latency` needs before training;
+    not kept for reuse). `part`: such a batch-1 part, completed with the eval-batch part."""
+    import torch
+
+    from unipetl.evaluators.data import task_fingerprint
+    from unipetl.evaluators.latency import design_key, measure_latency, reuse_or_measure
+    from unipetl.evaluators.models import backbone_identity, kept_backbone
+    from unipetl.evaluators.train import eval_batch_size
+
+    def measure() -> dict[str, Any]:
+        # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move
+        reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
+        single = part is None or part.get("batch1_ms") is None
+        out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference, single=single, batch=batch)
+        return out if single else {**out, **{k: part[k] for k in ("batch1_ms", "batch1_ratio")}}
+
+    bs = eval_batch_size(task, config.batch_size)
+    # another seed / lr of this design in this process: the same forward passes, timed once
+    key = design_key(backbone=backbone_identity(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples),
+                     variant=config.variant.to_dict(), task=task_fingerprint(task), data=data.identity or None, max_length=max_length, batch_size=bs,
+                     device=str(device), threads=torch.get_num_threads())
+    return reuse_or_measure(key, measure, keep=batch)
 
 
 PHASES = ("load_model", "data", "realize", "train", "eval", "latency", "write", "other")  # time_breakdown's keys, in order

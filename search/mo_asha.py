@@ -4,9 +4,14 @@ Neither Optuna's pruners nor Ray Tune's schedulers stop trials of a multi-object
 frontier search trains every trial to the end. MO-ASHA (Schmucker et al., "Multi-objective
 Asynchronous Successive Halving", 2021, §3) keeps ASHA's rungs (Li et al. 2020, Alg. 2) and
 replaces "the top 1/η by the metric" with "the top 1/η by non-dominated rank": here the rank is
-over (dev loss at the rung ↓, log paper fraction ↓), ties inside one front broken by each
-point's hypervolume contribution to that front (larger first; `moocore.hv_contributions`), then
-by the metric, then by trial number (so every process decides the same way).
+over (dev loss at the rung ↓, each cost the study's frontier trades ↓ — log paper fraction, and
+latency, step time or memory when `--objectives` names them), ties inside one front broken by
+each point's hypervolume contribution to that front (larger first; `moocore.hv_contributions`),
+then by the metric, then by trial number (so every process decides the same way). The costs
+other than parameters are measured by the evaluator and stored as the trial's `rung_costs`
+attribute before its first rung (evaluators.reporting: latency is timed right after realization,
+step time and memory so far at each rung). Studies created before rungs ranked the study's own
+costs (no `rung_costs` study attribute) rank (loss, log paper fraction) as they did.
 
 Rungs are training steps `min_steps · η^k` (k = 0, 1, …). A trial evaluated at a rung step is
 judged there, asynchronously, against every trial of the study that has a value at that rung
@@ -33,8 +38,9 @@ stopped at the rung: final HV over chance 0.756 against full fidelity's 1.136).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import moocore
 import numpy as np
@@ -96,31 +102,49 @@ def keeps(values: Sequence[Sequence[float]], maximise: Sequence[bool], numbers: 
     return order.index(candidate) < max(1, len(order) // eta)
 
 
-def judge(study: optuna.Study, trial: optuna.Trial, step: int, value: float, rungs: Rungs, *, higher: bool, paper_fraction: float) -> bool:
+COSTS_ATTR = "rung_costs"  # a trial's user attr: {cost name: value} its evaluator noted (evaluators.reporting)
+LEGACY_COSTS = ("params",)  # studies created before rungs ranked the study's own costs
+
+
+def cost_vector(costs: Sequence[str], paper_fraction: float | None, noted: Mapping[str, Any]) -> list[float] | None:
+    """One trial's costs at a rung, in `costs` order: log10 paper fraction for "params" (it spans
+    orders of magnitude), the noted value for the others; None when one is missing."""
+    out = []
+    for c in costs:
+        v = (None if paper_fraction is None else math.log10(max(float(paper_fraction), 1e-12))) if c == "params" else noted.get(c)
+        if v is None or not math.isfinite(float(v)):
+            return None
+        out.append(float(v))
+    return out
+
+
+def judge(study: optuna.Study, trial: optuna.Trial, step: int, value: float, rungs: Rungs, *, higher: bool, paper_fraction: float,
+          costs: Sequence[str] = LEGACY_COSTS, noted: Mapping[str, Any] | None = None) -> bool:
     """Store `value` as the trial's intermediate value at `step`; at a rung, return True when the
-    trial should stop (not in the top 1/η of the rung), else False."""
+    trial should stop (not in the top 1/η of the rung), else False.
+
+    The rank is over (value, *costs): `costs` are the study's frontier costs (reports.objectives
+    names), `noted` this trial's measured ones (the others' are their `rung_costs` user attr). A
+    cost this trial could not measure (an evaluator that does not note it) is left out of its
+    judgement; a competitor lacking one of the costs ranked is left out of the rung."""
     optuna_ext.set_intermediate(study, optuna_ext.trial_id(trial), step, value)
     if not rungs.is_rung(step):
         return False
     from unipetl.search.study import is_seed_trial
 
-    values, numbers, me = [], [], None
+    noted = dict(noted or {})
+    used = [c for c in costs if cost_vector([c], paper_fraction, noted) is not None]
+    mine = cost_vector(used, paper_fraction, noted) or []
+    values, numbers = [(float(value), *mine)], [trial.number]
     for t in study.get_trials(deepcopy=False, states=ACTIVE):
         v = t.intermediate_values.get(step)
-        if v is None or not math.isfinite(v) or is_seed_trial(t):
+        if t.number == trial.number or v is None or not math.isfinite(v) or is_seed_trial(t):
             continue
-        f = t.user_attrs.get("paper_fraction", paper_fraction if t.number == trial.number else None)
-        if f is None:
-            continue
-        if t.number == trial.number:
-            me = len(values)
-        values.append((float(v), math.log10(max(float(f), 1e-12))))
-        numbers.append(t.number)
-    if me is None:  # our own write is not visible yet (a cached read): judge with it added
-        me = len(values)
-        values.append((float(value), math.log10(max(paper_fraction, 1e-12))))
-        numbers.append(trial.number)
-    return not keeps(values, (higher, False), numbers, me, rungs.eta)
+        theirs = cost_vector(used, t.user_attrs.get("paper_fraction"), t.user_attrs.get(COSTS_ATTR) or {})
+        if theirs is not None:
+            values.append((float(v), *theirs))
+            numbers.append(t.number)
+    return not keeps(values, (higher, *[False] * len(used)), numbers, 0, rungs.eta)
 
 
-__all__ = ["PRUNER", "Rungs", "judge", "keeps", "ranking"]
+__all__ = ["COSTS_ATTR", "LEGACY_COSTS", "PRUNER", "Rungs", "cost_vector", "judge", "keeps", "ranking"]

@@ -290,7 +290,9 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
         # stored only when not the default (older studies lack them and mean the default)
         **({"objectives": list(parse_objectives(spec.objectives))} if spec.objectives is not None
            and parse_objectives(spec.objectives) != DEFAULT_OBJECTIVES else {"objectives": None}),
-        **({"reduction_factor": spec.reduction_factor, "rung_examples": spec.rung_examples} if spec.pruner == "mo-asha" else {}),
+        # mo-asha: a rung ranks the dev loss and the costs this study's frontier trades (search.mo_asha)
+        **({"reduction_factor": spec.reduction_factor, "rung_examples": spec.rung_examples,
+            "rung_costs": list(parse_objectives(spec.objectives)[1:])} if spec.pruner == "mo-asha" else {}),
     }
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -36,8 +36,8 @@ from unipetl.evaluators.reporting import RungReport
 from unipetl.reports.objectives import COSTS
 from unipetl.search import optuna_ext
 from unipetl.search import study as studies
+from unipetl.search.mo_asha import COSTS_ATTR, LEGACY_COSTS, Rungs
 from unipetl.search.mo_asha import PRUNER as MO_ASHA
-from unipetl.search.mo_asha import Rungs
 from unipetl.search.mo_asha import judge as mo_asha_judge
 from unipetl.spaces.presets import parse_preset
 from unipetl.spaces.registry import UnipetlError
@@ -225,6 +225,14 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     mo_asha = attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA
     rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) if mo_asha and not seed_trial else None
     rung_examples = attrs.get("rung_examples")  # absent in studies created before rungs measured the dev loss
+    rung_costs = tuple(attrs.get("rung_costs") or LEGACY_COSTS)  # absent in studies created before rungs ranked their own costs
+    noted: dict[str, float] = {}
+
+    def note(costs: Mapping[str, float]) -> None:  # the evaluator's measured costs: stored before the rung they count for
+        changed = {k: float(v) for k, v in costs.items() if math.isfinite(float(v)) and noted.get(k) != float(v)}
+        if changed:
+            noted.update(changed)
+            optuna_ext.set_user_attr(trial.study, optuna_ext.trial_id(trial), COSTS_ATTR, dict(noted))
     named = bool(trial.user_attrs.get("preset"))
     train = dict(attrs["train"])
     if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched
@@ -238,7 +246,7 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         if rungs is not None:  # frontier mode, multi-fidelity: successive halving by non-dominated rank
             # the rung's value: the dev loss on a fixed subset (lower is better); the main metric in older studies
             stop = mo_asha_judge(trial.study, trial, int(step), float(value), rungs, higher=rung_examples is None and bool(attrs["higher_is_better"]),
-                                 paper_fraction=counts.paper_params / counts.base_params)
+                                 paper_fraction=counts.paper_params / counts.base_params, costs=rung_costs, noted=noted)
             # a named method competes at the rung (its value is stored) but trains to the end: it is
             # the report's reference point, and stopping one that sits on the front loses its area
             return stop and not named
@@ -250,7 +258,7 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     # MO-ASHA judges only at rungs: evaluate there (and at the end), not at every `eval_every`;
     # its extra seeds are evaluated at the end only, as their design trial is (one mean, one kind of number)
     if rungs is not None:
-        judged: Any = RungReport(report, rungs.is_rung, rung_examples)
+        judged: Any = RungReport(report, rungs.is_rung, rung_examples, costs=rung_costs, note=note)
     elif mo_asha and rung_examples is not None:  # an extra seed
         judged = RungReport(report, lambda _step: False, rung_examples)
     else:

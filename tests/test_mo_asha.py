@@ -391,3 +391,135 @@ def test_evaluations_leave_the_training_stream_alone() -> None:
     losses = [p["loss"] for p in every["curve"]]
     assert len(set(round(x, 6) for x in losses)) > 1
     assert sum(losses) / 6 == pytest.approx(once["curve"][0]["loss"], abs=1e-6)
+
+
+def test_a_rung_ranks_the_costs_the_study_trades(tmp_path: Path) -> None:
+    """Six trials of one size at rung 10 (η = 3: keep 2). The last has the highest loss but the
+    lowest latency: ranked on (loss, params) — what every rung did before — it is dominated by
+    all five and stops; ranked on (loss, params, latency), a 3-objective study's own costs, it is
+    on the rung's front with the lowest latency and continues. A study trading (metric, latency)
+    alone does not hold parameters against a trial."""
+    study = _mo_study(tmp_path)
+    for loss in (0.50, 0.60, 0.65, 0.62, 0.70):
+        t = study.ask()
+        t.set_user_attr("paper_fraction", 0.004)
+        t.set_user_attr(mo_asha.COSTS_ATTR, {"latency": 2.0})
+        assert mo_asha.judge(study, t, 10, loss, RUNGS, higher=False, paper_fraction=0.004, costs=("params", "latency"), noted={"latency": 2.0}) is (loss > 0.50)
+    last = study.ask()
+    last.set_user_attr("paper_fraction", 0.004)
+    last.set_user_attr(mo_asha.COSTS_ATTR, {"latency": 1.0})
+    assert mo_asha.judge(study, last, 10, 0.70, RUNGS, higher=False, paper_fraction=0.004) is True  # legacy: (loss, params)
+    assert mo_asha.judge(study, last, 10, 0.70, RUNGS, higher=False, paper_fraction=0.004, costs=("params", "latency"), noted={"latency": 1.0}) is False
+    # (loss, latency) only: a 100x larger design with a lower loss and the same latency leads its rung;
+    # ranked with params too, it is on the front but adds little there, and the smaller design leads
+    other = optuna.create_study(storage=f"sqlite:///{tmp_path}/mo.db", study_name="lat", directions=["maximize", "minimize"])
+    for loss, lat in ((0.50, 2.0), (0.60, 2.5)):
+        t = other.ask()
+        t.set_user_attr("paper_fraction", 0.004)
+        t.set_user_attr(mo_asha.COSTS_ATTR, {"latency": lat})
+        mo_asha.judge(other, t, 10, loss, RUNGS, higher=False, paper_fraction=0.004, costs=("latency",), noted={"latency": lat})
+    big = other.ask()
+    big.set_user_attr("paper_fraction", 0.4)
+    assert mo_asha.judge(other, big, 10, 0.49, RUNGS, higher=False, paper_fraction=0.4, costs=("latency",), noted={"latency": 2.0}) is False
+    assert mo_asha.judge(other, big, 10, 0.49, RUNGS, higher=False, paper_fraction=0.4, costs=("params", "latency"), noted={"latency": 2.0}) is True
+
+
+def test_cost_vectors_and_what_a_judge_leaves_out(tmp_path: Path) -> None:
+    assert mo_asha.cost_vector(("params", "latency", "memory"), 0.01, {"latency": 1.5, "memory": 2e9}) == [-2.0, 1.5, 2e9]
+    assert mo_asha.cost_vector(("params", "latency"), 0.01, {}) is None
+    assert mo_asha.cost_vector(("latency",), None, {"latency": float("nan")}) is None
+    assert mo_asha.cost_vector(("params",), None, {}) is None
+    # a competitor that noted no latency is left out of a latency rung; a candidate without one is judged on (loss, params)
+    study = _mo_study(tmp_path)
+    mute = study.ask()
+    mute.set_user_attr("paper_fraction", 0.004)
+    mo_asha.judge(study, mute, 10, 0.10, RUNGS, higher=False, paper_fraction=0.004)
+    t = study.ask()
+    t.set_user_attr("paper_fraction", 0.004)
+    assert mo_asha.judge(study, t, 10, 0.50, RUNGS, higher=False, paper_fraction=0.004, costs=("params", "latency"), noted={"latency": 3.0}) is False
+    assert mo_asha.judge(study, t, 10, 0.50, RUNGS, higher=False, paper_fraction=0.004, costs=("params", "latency"), noted={}) is True
+
+
+def test_the_worker_stores_the_noted_costs_and_old_studies_rank_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new MO-ASHA study stores `rung_costs` = its frontier's costs; the worker gives the
+    evaluator a RungReport that asks for them, stores what it notes as the trial's `rung_costs`
+    attribute and judges on them. A default study ranks params; a study from before keeps params."""
+    from unipetl.search import worker as worker_mod
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    costs_seen: list[tuple[str, ...]] = []
+    real_judge = worker_mod.mo_asha_judge
+
+    def spy_judge(*a: Any, **kw: Any) -> bool:
+        costs_seen.append(tuple(kw["costs"]))
+        return real_judge(*a, **kw)
+
+    monkeypatch.setattr(worker_mod, "mo_asha_judge", spy_judge)
+
+    def runner(attrs: dict[str, Any], variant: Any, report: Any, preset: str | None) -> dict[str, Any]:
+        rec = stub_runner(attrs, variant, lambda s, v: False, preset)  # the record's latency, then the real run
+        report.tell_costs({"latency": rec["latency"]["batch1_ratio"], "latency_batch": 9.0, "memory": None})
+        return stub_runner(attrs, variant, report, preset)
+
+    for name, objectives, stored in (("lat", "metric,params,latency", ["params", "latency"]), ("lat-only", "accuracy,latency", ["latency"]),
+                                     ("default", None, ["params"])):
+        spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=6, seeds=1, storage=url, study=name,
+                                 pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []}, objectives=objectives)
+        study = studies.create_or_check(spec)
+        assert study.user_attrs["rung_costs"] == stored
+        costs_seen.clear()
+        run_worker(url, name, runner=runner)
+        assert costs_seen and set(costs_seen) == {tuple(stored)}
+        for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            noted = t.user_attrs.get(mo_asha.COSTS_ATTR)
+            if "latency" in stored:  # only what the study ranks is stored: not latency_batch, not a None
+                assert noted == {"latency": pytest.approx(t.user_attrs["record"]["latency"]["batch1_ratio"])}
+            else:
+                assert noted is None
+    old = studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=3, seeds=1, storage=url,
+                                                    study="old", pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []},
+                                                    objectives="metric,params,latency"))
+    old.set_user_attr("rung_costs", None)
+    costs_seen.clear()
+    run_worker(url, "old", runner=runner)
+    assert costs_seen and set(costs_seen) == {("params",)}
+
+
+def test_the_trial_notes_latency_before_the_first_rung_and_step_time_and_memory_at_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_trial with a RungReport that ranks latency, step time and memory: latency is timed
+    after realization (before any rung; batch 1 only) and the record keeps that measurement,
+    completed at the eval batch once the trial finishes;
+    step time and memory come at each rung before its judgement. Timing early does not move
+    training: the curve and metric equal a run whose rungs rank no costs."""
+    from unipetl.evaluators.reporting import RungReport
+    from unipetl.evaluators.trial import TrialConfig, run_trial
+    from unipetl.spaces.presets import parse_preset
+
+    base = {"task": "sst2", "model": "tiny-bert", "variant": parse_preset("pa:r=8"), "max_train_examples": 32, "max_eval_examples": 16,
+            "max_steps": 10, "batch_size": 8, "lr": 3e-3, "seed": 2, "eval_every": 1}
+    from unipetl.evaluators import latency as lat_mod
+
+    parts: list[tuple[bool, bool]] = []
+    real = lat_mod.measure_latency
+    monkeypatch.setattr(lat_mod, "measure_latency", lambda *a, **k: parts.append((k["single"], k["batch"])) or real(*a, **k))
+    events: list[tuple[str, Any]] = []
+    report = RungReport(lambda s, v: events.append(("judge", s)) or False, mo_asha.Rungs(1, 3).is_rung, 8,
+                        costs=("params", "latency", "step_time", "memory"), note=lambda c: events.append(("note", dict(c))))
+    rec = run_trial(TrialConfig(**base), report=report)
+    first = events[0][1]
+    assert events[0][0] == "note" and set(first) == {"latency"} and first["latency"] == rec["latency"]["batch1_ratio"] > 1.0
+    # batch 1 before training (what the rung ranks), the eval batch after it (a finished trial's record): each part once
+    assert parts == [(True, False), (False, True)] and rec["latency"]["reused"] is False and rec["latency"]["batch_ratio"] > 0
+    stopped = run_trial(TrialConfig(**{**base, "variant": parse_preset("pa:r=4")}), report=RungReport(lambda s, v: True, mo_asha.Rungs(1, 3).is_rung, 8, costs=("latency",), note=lambda c: None))
+    assert stopped["status"] == "pruned" and parts[2:] == [(True, False)]  # a pruned trial is not timed at the eval batch
+    assert stopped["latency"]["batch1_ratio"] > 1.0 and stopped["latency"]["batch_ratio"] is None
+    batch_rung: list[dict[str, float]] = []
+    whole = run_trial(TrialConfig(**{**base, "variant": parse_preset("pa:r=2")}),
+                      report=RungReport(lambda s, v: False, mo_asha.Rungs(1, 3).is_rung, 8, costs=("latency_batch",), note=batch_rung.append))
+    assert parts[3:] == [(True, True)] and batch_rung[0] == {"latency_batch": whole["latency"]["batch_ratio"]}  # ranked: both parts at once
+    assert [e[1] for e in events if e[0] == "judge"] == [1, 3, 9]
+    at_rungs = [e[1] for e in events[1:] if e[0] == "note"]
+    assert len(at_rungs) == 3 and all(set(c) == {"step_time", "memory"} and c["step_time"] > 0 and c["memory"] > 0 for c in at_rungs)
+    plain = run_trial(TrialConfig(**base), report=RungReport(lambda s, v: False, mo_asha.Rungs(1, 3).is_rung, 8))
+    assert plain["metric"] == rec["metric"] and [p.get("rung") for p in plain["curve"]] == [p.get("rung") for p in rec["curve"]]  # bit-identical
+    assert [p["loss"] for p in plain["curve"]] == [p["loss"] for p in rec["curve"]]

@@ -75,6 +75,7 @@ bench-quick: venv
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/reproduce_sst2.py --quick
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_efficiency.py --quick
 	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rung_signal.py --quick
+	UNIPETL_DATA_DIR=$(DATA_DIR) HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/peak_memory.py --quick
 
 lint: venv
 	$(BIN)/ruff check unipetl spaces evaluators search reports tests benchmarks

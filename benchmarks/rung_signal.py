@@ -18,7 +18,11 @@ script only), so each trial stores its whole curve of rung values — the mean d
 - per repeat, the recall of the final Pareto front (accuracy ↑, paper fraction ↓) among the top
   ⌊n/3⌋ trials by MO-ASHA's own order at k (`mo_asha.ranking` over (loss ↓, log10 fraction ↓)):
   the share of the designs that end on the front that a rung at k with η = 3 would keep,
-  were all n to meet there.
+  were all n to meet there;
+- per repeat, the same for a 3-objective study's front (accuracy ↑, paper fraction ↓, batch-1
+  latency × backbone ↓, measured for every trial at its end), kept by the top ⌊n/3⌋ of two
+  orders on the same trials: the rung of older studies, (loss, log10 fraction), and the rung
+  that ranks the study's own costs, (loss, log10 fraction, latency) — a paired comparison.
 
 Each repeat has its own SQLite file (`rung_signal_r<r>.db` under `--out`), so two repeats run as
 two processes without sharing a database; re-running resumes.
@@ -47,11 +51,11 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per rung step: n, Spearman ρ(loss, −accuracy) (None below 3 trials or for a constant
     column), trials within FLAT of ln 2, and per repeat (front members among the top ⌊n/3⌋ by
     MO-ASHA's order, front size, n). `rows`: dicts with repeat, trial, paper_fraction, metric
-    (final accuracy) and losses ({step: rung loss})."""
+    (final accuracy), losses ({step: rung loss}) and latency (batch-1 ratio; None: no 3-objective figures)."""
     import numpy as np
     from scipy.stats import spearmanr
 
-    from unipetl.reports.frontier import pareto_mask
+    from unipetl.reports.frontier import nondominated, pareto_mask
     from unipetl.search.mo_asha import ranking
 
     out = []
@@ -61,14 +65,21 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rho = None
         if len(have) >= 3 and len(set(losses)) > 1 and len(set(acc)) > 1:
             rho = float(spearmanr(losses, [-a for a in acc]).statistic)
-        recall = {}
+        recall, recall3 = {}, {}
         for rep in sorted({r["repeat"] for r in have}):
             mine = [r for r in have if r["repeat"] == rep]
-            order = ranking([(r["losses"][step], math.log10(r["paper_fraction"])) for r in mine], (False, False), [r["trial"] for r in mine])
-            top = set(order[: max(1, len(mine) // 3)])
+            numbers, keep = [r["trial"] for r in mine], max(1, len(mine) // 3)
+            order = ranking([(r["losses"][step], math.log10(r["paper_fraction"])) for r in mine], (False, False), numbers)
+            top = set(order[:keep])
             front = set(np.flatnonzero(pareto_mask([r["paper_fraction"] for r in mine], [r["metric"] for r in mine])).tolist())  # the report's front
             recall[rep] = {"kept": len(front & top), "front": len(front), "n": len(mine)}
-        out.append({"step": step, "n": len(have), "spearman": rho, "near_ln2": sum(abs(v - math.log(2)) < FLAT for v in losses), "front_recall": recall})
+            if all(r.get("latency") is not None for r in mine):
+                front3 = set(np.flatnonzero(nondominated([[r["paper_fraction"] for r in mine], [r["metric"] for r in mine], [r["latency"] for r in mine]],
+                                                         [False, True, False])).tolist())
+                order3 = ranking([(r["losses"][step], math.log10(r["paper_fraction"]), r["latency"]) for r in mine], (False, False, False), numbers)
+                recall3[rep] = {"front": len(front3), "legacy": len(front3 & top), "costs": len(front3 & set(order3[:keep])), "n": len(mine)}
+        out.append({"step": step, "n": len(have), "spearman": rho, "near_ln2": sum(abs(v - math.log(2)) < FLAT for v in losses), "front_recall": recall,
+                    "front3_recall": recall3})
     return out
 
 
@@ -86,7 +97,8 @@ def rows_of(out: Path) -> list[dict[str, Any]]:
                 rec = t.user_attrs.get("record") or {}
                 if rec.get("status") == "ok" and rec.get("metric") is not None:
                     rows.append({"repeat": repeat, "trial": t.number, "design": t.user_attrs.get("preset") or rec.get("variant_description"),
-                                 "paper_fraction": rec["paper_fraction"], "metric": rec["metric"], "losses": {int(k): float(v) for k, v in t.intermediate_values.items()}})
+                                 "paper_fraction": rec["paper_fraction"], "metric": rec["metric"], "losses": {int(k): float(v) for k, v in t.intermediate_values.items()},
+                                 "latency": (rec.get("latency") or {}).get("batch1_ratio")})
     return rows
 
 
@@ -97,7 +109,18 @@ def render(table: list[dict[str, Any]], command: list[str], caps: dict[str, Any]
     body = [[row["step"], row["n"], "—" if row["spearman"] is None else f"{row['spearman']:+.2f}", row["near_ln2"],
              *(f"{row['front_recall'][rep]['kept']}/{row['front_recall'][rep]['front']} of {row['front_recall'][rep]['n']}" if rep in row["front_recall"] else "—" for rep in reps)]
             for row in table]
-    return "\n".join(lines) + markdown_table(head, body) + "\n"
+    md = "\n".join(lines) + markdown_table(head, body) + "\n"
+    if any(row["front3_recall"] for row in table):
+        head3 = ["step"] + [f"3-obj front kept, r{rep}: (loss, params) → (loss, params, latency)" for rep in reps] + ["all repeats"]
+        body3 = []
+        for row in table:
+            f3 = row["front3_recall"]
+            total = [sum(f3[rep][k] for rep in f3) for k in ("legacy", "costs", "front")]
+            body3.append([row["step"], *(f"{f3[rep]['legacy']} → {f3[rep]['costs']} of {f3[rep]['front']}" if rep in f3 else "—" for rep in reps),
+                          f"{total[0]} → {total[1]} of {total[2]}"])
+        md += ("\nThe 3-objective front (accuracy, paper fraction, batch-1 latency) kept by a rung's top ⌊n/3⌋, ranked as older studies "
+               "rank, (loss, log fraction), and as a study that trades latency ranks, (loss, log fraction, latency):\n\n" + markdown_table(head3, body3) + "\n")
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, reproduce_sst2, rung_signal, search_efficiency  # noqa: E402
+from benchmarks import common, peak_memory, reproduce_sst2, rung_signal, search_efficiency  # noqa: E402
 
 
 def _rec(acc: float | None, scale: float = 1.0, seed: int = 0, kind: str = "adapter", status: str = "ok") -> dict:
@@ -189,6 +189,25 @@ def test_rung_signal_on_known_curves() -> None:
     assert got[42]["spearman"] == pytest.approx(1.0) and got[42]["near_ln2"] == 0 and got[42]["front_recall"] == {0: {"kept": 2, "front": 4, "n": 6}}
     # step 49: ranks (3, 1, 2) against (1, 2.5, 2.5): ρ = −1.5 / √3; the one kept (trial 1, the larger HV contribution) is not on the front
     assert got[49]["spearman"] == pytest.approx(-1.5 / math.sqrt(3)) and got[49]["front_recall"] == {1: {"kept": 0, "front": 1, "n": 3}}
+    assert got[42]["front3_recall"] == {}  # no latency figures: no 3-objective view
+
+
+def test_rung_signal_ranks_a_three_objective_front_both_ways() -> None:
+    """Four designs of one size: accuracy 0.9 / 0.8 / 0.7 / 0.6 with batch-1 latency 1.3 / 1.2 /
+    1.1 / 1.0 — every one is on the 3-objective front. At the rung the loss follows accuracy; a
+    rung of 4 keeps 1. Ranked (loss, params) it keeps the most accurate design; ranked with
+    latency all four are on the rung's first front and the hypervolume contributions decide:
+    the extremes lead, and the first by the loss is kept."""
+    rows = [{"repeat": 0, "trial": i, "paper_fraction": 0.004, "metric": a, "latency": lat, "losses": {42: 1 - a}}
+            for i, (a, lat) in enumerate([(0.9, 1.3), (0.8, 1.2), (0.7, 1.1), (0.6, 1.0)])]
+    (got,) = rung_signal.analyze(rows)
+    assert got["front3_recall"] == {0: {"front": 4, "legacy": 1, "costs": 1, "n": 4}}
+    # six designs, keep 2: the slow accurate pair leads on (loss, params); latency brings in the fast one
+    rows = [{"repeat": 0, "trial": i, "paper_fraction": 0.004, "metric": a, "latency": lat, "losses": {42: 1 - a}}
+            for i, (a, lat) in enumerate([(0.9, 1.3), (0.89, 1.3), (0.7, 1.3), (0.69, 1.3), (0.68, 1.3), (0.6, 1.0)])]
+    (got,) = rung_signal.analyze(rows)
+    assert got["front3_recall"] == {0: {"front": 2, "legacy": 1, "costs": 2, "n": 6}}
+    assert "1 → 2 of 2" in rung_signal.render([got], ["x"], {}, 6)
 
 
 def test_grid_presets_fill_the_ladder() -> None:
@@ -291,3 +310,16 @@ def test_gpu_check_refuses_without_cuda(tmp_path: Path) -> None:
         pytest.skip("this machine has CUDA: the refusal path does not apply")  # CI machines have none
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no CUDA device here" in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_peak_memory_quick(tmp_path: Path) -> None:
+    """Both arms run the six-trial sequence in their own process; every trial's peak is at least what was resident when its loop began."""
+    proc = _run("peak_memory.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "peak_memory_quick.json").read_text())
+    assert sorted(data["arms"]) == ["no_release", "recorded"]
+    for rows in data["arms"].values():
+        assert [r["design"] for r in rows] == list(peak_memory.SEQUENCE)
+        assert all(r["kind"] == "peak_rss_since_reset" and r["peak_bytes"] >= 0.9 * r["start_bytes"] > 0 for r in rows)
+    assert "spread" in (tmp_path / "peak_memory_quick.md").read_text()

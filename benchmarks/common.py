@@ -3,9 +3,10 @@
 This module must import in *both* virtual environments (the project's .venv with transformers 5
 and .venv-adapters with transformers 4 for AdapterHub), so it uses only the standard library at
 import time; torch is imported inside the functions that need it. Nothing here imports the
-project's packages for the same reason; the memory probes come from `evaluators/memory.py`
-(standard library only), imported from the source tree, so a benchmark and a trial record
-measure peak memory the same way.
+project's packages for the same reason; the peak-RSS probes come from `evaluators/memory.py`
+(standard library only), imported from the source tree. (A trial also frees what it can before
+its reset — `memory.start` — and ranks the growth; the overhead benchmark's paired processes
+reset after their set-up and compare peaks, as RESULTS §1 was measured.)
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def reuse_or_measure(key: str | None, measure: Any, *, keep: bool = True) -> dic
     if key is not None and key in _MEASURED:
         return {**_MEASURED[key], "design": key, "reused": True}
     out = dict(measure())
-    if keep and key is not None and out.get("batch1_ms") is not None:
+    if keep and key is not None and out.get("batch1_ms") is not None and out.get("batch_ms_per_example") is not None:
         _keep(key, out)
     return {**out, "design": key, "reused": False}
 
@@ -168,8 +168,9 @@ def remember(latency: Any) -> bool:
     """Keep a latency record another process measured (a trial record's `latency`, e.g. the
     parent design trial of an extra seed) for `reuse_or_measure`; it is only ever found under its
     own `design` key, so a record of a different design, backbone, split or machine set-up is
-    never used. Returns whether it was kept (False for a record without key or figures)."""
-    if not isinstance(latency, dict) or not isinstance(latency.get("design"), str) or latency.get("batch1_ms") is None:
+    never used. Returns whether it was kept (False for a record without key or figures, or with the
+    batch-1 part only: a trial stopped at a rung that ranked latency)."""
+    if not isinstance(latency, dict) or not isinstance(latency.get("design"), str) or latency.get("batch1_ms") is None or latency.get("batch_ms_per_example") is None:
         return False
     _keep(latency["design"], {k: v for k, v in latency.items() if k not in ("design", "reused")})
     return True

@@ -29,8 +29,9 @@ RECORD_KEYS = (
     "time_breakdown",
     # inference cost of the trained variant (evaluators.latency): batch1_ms, batch_ms_per_example, batch_size, merged
     "latency",
-    # what peak_memory_bytes counts (evaluators.memory): cuda_max_allocated, peak_rss_since_reset or max_rss_of_process
-    "peak_memory_kind",
+    # what peak_memory_bytes counts (evaluators.memory): cuda_max_allocated, peak_rss_since_reset or max_rss_of_process;
+    # the growth of memory in use over the loop's start (the `memory` frontier objective)
+    "peak_memory_kind", "peak_memory_growth_bytes",
 )
 _PACKAGES = ("unipetl", "torch", "transformers", "datasets", "evaluate", "tokenizers", "optuna", "sacrebleu", "rouge-score", "safetensors")
 

@@ -19,11 +19,13 @@ whose `evaluates_at` is always False evaluates once, at the end (MO-ASHA's extra
 What a rung ranks besides the loss (`RungReport.costs`): the costs the study's frontier trades
 (reports.objectives), so a 3-objective study (accuracy, params, latency) keeps at each rung the
 designs that may end on *its* front, not on the (accuracy, params) one. Paper parameters are
-known to the search before training; the evaluator gives the others through `note(costs)`
+known to the search before training; the evaluator gives the others through `note(costs, step)`
 before the rung they count for: `latency` / `latency_batch` (the variant's forward cost relative
 to the backbone: it depends on the structure only, so `evaluators.trial` times it right after
-realization and the record reuses that measurement), `step_time` (training seconds per optimizer
-step so far) and `memory` (peak bytes since the loop began), from the loop at each rung.
+realization, step None, and the record reuses that measurement), `step_time` (training seconds
+per optimizer step so far) and `memory` (peak growth over what was resident when the loop began,
+`evaluators.memory`) from the loop at each rung, with that rung's step — a trial judged at step k
+is compared with what its competitors measured at step k, not later.
 """
 
 from __future__ import annotations
@@ -45,17 +47,19 @@ class RungReport:
     evaluates_at: Callable[[int], bool]
     examples: int | None = None
     costs: tuple[str, ...] = ()  # reports.objectives cost names the judge ranks besides the loss ("params" needs no note)
-    note: Callable[[Mapping[str, float]], None] | None = None  # the evaluator's measured costs, before the rung they count for
+    # the evaluator's measured costs and the rung step they were measured at (None: the structure's, every rung's)
+    note: Callable[[Mapping[str, float], int | None], None] | None = None
 
     def wants(self, *names: str) -> bool:
         """Does the judge rank any of these costs (and take notes)?"""
         return self.note is not None and any(n in self.costs for n in names)
 
-    def tell_costs(self, costs: Mapping[str, float | None]) -> None:
-        """Pass the costs the judge ranks (others, and None values, are dropped) to `note`."""
+    def tell_costs(self, costs: Mapping[str, float | None], step: int | None = None) -> None:
+        """Pass the costs the judge ranks (others, and None values, are dropped) to `note`, with
+        the rung `step` they were measured at (None for a cost of the structure, e.g. latency)."""
         kept = {k: float(v) for k, v in costs.items() if k in self.costs and v is not None}
         if self.note is not None and kept:
-            self.note(kept)
+            self.note(kept, step)
 
     def __call__(self, step: int, value: float) -> bool:
         return self.judge(step, value)

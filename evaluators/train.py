@@ -67,6 +67,7 @@ class LoopResult:
     train_tokens: int = 0
     peak_memory_bytes: int = 0  # since the loop began (evaluators.memory)
     peak_memory_kind: str | None = None  # what peak_memory_bytes counts: memory.CUDA, CPU_RESET or CPU_LIFETIME
+    peak_memory_start_bytes: int = 0  # in use when the loop began: the growth over it is the `memory` objective
 
 
 def _collator(task: Task, tokenizer: Any, model: Any) -> Any:
@@ -242,6 +243,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
     res = LoopResult()
     model.to(device)
     res.peak_memory_kind = memory.start(device)  # this trial's peak, not the process's (evaluators.memory)
+    res.peak_memory_start_bytes = memory.in_use(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -273,7 +275,7 @@ def train_and_evaluate(task: Task, model: Any, tokenizer: Any, train_ds: Any, ev
 
     def tell_costs(now: float) -> None:  # what a rung ranks besides the loss, so far (evaluators.reporting)
         if rungs is not None and rungs.wants("step_time", "memory"):
-            rungs.tell_costs({"step_time": (now - t_start - t_eval) / step, "memory": memory.peak(device)})
+            rungs.tell_costs({"step_time": (now - t_start - t_eval) / step, "memory": memory.peak(device) - res.peak_memory_start_bytes}, step)
 
     while step < total and res.status == "ok":
         model.train()

@@ -269,6 +269,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
         curve=res.curve, wall_seconds=(wall := time.perf_counter() - t_start), time_breakdown=clock.breakdown(wall),
         train_tokens_per_second=res.train_tokens / res.train_seconds if res.train_seconds > 0 else 0.0,
         step_seconds=res.train_seconds / res.steps if res.steps else 0.0, peak_memory_bytes=res.peak_memory_bytes, peak_memory_kind=res.peak_memory_kind,
+        peak_memory_growth_bytes=res.peak_memory_bytes - res.peak_memory_start_bytes if res.peak_memory_kind else None,
         device=str(device), seed=config.seed, train_settings=train_settings, latency=latency, fidelity="final" if status == "ok" else "partial",
     )
     if out_dir is not None:

@@ -206,7 +206,9 @@ def _higher(group: pl.DataFrame) -> bool:
     return bool(vals[0]) if len(vals) else True
 
 
-SEED_MEAN_COSTS = ("latency_ms", "latency_batch_ms", "latency_ratio", "latency_batch_ratio", "step_seconds", "peak_memory_bytes")  # peak memory: the max over seeds
+SEED_MEAN_COSTS = ("latency_ms", "latency_batch_ms", "latency_ratio", "latency_batch_ratio", "step_seconds", "peak_memory_bytes",
+                   "peak_memory_growth_bytes")  # memory: the max over seeds
+MAX_OVER_SEEDS = ("peak_memory_bytes", "peak_memory_growth_bytes")
 
 
 def design_points(group: pl.DataFrame) -> pl.DataFrame:
@@ -235,7 +237,7 @@ def design_points(group: pl.DataFrame) -> pl.DataFrame:
         row = {k: v for k, v in base.items() if k != "_design"}
         for c in SEED_MEAN_COSTS:  # a cost of the design is its mean over the seeds that measured it
             vals = [float(v) for v in g[c].to_list() if v is not None]
-            row[c] = (sum(vals) / len(vals) if vals else None) if c != "peak_memory_bytes" else (int(max(vals)) if vals else None)
+            row[c] = (sum(vals) / len(vals) if vals else None) if c not in MAX_OVER_SEEDS else (int(max(vals)) if vals else None)
         row.update(metric=summ.mean, metric_std=summ.std, metric_lo=summ.lo, metric_hi=summ.hi, n_seeds=summ.n,
                    seed_values=json.dumps(values), seed_list=json.dumps(g["seed"].to_list()),
                    beats_baseline=beats_baseline(summ.mean, base.get("baseline_metric"), base.get("eval_examples"), higher=higher))

@@ -154,7 +154,8 @@ def _costs(r: dict[str, Any]) -> str:
     if r.get("train_tokens_per_second") is not None:
         parts.append(f"{r['train_tokens_per_second']:,.0f} train tokens/s")
     if r.get("peak_memory_bytes") is not None:
-        parts.append(f"peak memory {r['peak_memory_bytes'] / 2**20:,.1f} MiB")
+        parts.append(f"peak memory {r['peak_memory_bytes'] / 2**20:,.1f} MiB"
+                     + (f" (+{r['peak_memory_growth_bytes'] / 2**20:,.1f} in training)" if r.get("peak_memory_growth_bytes") is not None else ""))
     if r.get("latency_ms") is not None:
         parts.append(f"inference {r['latency_ms']:.3g} ms/example at batch 1" + (f", {r['latency_batch_ms']:.3g} batched" if r.get("latency_batch_ms") is not None else "")
                      + (f" ({r['latency_ratio']:.3g}× the backbone)" if r.get("latency_ratio") is not None else ""))

@@ -40,7 +40,7 @@ SCHEMA: dict[str, Any] = {
     "main_metric": pl.Utf8, "higher_is_better": pl.Boolean, "metric": pl.Float64,
     "best_step": pl.Int64, "metrics_json": pl.Utf8, "wall_seconds": pl.Float64,
     "train_tokens_per_second": pl.Float64, "step_seconds": pl.Float64,
-    "peak_memory_bytes": pl.Int64, "device": pl.Utf8, "seed": pl.Int64, "variant_json": pl.Utf8,
+    "peak_memory_bytes": pl.Int64, "peak_memory_growth_bytes": pl.Int64, "device": pl.Utf8, "seed": pl.Int64, "variant_json": pl.Utf8,
     # how the number was obtained: the design this run is an extra seed of, its learning rates,
     # the trivial baseline on the same eval set and that set's size
     "representation": pl.Utf8, "parent": pl.Int64, "lr_scale": pl.Float64, "lr_json": pl.Utf8,
@@ -132,7 +132,7 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
     row.update(study=study, source=source, trial=trial, state=state, mode=attrs.get("mode"), budget_fraction=attrs.get("budget_fraction"))
     for key in ("task", "model", "status", "error", "fidelity", "paper_params", "trainable_params", "head_params", "base_params",
                 "paper_fraction", "trainable_fraction", "main_metric", "higher_is_better", "metric", "best_step", "wall_seconds",
-                "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "device", "seed", "parent", "baseline_metric", "baseline",
+                "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "peak_memory_growth_bytes", "device", "seed", "parent", "baseline_metric", "baseline",
                 "eval_examples", "weights_step"):
         row[key] = record.get(key)
     latency = record.get("latency")

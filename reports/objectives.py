@@ -3,7 +3,7 @@
 The default frontier trades the metric against paper parameters (He et al. 2022 §4, Fig. 1).
 Practitioners also choose by inference latency (an unmerged adapter adds work to every forward
 pass; a merged LoRA adds none), training time per step and memory, so each trial record carries
-those costs (`evaluators.latency`, `step_seconds`, `peak_memory_bytes`) and a frontier may trade
+those costs (`evaluators.latency`, `step_seconds`, `peak_memory_growth_bytes`) and a frontier may trade
 any of them: `--objectives metric,params,latency`. The first objective is always the metric
 (its direction is the task's); every cost is minimised.
 """
@@ -38,7 +38,8 @@ COSTS: dict[str, Objective] = {
     "latency": Objective("latency", "latency_ratio", "inference latency, batch 1 (× backbone)", ("latency", "batch1_ratio")),
     "latency_batch": Objective("latency_batch", "latency_batch_ratio", "inference latency, eval batch (× backbone)", ("latency", "batch_ratio")),
     "step_time": Objective("step_time", "step_seconds", "training time (s / optimizer step)", ("step_seconds",)),
-    "memory": Objective("memory", "peak_memory_bytes", "peak training memory (bytes)", ("peak_memory_bytes",)),
+    # growth over what was in use when training began (evaluators.memory): on CPU the peak itself depends on what the worker keeps resident
+    "memory": Objective("memory", "peak_memory_growth_bytes", "training memory over the loaded model (bytes)", ("peak_memory_growth_bytes",)),
 }
 METRIC_NAMES = ("metric", "accuracy")  # "accuracy" reads naturally for classification; both mean the task's main metric
 DEFAULT = ("metric", "params")

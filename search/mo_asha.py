@@ -37,6 +37,7 @@ stopped at the rung: final HV over chance 0.756 against full fidelity's 1.136).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from optuna.trial import TrialState
 from unipetl.search import optuna_ext
 from unipetl.spaces.registry import UnipetlError
 
+logger = logging.getLogger(__name__)
 PRUNER = "mo-asha"
 ACTIVE = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -102,16 +104,19 @@ def keeps(values: Sequence[Sequence[float]], maximise: Sequence[bool], numbers: 
     return order.index(candidate) < max(1, len(order) // eta)
 
 
-COSTS_ATTR = "rung_costs"  # a trial's user attr: {cost name: value} its evaluator noted (evaluators.reporting)
+COSTS_ATTR = "rung_costs"  # a trial's user attr: what its evaluator noted (evaluators.reporting; `cost_vector` reads it)
 LEGACY_COSTS = ("params",)  # studies created before rungs ranked the study's own costs
 
 
-def cost_vector(costs: Sequence[str], paper_fraction: float | None, noted: Mapping[str, Any]) -> list[float] | None:
-    """One trial's costs at a rung, in `costs` order: log10 paper fraction for "params" (it spans
-    orders of magnitude), the noted value for the others; None when one is missing."""
+def cost_vector(costs: Sequence[str], paper_fraction: float | None, noted: Mapping[str, Any], step: int | None = None) -> list[float] | None:
+    """One trial's costs at the rung `step`, in `costs` order: log10 paper fraction for "params"
+    (it spans orders of magnitude), else the noted value — of the structure (`noted[cost]`), or
+    measured at this very rung (`noted["at"][str(step)][cost]`: step time and memory so far; a
+    value from a later rung is not used). None when one is missing."""
+    at = ((noted.get("at") or {}).get(str(step)) or {}) if step is not None else {}
     out = []
     for c in costs:
-        v = (None if paper_fraction is None else math.log10(max(float(paper_fraction), 1e-12))) if c == "params" else noted.get(c)
+        v = (None if paper_fraction is None else math.log10(max(float(paper_fraction), 1e-12))) if c == "params" else noted.get(c, at.get(c))
         if v is None or not math.isfinite(float(v)):
             return None
         out.append(float(v))
@@ -133,14 +138,17 @@ def judge(study: optuna.Study, trial: optuna.Trial, step: int, value: float, run
     from unipetl.search.study import is_seed_trial
 
     noted = dict(noted or {})
-    used = [c for c in costs if cost_vector([c], paper_fraction, noted) is not None]
-    mine = cost_vector(used, paper_fraction, noted) or []
+    used = [c for c in costs if cost_vector([c], paper_fraction, noted, step) is not None]
+    if len(used) < len(costs):
+        logger.warning("trial %d, rung %d: the evaluator measured no %s; ranked without it", trial.number, step,
+                       ", ".join(c for c in costs if c not in used))
+    mine = cost_vector(used, paper_fraction, noted, step) or []
     values, numbers = [(float(value), *mine)], [trial.number]
     for t in study.get_trials(deepcopy=False, states=ACTIVE):
         v = t.intermediate_values.get(step)
         if t.number == trial.number or v is None or not math.isfinite(v) or is_seed_trial(t):
             continue
-        theirs = cost_vector(used, t.user_attrs.get("paper_fraction"), t.user_attrs.get(COSTS_ATTR) or {})
+        theirs = cost_vector(used, t.user_attrs.get("paper_fraction"), t.user_attrs.get(COSTS_ATTR) or {}, step)
         if theirs is not None:
             values.append((float(v), *theirs))
             numbers.append(t.number)

@@ -226,13 +226,17 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
     rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3))) if mo_asha and not seed_trial else None
     rung_examples = attrs.get("rung_examples")  # absent in studies created before rungs measured the dev loss
     rung_costs = tuple(attrs.get("rung_costs") or LEGACY_COSTS)  # absent in studies created before rungs ranked their own costs
-    noted: dict[str, float] = {}
+    noted: dict[str, Any] = {}  # {cost: value} of the structure; {"at": {step: {cost: value}}} measured at a rung
 
-    def note(costs: Mapping[str, float]) -> None:  # the evaluator's measured costs: stored before the rung they count for
-        changed = {k: float(v) for k, v in costs.items() if math.isfinite(float(v)) and noted.get(k) != float(v)}
-        if changed:
-            noted.update(changed)
-            optuna_ext.set_user_attr(trial.study, optuna_ext.trial_id(trial), COSTS_ATTR, dict(noted))
+    def note(costs: Mapping[str, float], step: int | None) -> None:  # the evaluator's measured costs: stored before the rung they count for
+        finite = {k: float(v) for k, v in costs.items() if math.isfinite(float(v))}
+        if finite:
+            if step is None:
+                noted.update(finite)
+            else:
+                noted.setdefault("at", {}).setdefault(str(int(step)), {}).update(finite)
+            optuna_ext.set_user_attr(trial.study, optuna_ext.trial_id(trial), COSTS_ATTR, noted)
+
     named = bool(trial.user_attrs.get("preset"))
     train = dict(attrs["train"])
     if train.get("lr") is None:  # method-aware rates: named methods at their kinds' central lr, sampled ones searched

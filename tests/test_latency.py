@@ -105,12 +105,16 @@ def test_a_remembered_latency_is_only_found_under_its_own_design(monkeypatch) ->
     monkeypatch.setattr(lat_mod, "_MEASURED", {})
     a, b = lat_mod.design_key(variant="lora:r=3", batch=8), lat_mod.design_key(variant="lora:r=3", batch=16)
     assert a != b and len(a) == 32
-    assert lat_mod.remember({"design": a, "batch1_ms": 2.5, "batch1_ratio": 1.02, "reused": False})
+    assert lat_mod.remember({"design": a, "batch1_ms": 2.5, "batch_ms_per_example": 0.5, "batch1_ratio": 1.02, "reused": False})
     assert not lat_mod.remember({"batch1_ms": 2.5}) and not lat_mod.remember({"design": b, "batch1_ms": None}) and not lat_mod.remember(None)
+    # the batch-1 part alone (a trial stopped at a rung that ranked latency) is not a measurement to reuse
+    assert not lat_mod.remember({"design": b, "batch1_ms": 2.5, "batch_ms_per_example": None, "batch1_ratio": 1.02})
     got = lat_mod.reuse_or_measure(a, lambda: pytest.fail("a remembered design is not timed again"))
-    assert got == {"batch1_ms": 2.5, "batch1_ratio": 1.02, "design": a, "reused": True}
-    fresh = lat_mod.reuse_or_measure(b, lambda: {"batch1_ms": 9.0})
-    assert fresh == {"batch1_ms": 9.0, "design": b, "reused": False}
+    assert got == {"batch1_ms": 2.5, "batch_ms_per_example": 0.5, "batch1_ratio": 1.02, "design": a, "reused": True}
+    part = lat_mod.reuse_or_measure(b, lambda: {"batch1_ms": 9.0, "batch_ms_per_example": None})
+    assert part["reused"] is False and b not in lat_mod._MEASURED  # a partial record is not kept either
+    fresh = lat_mod.reuse_or_measure(b, lambda: {"batch1_ms": 9.0, "batch_ms_per_example": 1.0})
+    assert fresh == {"batch1_ms": 9.0, "batch_ms_per_example": 1.0, "design": b, "reused": False} and b in lat_mod._MEASURED
 
 
 def test_seq2seq_latency_is_a_teacher_forced_forward() -> None:

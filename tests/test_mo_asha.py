@@ -426,6 +426,11 @@ def test_a_rung_ranks_the_costs_the_study_trades(tmp_path: Path) -> None:
 
 def test_cost_vectors_and_what_a_judge_leaves_out(tmp_path: Path) -> None:
     assert mo_asha.cost_vector(("params", "latency", "memory"), 0.01, {"latency": 1.5, "memory": 2e9}) == [-2.0, 1.5, 2e9]
+    # step time and memory are read at the rung being judged, never from a later one
+    per_step = {"latency": 1.5, "at": {"10": {"memory": 1e8}, "30": {"memory": 3e8}}}
+    assert mo_asha.cost_vector(("latency", "memory"), None, per_step, 10) == [1.5, 1e8]
+    assert mo_asha.cost_vector(("latency", "memory"), None, per_step, 30) == [1.5, 3e8]
+    assert mo_asha.cost_vector(("memory",), None, per_step, 90) is None and mo_asha.cost_vector(("memory",), None, per_step) is None
     assert mo_asha.cost_vector(("params", "latency"), 0.01, {}) is None
     assert mo_asha.cost_vector(("latency",), None, {"latency": float("nan")}) is None
     assert mo_asha.cost_vector(("params",), None, {}) is None
@@ -438,6 +443,16 @@ def test_cost_vectors_and_what_a_judge_leaves_out(tmp_path: Path) -> None:
     t.set_user_attr("paper_fraction", 0.004)
     assert mo_asha.judge(study, t, 10, 0.50, RUNGS, higher=False, paper_fraction=0.004, costs=("params", "latency"), noted={"latency": 3.0}) is False
     assert mo_asha.judge(study, t, 10, 0.50, RUNGS, higher=False, paper_fraction=0.004, costs=("params", "latency"), noted={}) is True
+    # memory at rung 10: a competitor that noted memory only at rung 30 (it has moved on) is no competitor at rung 10
+    late = study.ask()
+    late.set_user_attr("paper_fraction", 0.004)
+    late.set_user_attr(mo_asha.COSTS_ATTR, {"at": {"30": {"memory": 1.0}}})
+    optuna_ext.set_intermediate(study, optuna_ext.trial_id(late), 10, 0.05)
+    me = study.ask()
+    me.set_user_attr("paper_fraction", 0.004)
+    assert mo_asha.judge(study, me, 10, 0.40, RUNGS, higher=False, paper_fraction=0.004, costs=("memory",), noted={"at": {"10": {"memory": 5.0}}}) is False
+    late.set_user_attr(mo_asha.COSTS_ATTR, {"at": {"10": {"memory": 1.0}}, "30": {}})  # now with its rung-10 figure: it leads (0.05, 1.0)
+    assert mo_asha.judge(study, me, 10, 0.40, RUNGS, higher=False, paper_fraction=0.004, costs=("memory",), noted={"at": {"10": {"memory": 5.0}}}) is True
 
 
 def test_the_worker_stores_the_noted_costs_and_old_studies_rank_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -504,22 +519,24 @@ def test_the_trial_notes_latency_before_the_first_rung_and_step_time_and_memory_
     monkeypatch.setattr(lat_mod, "measure_latency", lambda *a, **k: parts.append((k["single"], k["batch"])) or real(*a, **k))
     events: list[tuple[str, Any]] = []
     report = RungReport(lambda s, v: events.append(("judge", s)) or False, mo_asha.Rungs(1, 3).is_rung, 8,
-                        costs=("params", "latency", "step_time", "memory"), note=lambda c: events.append(("note", dict(c))))
+                        costs=("params", "latency", "step_time", "memory"), note=lambda c, step: events.append(("note", dict(c), step)))
     rec = run_trial(TrialConfig(**base), report=report)
     first = events[0][1]
-    assert events[0][0] == "note" and set(first) == {"latency"} and first["latency"] == rec["latency"]["batch1_ratio"] > 1.0
+    assert events[0][0] == "note" and events[0][2] is None and set(first) == {"latency"} and first["latency"] == rec["latency"]["batch1_ratio"] > 0
     # batch 1 before training (what the rung ranks), the eval batch after it (a finished trial's record): each part once
     assert parts == [(True, False), (False, True)] and rec["latency"]["reused"] is False and rec["latency"]["batch_ratio"] > 0
-    stopped = run_trial(TrialConfig(**{**base, "variant": parse_preset("pa:r=4")}), report=RungReport(lambda s, v: True, mo_asha.Rungs(1, 3).is_rung, 8, costs=("latency",), note=lambda c: None))
+    stopped = run_trial(TrialConfig(**{**base, "variant": parse_preset("pa:r=4")}), report=RungReport(lambda s, v: True, mo_asha.Rungs(1, 3).is_rung, 8, costs=("latency",), note=lambda c, step: None))
     assert stopped["status"] == "pruned" and parts[2:] == [(True, False)]  # a pruned trial is not timed at the eval batch
-    assert stopped["latency"]["batch1_ratio"] > 1.0 and stopped["latency"]["batch_ratio"] is None
+    assert stopped["latency"]["batch1_ratio"] > 0 and stopped["latency"]["batch_ratio"] is None
     batch_rung: list[dict[str, float]] = []
     whole = run_trial(TrialConfig(**{**base, "variant": parse_preset("pa:r=2")}),
-                      report=RungReport(lambda s, v: False, mo_asha.Rungs(1, 3).is_rung, 8, costs=("latency_batch",), note=batch_rung.append))
+                      report=RungReport(lambda s, v: False, mo_asha.Rungs(1, 3).is_rung, 8, costs=("latency_batch",), note=lambda c, step: batch_rung.append(c)))
     assert parts[3:] == [(True, True)] and batch_rung[0] == {"latency_batch": whole["latency"]["batch_ratio"]}  # ranked: both parts at once
     assert [e[1] for e in events if e[0] == "judge"] == [1, 3, 9]
-    at_rungs = [e[1] for e in events[1:] if e[0] == "note"]
-    assert len(at_rungs) == 3 and all(set(c) == {"step_time", "memory"} and c["step_time"] > 0 and c["memory"] > 0 for c in at_rungs)
+    at_rungs = [e for e in events[1:] if e[0] == "note"]
+    assert [e[2] for e in at_rungs] == [1, 3, 9]  # each measured at its rung, told before that rung's judgement
+    assert all(set(c) == {"step_time", "memory"} and c["step_time"] > 0 and c["memory"] >= 0 for _, c, _ in at_rungs)
+    assert [e for e in events if e[0] == "judge" or e[1:2] != ({"latency": first["latency"]},)][:2] == [at_rungs[0], ("judge", 1)]
     plain = run_trial(TrialConfig(**base), report=RungReport(lambda s, v: False, mo_asha.Rungs(1, 3).is_rung, 8))
     assert plain["metric"] == rec["metric"] and [p.get("rung") for p in plain["curve"]] == [p.get("rung") for p in rec["curve"]]  # bit-identical
     assert [p["loss"] for p in plain["curve"]] == [p["loss"] for p in rec["curve"]]

@@ -99,3 +99,20 @@ def test_report_cli_refuses_bad_objectives_with_one_line(tmp_path: Path) -> None
     assert ok.returncode == 0, ok.stderr
     html = (tmp_path / "r" / "report.html").read_text()
     assert html.count('data-x="latency_ratio"') == 1 and html.count('data-x="paper_fraction"') == 1
+
+
+def test_memory_objective_is_the_growth_over_the_loaded_model() -> None:
+    """The `memory` cost is peak_memory_growth_bytes (what training added over what was in use when
+    the loop began), not the peak: on CPU the peak carries whatever the worker keeps resident. P has
+    the larger peak (its worker kept a second backbone) but the smaller growth, so on (metric,
+    memory) it dominates Q; a record from before the growth was measured cannot be placed; over
+    seeds the design's figure is the largest growth."""
+    MiB = 2**20
+    p = {**rr.record("lora:r=1", 0.002, 0.80), "peak_memory_bytes": 1300 * MiB, "peak_memory_growth_bytes": 400 * MiB}
+    q = {**rr.record("pa-ffn:r=8", 0.005, 0.79, named=False), "peak_memory_bytes": 1200 * MiB, "peak_memory_growth_bytes": 500 * MiB}
+    old = {**rr.record("prefix:l=5", 0.001, 0.85), "peak_memory_bytes": 100 * MiB}  # no growth: an older record
+    front = frontier_of(_table([p, q, old]), ("metric", "memory"))
+    assert front["trial"].to_list() == [0] and front["peak_memory_growth_bytes"].to_list() == [400 * MiB]
+    assert COSTS["memory"].of_record(p) == 400 * MiB and COSTS["memory"].of_record(old) is None
+    seeds = [{**r, "peak_memory_growth_bytes": g} for r, g in zip(rr.seeded("lora:r=1", 0.002, [0.79, 0.80, 0.81], 0), [3, 9, 5], strict=True)]
+    assert frontier_of(_table(seeds), ("metric", "memory"))["peak_memory_growth_bytes"].to_list() == [9]

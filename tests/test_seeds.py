@@ -91,7 +91,7 @@ def test_an_extra_seed_reuses_its_parents_latency_in_a_fresh_worker(tmp_path: Pa
     def timed(attrs: dict[str, Any], variant: Variant, report: Any, preset: str | None) -> dict[str, Any]:
         rec = stub(attrs, variant, report, preset)
         key = latency.design_key(variant=variant.to_dict(), model=attrs["model"])
-        rec["latency"] = latency.reuse_or_measure(key, lambda: measured.append(variant.describe()) or {"batch1_ms": 1.0 + len(measured), "batch1_ratio": 1.1})
+        rec["latency"] = latency.reuse_or_measure(key, lambda: measured.append(variant.describe()) or {"batch1_ms": 1.0 + len(measured), "batch_ms_per_example": 0.5, "batch1_ratio": 1.1})
         return rec
 
     CALLS.clear()

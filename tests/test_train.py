@@ -40,6 +40,7 @@ def test_record_has_exactly_the_contract_fields() -> None:
 def test_peak_memory_is_this_trials_not_the_processes() -> None:
     """A worker runs many trials in one process: a trial's peak must not be a larger earlier one's,
     nor include memory freed before it that the C heap kept resident."""
+    import os
     import sys
 
     import numpy as np
@@ -48,7 +49,7 @@ def test_peak_memory_is_this_trials_not_the_processes() -> None:
 
     def rss() -> int:
         with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * 4096
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     run_trial(_cfg())  # imports, data and model caches: what every later trial of this process finds resident
     before = rss()
@@ -68,6 +69,7 @@ def test_peak_memory_is_this_trials_not_the_processes() -> None:
     assert rss() > before + 200 * 2**20
     again = run_trial(_cfg())
     assert 0.8 * before <= again["peak_memory_bytes"] < before + 150 * 2**20, "the peak counted memory freed before the trial"
+    assert 0 <= again["peak_memory_growth_bytes"] < 150 * 2**20 and again["peak_memory_growth_bytes"] <= again["peak_memory_bytes"] - 0.5 * before
     assert len(last) == 2**20
 
 

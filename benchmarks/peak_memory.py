@@ -6,15 +6,16 @@
 A search worker runs many trials in one process, so `peak_memory_bytes` (the `memory` frontier
 objective) must not depend on what ran before. Two arms, each in a fresh process, run the same
 sequence — LoRA, scaled PA, prefix, LoRA, PA, LoRA — and print per trial the resident memory when
-its loop began, its recorded peak and the growth between them:
+its loop began, its recorded peak and the growth between them (`peak_memory_growth_bytes`, the
+`memory` objective):
 
 - `recorded`: what every trial does (`evaluators.memory.start`: garbage collection, glibc
   malloc_trim(0), then the peak reset);
 - `no_release`: the peak reset alone (what the loop did before 2026-12-06's second fix; the first
   fix added the reset — before it, the figure was the process's lifetime peak).
 
-The same design must record the same peak in one arm; the spread of the three LoRA trials is the
-figure to read.
+The same design must record the same figure in one arm; the spread of the three LoRA trials is
+the number to read.
 """
 
 from __future__ import annotations
@@ -46,27 +47,14 @@ def run_arm(arm: str, quick: bool) -> list[dict[str, Any]]:
 
     if arm == "no_release":
         memory.release_free_memory = lambda: False  # instrumentation of this script only
-    starts: list[int] = []
-    real_start = memory.start
-
-    def start(device: Any) -> str:
-        kind = real_start(device)
-        starts.append(_rss())
-        return kind
-
-    memory.start = start
     caps = ({"model": "tiny-bert", "max_train_examples": 32, "max_steps": 2, "batch_size": 8, "max_eval_examples": 16, "max_length": 32} if quick
             else {"model": "minilm", "max_train_examples": 512, "max_steps": 8, "batch_size": 32, "max_eval_examples": 128, "max_length": 64})
     out = []
     for design in SEQUENCE:
         rec = run_trial(TrialConfig(task="sst2", variant=parse_preset(design), data_dir=str(DATA_DIR), **caps))
-        out.append({"design": design, "start_bytes": starts[-1], "peak_bytes": rec["peak_memory_bytes"], "kind": rec["peak_memory_kind"]})
+        peak, growth = rec["peak_memory_bytes"], rec["peak_memory_growth_bytes"]
+        out.append({"design": design, "start_bytes": peak - growth, "peak_bytes": peak, "growth_bytes": growth, "kind": rec["peak_memory_kind"]})
     return out
-
-
-def _rss() -> int:
-    with open("/proc/self/statm", encoding="ascii") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def render(arms: dict[str, list[dict[str, Any]]], command: list[str], caps: dict[str, Any]) -> str:
@@ -76,8 +64,10 @@ def render(arms: dict[str, list[dict[str, Any]]], command: list[str], caps: dict
                               for a in arms.values())] for i in range(len(SEQUENCE))]
     md = "\n".join(lines) + markdown_table(head, body) + "\n"
     for arm, rows in arms.items():
-        lora = [r["peak_bytes"] / MiB for r in rows if r["design"] == SEQUENCE[0]]
-        md += f"\n{arm}: the three trials of {SEQUENCE[0]} recorded {', '.join(f'{v:,.0f}' for v in lora)} MiB (spread {max(lora) - min(lora):,.0f} MiB).\n"
+        for field in ("peak_bytes", "growth_bytes"):
+            lora = [r[field] / MiB for r in rows if r["design"] == SEQUENCE[0]]
+            md += (f"\n{arm}: the three trials of {SEQUENCE[0]} recorded a {field.split('_')[0]} of {', '.join(f'{v:,.0f}' for v in lora)} MiB "
+                   f"(spread {max(lora) - min(lora):,.0f} MiB).\n")
     return md
 
 

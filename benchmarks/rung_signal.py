@@ -22,7 +22,8 @@ script only), so each trial stores its whole curve of rung values — the mean d
 - per repeat, the same for a 3-objective study's front (accuracy ↑, paper fraction ↓, batch-1
   latency × backbone ↓, measured for every trial at its end), kept by the top ⌊n/3⌋ of two
   orders on the same trials: the rung of older studies, (loss, log10 fraction), and the rung
-  that ranks the study's own costs, (loss, log10 fraction, latency) — a paired comparison.
+  that ranks the study's own costs, (loss, log10 fraction, latency) — a paired comparison
+  (the front designs each order keeps and the other does not are counted).
 
 Each repeat has its own SQLite file (`rung_signal_r<r>.db` under `--out`), so two repeats run as
 two processes without sharing a database; re-running resumes.
@@ -77,7 +78,9 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 front3 = set(np.flatnonzero(nondominated([[r["paper_fraction"] for r in mine], [r["metric"] for r in mine], [r["latency"] for r in mine]],
                                                          [False, True, False])).tolist())
                 order3 = ranking([(r["losses"][step], math.log10(r["paper_fraction"]), r["latency"]) for r in mine], (False, False, False), numbers)
-                recall3[rep] = {"front": len(front3), "legacy": len(front3 & top), "costs": len(front3 & set(order3[:keep])), "n": len(mine)}
+                top3 = set(order3[:keep])
+                recall3[rep] = {"front": len(front3), "legacy": len(front3 & top), "costs": len(front3 & top3), "n": len(mine),
+                                "gained": len(front3 & (top3 - top)), "lost": len(front3 & (top - top3))}  # the discordant pairs
         out.append({"step": step, "n": len(have), "spearman": rho, "near_ln2": sum(abs(v - math.log(2)) < FLAT for v in losses), "front_recall": recall,
                     "front3_recall": recall3})
     return out
@@ -115,11 +118,12 @@ def render(table: list[dict[str, Any]], command: list[str], caps: dict[str, Any]
         body3 = []
         for row in table:
             f3 = row["front3_recall"]
-            total = [sum(f3[rep][k] for rep in f3) for k in ("legacy", "costs", "front")]
+            total = [sum(f3[rep][k] for rep in f3) for k in ("legacy", "costs", "front", "gained", "lost")]
             body3.append([row["step"], *(f"{f3[rep]['legacy']} → {f3[rep]['costs']} of {f3[rep]['front']}" if rep in f3 else "—" for rep in reps),
-                          f"{total[0]} → {total[1]} of {total[2]}"])
+                          f"{total[0]} → {total[1]} of {total[2]} (+{total[3]} / −{total[4]})"])
         md += ("\nThe 3-objective front (accuracy, paper fraction, batch-1 latency) kept by a rung's top ⌊n/3⌋, ranked as older studies "
-               "rank, (loss, log fraction), and as a study that trades latency ranks, (loss, log fraction, latency):\n\n" + markdown_table(head3, body3) + "\n")
+               "rank, (loss, log fraction), and as a study that trades latency ranks, (loss, log fraction, latency); "
+               "(+g / −l): front designs only the second order keeps / only the first:\n\n" + markdown_table(head3, body3) + "\n")
     return md
 
 

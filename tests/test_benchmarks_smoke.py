@@ -196,18 +196,19 @@ def test_rung_signal_ranks_a_three_objective_front_both_ways() -> None:
     """Four designs of one size: accuracy 0.9 / 0.8 / 0.7 / 0.6 with batch-1 latency 1.3 / 1.2 /
     1.1 / 1.0 — every one is on the 3-objective front. At the rung the loss follows accuracy; a
     rung of 4 keeps 1. Ranked (loss, params) it keeps the most accurate design; ranked with
-    latency all four are on the rung's first front and the hypervolume contributions decide:
-    the extremes lead, and the first by the loss is kept."""
+    latency all four are on the rung's first front and the hypervolume contributions decide
+    (reference just past the worst point, so an inner point contributes most): it keeps the
+    second — 1 of 4 either way, one front design gained and one lost."""
     rows = [{"repeat": 0, "trial": i, "paper_fraction": 0.004, "metric": a, "latency": lat, "losses": {42: 1 - a}}
             for i, (a, lat) in enumerate([(0.9, 1.3), (0.8, 1.2), (0.7, 1.1), (0.6, 1.0)])]
     (got,) = rung_signal.analyze(rows)
-    assert got["front3_recall"] == {0: {"front": 4, "legacy": 1, "costs": 1, "n": 4}}
+    assert got["front3_recall"] == {0: {"front": 4, "legacy": 1, "costs": 1, "n": 4, "gained": 1, "lost": 1}}
     # six designs, keep 2: the slow accurate pair leads on (loss, params); latency brings in the fast one
     rows = [{"repeat": 0, "trial": i, "paper_fraction": 0.004, "metric": a, "latency": lat, "losses": {42: 1 - a}}
             for i, (a, lat) in enumerate([(0.9, 1.3), (0.89, 1.3), (0.7, 1.3), (0.69, 1.3), (0.68, 1.3), (0.6, 1.0)])]
     (got,) = rung_signal.analyze(rows)
-    assert got["front3_recall"] == {0: {"front": 2, "legacy": 1, "costs": 2, "n": 6}}
-    assert "1 → 2 of 2" in rung_signal.render([got], ["x"], {}, 6)
+    assert got["front3_recall"] == {0: {"front": 2, "legacy": 1, "costs": 2, "n": 6, "gained": 1, "lost": 0}}
+    assert "1 → 2 of 2 (+1 / −0)" in rung_signal.render([got], ["x"], {}, 6)
 
 
 def test_grid_presets_fill_the_ladder() -> None:

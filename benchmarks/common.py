@@ -30,18 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks" / "out"
 if str(ROOT) not in sys.path:  # the source tree: evaluators/memory.py without the package installed
     sys.path.insert(0, str(ROOT))
-from evaluators.memory import peak_rss_bytes, reset_peak_rss  # noqa: E402
+from evaluators.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
 
 DATA_DIR = Path(os.environ.get("UNIPETL_DATA_DIR", ROOT.parent / "shared" / "data"))
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc), 0 where unavailable."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def make_batch(kind: str, vocab: int, batch: int, seq_len: int, target_len: int, seed: int = 0) -> dict[str, Any]:

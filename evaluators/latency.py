@@ -153,9 +153,14 @@ def reuse_or_measure(key: str | None, measure: Any, *, keep: bool = True) -> dic
     if key is not None and key in _MEASURED:
         return {**_MEASURED[key], "design": key, "reused": True}
     out = dict(measure())
-    if keep and key is not None and out.get("batch1_ms") is not None and out.get("batch_ms_per_example") is not None:
+    if keep and key is not None and _complete(out):
         _keep(key, out)
     return {**out, "design": key, "reused": False}
+
+
+def _complete(record: dict[str, Any]) -> bool:
+    """Both parts timed: a record worth reusing (not an empty split's, not a batch-1 part alone)."""
+    return record.get("batch1_ms") is not None and record.get("batch_ms_per_example") is not None
 
 
 def _keep(key: str, record: dict[str, Any]) -> None:
@@ -170,7 +175,7 @@ def remember(latency: Any) -> bool:
     own `design` key, so a record of a different design, backbone, split or machine set-up is
     never used. Returns whether it was kept (False for a record without key or figures, or with the
     batch-1 part only: a trial stopped at a rung that ranked latency)."""
-    if not isinstance(latency, dict) or not isinstance(latency.get("design"), str) or latency.get("batch1_ms") is None or latency.get("batch_ms_per_example") is None:
+    if not isinstance(latency, dict) or not isinstance(latency.get("design"), str) or not _complete(latency):
         return False
     _keep(latency["design"], {k: v for k, v in latency.items() if k not in ("design", "reused")})
     return True

@@ -106,17 +106,22 @@ def start(device: Any) -> str:
     return CPU_RESET if reset_peak_rss() else CPU_LIFETIME
 
 
-def in_use(device: Any) -> int:
-    """Memory in use now, in bytes: allocated CUDA tensors on `device`, else this process's RSS (0 where unreadable)."""
-    if getattr(device, "type", str(device)) == "cuda":
-        import torch
-
-        return int(torch.cuda.memory_allocated(device))
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc/self/statm), 0 where unavailable. Bytes."""
     try:
         with open("/proc/self/statm", encoding="ascii") as fh:
             return int(fh.read().split()[1]) * resource.getpagesize()
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def in_use(device: Any) -> int:
+    """Memory in use now, in bytes: allocated CUDA tensors on `device`, else this process's RSS (`rss_bytes`)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.memory_allocated(device))
+    return rss_bytes()
 
 
 def peak(device: Any) -> int:
@@ -128,4 +133,4 @@ def peak(device: Any) -> int:
     return peak_rss_bytes()
 
 
-__all__ = ["CPU_LIFETIME", "CPU_RESET", "CUDA", "in_use", "max_rss_bytes", "peak", "peak_rss_bytes", "release_free_memory", "reset_peak_rss", "start"]
+__all__ = ["CPU_LIFETIME", "CPU_RESET", "CUDA", "in_use", "max_rss_bytes", "peak", "peak_rss_bytes", "release_free_memory", "reset_peak_rss", "rss_bytes", "start"]

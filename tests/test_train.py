@@ -40,19 +40,14 @@ def test_record_has_exactly_the_contract_fields() -> None:
 def test_peak_memory_is_this_trials_not_the_processes() -> None:
     """A worker runs many trials in one process: a trial's peak must not be a larger earlier one's,
     nor include memory freed before it that the C heap kept resident."""
-    import os
     import sys
 
     import numpy as np
 
     from unipetl.evaluators import memory
 
-    def rss() -> int:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
     run_trial(_cfg())  # imports, data and model caches: what every later trial of this process finds resident
-    before = rss()
+    before = memory.rss_bytes()
     blob = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident, then freed: the process's lifetime peak includes it
     del blob
     assert memory.peak_rss_bytes() >= before + 300 * 2**20  # the process's peak (and ru_maxrss, the old reading) holds the blob
@@ -66,7 +61,7 @@ def test_peak_memory_is_this_trials_not_the_processes() -> None:
     chunks = [bytearray(2**20) for _ in range(300)]
     last = chunks[-1]  # pins the heap's top, so glibc cannot shrink it on its own
     del chunks
-    assert rss() > before + 200 * 2**20
+    assert memory.rss_bytes() > before + 200 * 2**20
     again = run_trial(_cfg())
     assert 0.8 * before <= again["peak_memory_bytes"] < before + 150 * 2**20, "the peak counted memory freed before the trial"
     assert 0 <= again["peak_memory_growth_bytes"] < 150 * 2**20 and again["peak_memory_growth_bytes"] <= again["peak_memory_bytes"] - 0.5 * before

@@ -3,16 +3,19 @@
 Practitioners choose between methods by what they cost at inference, not only by how many
 parameters they train: an unmerged adapter or prefix adds work to every forward pass, while a
 LoRA with add / scaled composition folds into the base weights (W + s·BA, Hu et al. 2022 §4.1)
-and adds none. So a trial measures, after training, on a copy of its model with its LoRA merged
-when the variant's LoRA can be (`Realized.merge_lora`; a variant with a gated / learned-scale
-LoRA, and every other kind of module, is measured as trained):
+and adds none, and so do (IA)³ vectors (l ⊙ W x = (l ⊙ W) x, Liu et al. 2022 §3.3). So a trial
+measures, after training, on a copy of its model with every module folded that folds exactly
+(`Realized.merge`: each add / scaled LoRA and (IA)³ vector whose projections carry nothing that
+cannot be folded); the rest — gated / learned-scale LoRA, adapters, prefixes, prompts — is
+measured as trained:
 
 - `batch1_ms`: median wall milliseconds of one forward pass over one example (the first
   `n_single` examples of the eval split, after `warmup` untimed passes);
 - `batch_ms_per_example`: median wall milliseconds of one forward over `batch_size` examples
   (the first `n_batches` batches of the split, after a warm-up on an eighth of one), divided by
   the batch size;
-- `merged`: how many LoRA modules were merged for the measurement (0: nothing to merge).
+- `merged`: how many modules were folded for the measurement (LoRA modules + (IA)³ vectors; 0:
+  nothing to fold).
 
 Forward passes only (for seq2seq: encoder + teacher-forced decoder over the reference, a fixed
 amount of work; generation length would confound the method with what it learned to write).
@@ -41,20 +44,18 @@ import torch
 from unipetl.evaluators.tasks import Task
 
 
-def mergeable_copy(realized: Any) -> tuple[Any, int]:
-    """A deep copy of the realized model with its LoRA merged into the base weights when every
-    LoRA of the variant can be (add / scaled composition; `Realized.merge_lora`), else as
-    trained; returns (model, merged LoRA count). The trained model itself is not touched."""
-    from unipetl.spaces.layers import Lora
-    from unipetl.spaces.registry import UnipetlError
+# what the timed model is: bump when it changes, so a latency measured under an earlier rule (kept
+# in a study's records and `remember`ed for an extra seed) is never reused for a new measurement.
+# 2: every exactly foldable module folded (`Realized.merge`); 1 (unmarked): LoRA only, all or none
+PROCEDURE = 2
 
+
+def mergeable_copy(realized: Any) -> tuple[Any, int]:
+    """A deep copy of the realized model with every module that folds exactly folded into the
+    base weights (`Realized.merge`); returns (model, modules folded). The trained model itself is
+    not touched."""
     twin = copy.deepcopy(realized)
-    loras = [m for m in twin.model.modules() if isinstance(m, Lora)]
-    try:
-        twin.merge_lora()
-    except UnipetlError:  # a gated / learned-scale LoRA depends on the input: measured as trained
-        return twin.model, 0
-    return twin.model, len(loras)
+    return twin.model, twin.merge()
 
 
 def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device, n_single: int = 10,
@@ -181,4 +182,4 @@ def remember(latency: Any) -> bool:
     return True
 
 
-__all__ = ["design_key", "measure_latency", "mergeable_copy", "remember", "reuse_or_measure"]
+__all__ = ["PROCEDURE", "design_key", "measure_latency", "mergeable_copy", "remember", "reuse_or_measure"]

@@ -286,6 +286,7 @@ def _latency(config: TrialConfig, task: Any, loaded: Any, realized: Any, data: A
     import torch
 
     from unipetl.evaluators.data import task_fingerprint
+    from unipetl.evaluators.latency import PROCEDURE as latency_procedure
     from unipetl.evaluators.latency import design_key, measure_latency, reuse_or_measure
     from unipetl.evaluators.models import backbone_identity, kept_backbone
     from unipetl.evaluators.train import eval_batch_size
@@ -301,7 +302,7 @@ def _latency(config: TrialConfig, task: Any, loaded: Any, realized: Any, data: A
     # another seed / lr of this design in this process: the same forward passes, timed once
     key = design_key(backbone=backbone_identity(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples),
                      variant=config.variant.to_dict(), task=task_fingerprint(task), data=data.identity or None, max_length=max_length, batch_size=bs,
-                     device=str(device), threads=torch.get_num_threads())
+                     device=str(device), threads=torch.get_num_threads(), procedure=latency_procedure)
     return reuse_or_measure(key, measure, keep=batch)
 
 

@@ -93,7 +93,7 @@ def objectives_text(s: dict[str, Any]) -> str:
     objectives = s.get("objectives", DEFAULT_OBJECTIVES)
     arrow = "↑" if s.get("higher_is_better", True) else "↓"
     parts = [f"{s.get('main_metric') or 'metric'} {arrow}"] + [f"{COSTS[o].label} ↓" for o in objectives[1:]]
-    note = "; latency measured with LoRA merged into the weights where it can be" if any(o.startswith("latency") for o in objectives) else ""
+    note = "; latency measured with LoRA and (IA)³ folded into the weights where they fold exactly" if any(o.startswith("latency") for o in objectives) else ""
     return "Frontier over " + ", ".join(parts) + " (a point is on it when no other point is at least as good on every objective and better on one)" + note
 
 

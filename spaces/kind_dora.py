@@ -106,6 +106,8 @@ def _torch_classes() -> Any:
         """LoRA factors plus a magnitude m (d_out,) per target; `targets` must be set before
         `init_magnitude` (m = ‖W‖ per output feature)."""
 
+        reads_weight = True  # the norm reads W and `apply` rescales the projection's whole output
+
         def init_magnitude(self) -> None:
             with torch.no_grad():
                 self.magnitude = nn.ParameterDict({k: nn.Parameter(torch.linalg.norm(rows(mod, slc).float(), dim=1).to(mod.weight.dtype))

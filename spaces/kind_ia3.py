@@ -144,14 +144,43 @@ def _torch_classes() -> Any:
             super().__init__()
             self.petl_l = nn.Parameter(torch.ones(width))
             self.slice, self.on_input = slc, on_input
+            self.merged = False
+
+        def merge_into(self, mod: nn.Module) -> None:
+            """Fold l into the projection `mod` it scales, after which its hook passes through:
+            output-scaled y = l ⊙ (W x + b) → W ← diag(l) W, b ← l ⊙ b (rows `slice` of a fused
+            projection); input-scaled y = W (l ⊙ x) + b → W ← W diag(l). nn.Linear stores W as
+            (out, in), GPT-2's Conv1D as (in, out). Liu et al. 2022 §3.3: l ⊙ W x = (l ⊙ W) x, so
+            a single-task model runs at the base model's cost. Exact only as `realize.merge_plan`
+            orders it."""
+            from transformers.pytorch_utils import Conv1D
+
+            conv = isinstance(mod, Conv1D)
+            with torch.no_grad():
+                lv = self.petl_l.to(mod.weight.dtype)
+                if self.on_input:
+                    mod.weight.mul_(lv[:, None] if conv else lv[None, :])
+                else:
+                    s = self.slice if self.slice is not None else slice(None)
+                    if conv:
+                        mod.weight[:, s] *= lv[None, :]
+                    else:
+                        mod.weight[s, :] *= lv[:, None]
+                    if getattr(mod, "bias", None) is not None:
+                        mod.bias[s] *= lv
+            self.merged = True
 
         def paper_params(self) -> int:
             return self.petl_l.numel()
 
-        def scale_input(self, _module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        def scale_input(self, _module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if self.merged:
+                return None
             return (args[0] * self.petl_l.to(args[0].dtype), *args[1:])
 
-        def scale_output(self, _module: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        def scale_output(self, _module: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if self.merged:
+                return None
             lv = self.petl_l.to(output.dtype)
             if self.slice is None:
                 return output * lv

@@ -134,8 +134,33 @@ class Lora(nn.Module):
         return torch.cat([output[..., : slc.start], output[..., slc] + d, output[..., slc.stop :]], dim=-1)
 
     def delta_weight_for(self, key: str) -> torch.Tensor:
-        """s·B·A of one target, (out, in); only for add / scaled LoRA (merge_lora checks)."""
+        """s·B·A of one target, (out, in); only for add / scaled LoRA (`mergeable`)."""
         return self.factors[key].delta_weight() * self.s
+
+    # DoRA sets this: its update reads the projection's weight (and output), so folding it is exact
+    # only where it is the sole inserted module on that projection (`realize.merge_plan`)
+    reads_weight = False
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether the update is one fixed matrix per target (add / scaled composition), foldable
+        into the base weight; a gate or learned scale depends on the input."""
+        return self.spec.composition not in ("gated", "learned_scale")
+
+    def merge(self) -> None:
+        """Fold `delta_weight_for` into every target's weight (columns `slc` of GPT-2's fused
+        Conv1D, stored (in, out)); afterwards the projection hook skips this module. Exact only as
+        `realize.merge_plan` orders it; callers go through `Realized.merge` / `merge_lora`."""
+        from transformers.pytorch_utils import Conv1D
+
+        with torch.no_grad():
+            for key, (mod, slc) in self.targets.items():
+                dw = self.delta_weight_for(key)
+                if isinstance(mod, Conv1D):
+                    mod.weight[:, slc if slc is not None else slice(None)] += dw.T.to(mod.weight.dtype)
+                else:
+                    mod.weight += dw.to(mod.weight.dtype)
+        self.merged = True
 
 
 class HeadSlots(nn.Module):

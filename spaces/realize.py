@@ -129,20 +129,88 @@ class Realized:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad) - self.head_params
 
     def merge_lora(self) -> None:
-        """Fold s·BA into the base weights; afterwards the LoRA hooks are skipped."""
+        """Fold every LoRA's update into the base weights (W + s·BA, Hu et al. 2022 §4.1; DoRA,
+        VeRA, PiSSA / OLoRA their own W' − W); afterwards the LoRA hooks are skipped. All or none:
+        raises UnipetlError when a LoRA is gated / learned-scale (its update depends on the input),
+        or shares a projection with an (IA)³ vector or, for DoRA, another LoRA — folding it alone
+        there would change the function; `merge` folds what it can exactly."""
         loras = [m for m in self.model.modules() if isinstance(m, Lora) and not m.merged]
         for lora in loras:
-            if lora.spec.composition in ("gated", "learned_scale"):
+            if not lora.mergeable:
                 raise UnipetlError(f"merge_lora: composition {lora.spec.composition!r} LoRA depends on the input or a learned scale and cannot be merged.")
-        with torch.no_grad():
-            for lora in loras:
-                for key, (mod, slc) in lora.targets.items():
-                    dw = lora.delta_weight_for(key)
-                    if isinstance(mod, Conv1D):
-                        mod.weight[:, slc if slc is not None else slice(None)] += dw.T.to(mod.weight.dtype)
-                    else:
-                        mod.weight += dw.to(mod.weight.dtype)
-                lora.merged = True
+        on = _participants(self.model)
+        for lora in loras:
+            for mod, _ in lora.targets.values():
+                others = [p for p in on[id(mod)][1] if p is not lora]
+                if any(not isinstance(p, Lora) for p in others) or (others and (lora.reads_weight or any(p.reads_weight for p in others))):
+                    raise UnipetlError(f"merge_lora: a {lora.spec.kind} module shares projection {type(mod).__name__} with "
+                                       f"{', '.join(sorted({type(p).__name__ for p in others}))}; folding it alone would change the function — use Realized.merge().")
+        for lora in loras:
+            lora.merge()
+
+    def merge(self) -> int:
+        """Fold every inserted module whose update is a fixed linear map of the weights into them,
+        exactly (`merge_plan`): add / scaled LoRA and its variants, and (IA)³ vectors (Liu et al.
+        2022 §3.3). What cannot be folded (a gated / learned-scale LoRA, adapters, prefixes,
+        prompts, or anything sharing a projection with those) stays a hook. Returns how many
+        modules were folded (LoRA modules + (IA)³ vectors). The realized model computes the same
+        function afterwards (to float rounding); it is for inference (latency, export)."""
+        loras, vectors = merge_plan(self.model)
+        for mod, vec in vectors:  # output-scaled first: their hooks fire before the LoRA hook of the same projection
+            if not vec.on_input:
+                vec.merge_into(mod)
+        for lora in loras:
+            lora.merge()
+        for mod, vec in vectors:  # input-scaled last: W (l ⊙ x) + ΔW (l ⊙ x) = (W + ΔW) diag(l) x
+            if vec.on_input:
+                vec.merge_into(mod)
+        return len(loras) + len(vectors)
+
+
+def _participants(model: nn.Module) -> dict[int, tuple[nn.Module, list[Any]]]:
+    """Per projection (by id): the module and the unmerged inserted modules that act on it — LoRA
+    modules (through the projection hook) and (IA)³ vectors (`petl_ia3`)."""
+    on: dict[int, tuple[nn.Module, list[Any]]] = {}
+    for lora in (m for m in model.modules() if isinstance(m, Lora) and not m.merged):
+        for mod, _ in lora.targets.values():
+            parts = on.setdefault(id(mod), (mod, []))[1]
+            if lora not in parts:
+                parts.append(lora)
+    for mod in model.modules():
+        for vec in getattr(mod, "petl_ia3", ()):
+            if not vec.merged:
+                on.setdefault(id(mod), (mod, []))[1].append(vec)
+    return on
+
+
+def merge_plan(model: nn.Module) -> tuple[list[Lora], list[tuple[nn.Module, Any]]]:
+    """Which inserted modules `Realized.merge` folds: (LoRA modules, (projection, (IA)³ vector)).
+
+    A projection is folded whole or not at all. It qualifies when every module acting on it can be
+    folded (no gated / learned-scale LoRA) and a module whose update reads the weight (DoRA) is
+    alone there; a LoRA is folded only when all its projections qualify, and a projection one of
+    whose LoRAs is not folded does not qualify either (repeated to a fixed point). Exactness then
+    rests on the hook order of `_insert_modules`: (IA)³ hooks are registered by the kind's
+    `insert`, before the projection's LoRA hook, so on one projection y = l_out ⊙ (W l_in⊙x + b)
+    + ΔW (l_in ⊙ x) — folded as diag(l_out), then + ΔW, then diag(l_in) on the input side
+    (`Realized.merge` keeps that order; tests/test_latency.py pins the equivalence to 1e-5)."""
+    on = _participants(model)
+
+    def qualifies(parts: list[Any]) -> bool:
+        loras = [p for p in parts if isinstance(p, Lora)]
+        return all(p.mergeable for p in loras) and not (len(parts) > 1 and any(p.reads_weight for p in loras))
+
+    ok = {k for k, (_, parts) in on.items() if qualifies(parts)}
+    loras = list(dict.fromkeys(p for _, parts in on.values() for p in parts if isinstance(p, Lora)))
+    while True:
+        blocked = {id(mod) for lora in loras for mod, _ in lora.targets.values()
+                   if not all(id(m) in ok for m, _ in lora.targets.values())} & ok
+        if not blocked:
+            break
+        ok -= blocked
+    folded = [lora for lora in loras if all(id(m) in ok for m, _ in lora.targets.values())]
+    vectors = [(mod, p) for k, (mod, parts) in on.items() if k in ok for p in parts if not isinstance(p, Lora)]
+    return folded, vectors
 
 
 def _backbone_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -17,9 +17,18 @@ from unipetl.spaces.testing import randomize_variant, tiny_model
 
 DATA = os.environ.get("UNIPETL_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-# one preset per kind of module (and the mixes), with the LoRA modules each merges
+# one preset per kind of module (and the mixes), with whether the latency copy folds something
+# ((IA)³ and every LoRA variant fold; tests/test_merge.py checks the mixes on shared projections)
 KINDS = {"lora:r=4": True, "lora:r=4,s=learned": False, "houlsby:r=4": False, "pa-ffn:r=4": False, "prefix:l=3": False, "mh-pa:l=3": False,
-         "prompt:l=3": False, "bitfit": False, "full": False, "probe": False, "mam:l=3,r=4,s=2": False, "unipelt:l=3,r=4,lora_r=2": False}
+         "prompt:l=3": False, "bitfit": False, "full": False, "probe": False, "mam:l=3,r=4,s=2": False, "unipelt:l=3,r=4,lora_r=2": False,
+         "ia3": True, "dora:r=4": True, "vera:r=4": True, "rslora:r=4": True, "pissa:r=4": True, "olora:r=4": True, "lora-ffn:r=4": True}
+
+
+def test_every_module_kind_has_a_latency_case() -> None:
+    from unipetl.spaces.kinds import all_kinds
+
+    covered = {m.kind for name in KINDS for m in parse_preset(name).modules}
+    assert covered == {k.name for k in all_kinds()}  # a new kind gets a case here, with whether it folds
 
 
 def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -43,7 +43,6 @@ import torch
 
 from unipetl.evaluators.tasks import Task
 
-
 # what the timed model is: bump when it changes, so a latency measured under an earlier rule (kept
 # in a study's records and `remember`ed for an extra seed) is never reused for a new measurement.
 # 2: every exactly foldable module folded (`Realized.merge`); 1 (unmarked): LoRA only, all or none

@@ -298,7 +298,7 @@ def _latency(config: TrialConfig, task: Any, loaded: Any, realized: Any, data: A
         out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference, single=single, batch=batch)
         return out if single else {**out, **{k: part[k] for k in ("batch1_ms", "batch1_ratio")}}
 
-    bs = eval_batch_size(task, config.batch_size)
+    bs = eval_batch_size(task, config.batch_size, device)
     # another seed / lr of this design in this process: the same forward passes, timed once
     key = design_key(backbone=backbone_identity(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples),
                      variant=config.variant.to_dict(), task=task_fingerprint(task), data=data.identity or None, max_length=max_length, batch_size=bs,

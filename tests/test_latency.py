@@ -69,7 +69,7 @@ def test_every_kind_gets_a_latency_in_its_record(name: str, tmp_path) -> None:
     rec = run_trial(cfg)
     assert rec["status"] == "ok"
     lat = rec["latency"]
-    assert lat["batch_size"] == 8 and (lat["merged"] > 0) == KINDS[name]
+    assert lat["batch_size"] == 4 and (lat["merged"] > 0) == KINDS[name]  # on CPU the eval batch is the training batch
     assert lat["batch1_ratio"] > 0 and lat["batch_ratio"] > 0  # timed in pairs with the kept pristine backbone
     assert 0 < lat["batch1_ms"] < 10_000 and 0 < lat["batch_ms_per_example"] < 10_000
     tb = rec["time_breakdown"]
@@ -190,3 +190,13 @@ def test_latency_ratios_pair_every_pass_with_the_backbone(monkeypatch: pytest.Mo
         handle.remove()
     # a parallel adapter at the FFN adds its down and up projections to every layer: 2 · 2 · (32 · 256) on tiny-bert's 17,472
     assert _linear_cost(realized.model) - base == 2 * 2 * 32 * 256 and base == 17_472
+
+
+def test_the_eval_batch_is_the_training_batch_except_on_a_gpu() -> None:
+    from unipetl.evaluators.tasks import get_task
+    from unipetl.evaluators.train import eval_batch_size
+
+    sst2, xsum = get_task("sst2"), get_task("xsum")
+    assert eval_batch_size(sst2, 32, torch.device("cuda", 0)) == 64 and eval_batch_size(sst2, 32, "cuda") == 64
+    assert eval_batch_size(sst2, 32, torch.device("cpu")) == 32 and eval_batch_size(sst2, 32) == 32 and eval_batch_size(sst2, 32, "mps") == 32
+    assert eval_batch_size(xsum, 16, torch.device("cuda")) == 16  # beam search multiplies the batch already

@@ -296,7 +296,7 @@ def _latency(config: TrialConfig, task: Any, loaded: Any, realized: Any, data: A
         reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
         single = part is None or part.get("batch1_ms") is None
         out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference, single=single, batch=batch)
-        return out if single else {**out, **{k: part[k] for k in ("batch1_ms", "batch1_ratio")}}
+        return out if single else {**out, **{k: part.get(k) for k in ("batch1_ms", "batch1_ratio", "batch1_ratio_ci")}}
 
     bs = eval_batch_size(task, config.batch_size, device)
     # another seed / lr of this design in this process: the same forward passes, timed once

@@ -238,6 +238,9 @@ def design_points(group: pl.DataFrame) -> pl.DataFrame:
         for c in SEED_MEAN_COSTS:  # a cost of the design is its mean over the seeds that measured it
             vals = [float(v) for v in g[c].to_list() if v is not None]
             row[c] = (sum(vals) / len(vals) if vals else None) if c not in MAX_OVER_SEEDS else (int(max(vals)) if vals else None)
+        for c in ("latency_ratio", "latency_batch_ratio"):  # an interval is of one measurement: kept when every seed reused it
+            if len({v for v in g[c].to_list() if v is not None}) > 1:
+                row[f"{c}_lo"] = row[f"{c}_hi"] = None
         row.update(metric=summ.mean, metric_std=summ.std, metric_lo=summ.lo, metric_hi=summ.hi, n_seeds=summ.n,
                    seed_values=json.dumps(values), seed_list=json.dumps(g["seed"].to_list()),
                    beats_baseline=beats_baseline(summ.mean, base.get("baseline_metric"), base.get("eval_examples"), higher=higher))

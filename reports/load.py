@@ -49,6 +49,8 @@ SCHEMA: dict[str, Any] = {
     "latency_ms": pl.Float64, "latency_batch_ms": pl.Float64,
     # the same relative to the pristine backbone timed in pairs on the same inputs (1 = no added latency)
     "latency_ratio": pl.Float64, "latency_batch_ratio": pl.Float64,
+    # their 95 % distribution-free intervals (of the median over the paired passes; null with too few pairs)
+    "latency_ratio_lo": pl.Float64, "latency_ratio_hi": pl.Float64, "latency_batch_ratio_lo": pl.Float64, "latency_batch_ratio_hi": pl.Float64,
 }
 
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -139,6 +141,10 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
     if isinstance(latency, dict):
         row["latency_ms"], row["latency_batch_ms"] = latency.get("batch1_ms"), latency.get("batch_ms_per_example")
         row["latency_ratio"], row["latency_batch_ratio"] = latency.get("batch1_ratio"), latency.get("batch_ratio")
+        for part, col in (("batch1_ratio_ci", "latency_ratio"), ("batch_ratio_ci", "latency_batch_ratio")):
+            ci = latency.get(part)
+            if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+                row[f"{col}_lo"], row[f"{col}_hi"] = float(ci[0]), float(ci[1])
     lr = record.get("lr")
     if isinstance(lr, dict):
         row["lr_json"] = json.dumps(lr, sort_keys=True, default=str)

@@ -87,6 +87,27 @@ class Paired:
                 f"[{self.lo * scale:+.2f}, {self.hi * scale:+.2f}] over {self.n} paired seeds")
 
 
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Distribution-free confidence interval of a median: the order statistics (x_(k), x_(n+1−k))
+    of the n values, k the largest integer with 2·P(Bin(n, ½) ≤ k − 1) ≤ 1 − confidence, so the
+    interval covers the population median with probability ≥ `confidence` whatever the (continuous)
+    distribution — the interval that inverts the sign test (Conover, "Practical Nonparametric
+    Statistics", 3rd ed. 1999, §3.2). Returns None when n is too small for any such pair (n < 6
+    at 95 %: even (min, max) covers only 1 − 2·2⁻ⁿ). Used for paired latency ratios, whose
+    spread on a shared CPU is skewed and heavy-tailed, where a t-interval would not hold. Raises
+    ValueError on a NaN value."""
+    x = np.sort(np.asarray([float(v) for v in values], dtype=float))
+    if np.isnan(x).any():
+        raise ValueError("median_interval: NaN among the values")
+    n = int(x.size)
+    k = 0
+    while k + 1 <= n // 2 and 2 * float(_st.binom.cdf(k, n, 0.5)) <= 1 - confidence:
+        k += 1
+    if k == 0:
+        return None
+    return float(x[k - 1]), float(x[n - k])
+
+
 def paired_verdict(a: Sequence[float], b: Sequence[float], *, higher: bool = True, confidence: float = CONFIDENCE) -> Paired:
     """Does a beat b? `a[k]`, `b[k]` are the same seed's values; the sequences must be paired.
 

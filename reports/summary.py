@@ -93,7 +93,8 @@ def objectives_text(s: dict[str, Any]) -> str:
     objectives = s.get("objectives", DEFAULT_OBJECTIVES)
     arrow = "↑" if s.get("higher_is_better", True) else "↓"
     parts = [f"{s.get('main_metric') or 'metric'} {arrow}"] + [f"{COSTS[o].label} ↓" for o in objectives[1:]]
-    note = "; latency measured with LoRA and (IA)³ folded into the weights where they fold exactly" if any(o.startswith("latency") for o in objectives) else ""
+    note = ("; latency measured with LoRA and (IA)³ folded into the weights where they fold exactly, as the median of paired ratios to the"
+            " backbone with its 95 % distribution-free interval in brackets (none with fewer than 6 pairs)") if any(o.startswith("latency") for o in objectives) else ""
     return "Frontier over " + ", ".join(parts) + " (a point is on it when no other point is at least as good on every objective and better on one)" + note
 
 
@@ -109,7 +110,8 @@ def cost_cells(row: dict[str, Any], objectives: list[str]) -> list[str]:
         elif o == "params":
             out.append(pct(v))
         else:
-            out.append(f"{v:.4g}")
+            lo, hi = row.get(f"{COSTS[o].column}_lo"), row.get(f"{COSTS[o].column}_hi")
+            out.append(f"{v:.4g}" + (f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""))
     return out
 
 

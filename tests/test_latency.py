@@ -71,6 +71,8 @@ def test_every_kind_gets_a_latency_in_its_record(name: str, tmp_path) -> None:
     lat = rec["latency"]
     assert lat["batch_size"] == 4 and (lat["merged"] > 0) == KINDS[name]  # on CPU the eval batch is the training batch
     assert lat["batch1_ratio"] > 0 and lat["batch_ratio"] > 0  # timed in pairs with the kept pristine backbone
+    lo, hi = lat["batch1_ratio_ci"]  # 10 batch-1 pairs: the 2nd and 9th ratios bracket their median
+    assert 0 < lo <= lat["batch1_ratio"] <= hi and lat["batch_ratio_ci"] is None  # one eval batch: one pair, no interval
     assert 0 < lat["batch1_ms"] < 10_000 and 0 < lat["batch_ms_per_example"] < 10_000
     tb = rec["time_breakdown"]
     assert list(tb) == [*PHASES, "outside_training"]
@@ -140,7 +142,8 @@ def test_empty_split_has_no_latency() -> None:
 
     realized = apply_variant(tiny_model("bert", "cls"), parse_preset("lora"))
     out = measure_latency(get_task("sst2"), realized, None, Dataset.from_dict({"input_ids": []}), batch_size=8, device=torch.device("cpu"))
-    assert out == {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": 8, "merged": 0, "batch1_ratio": None, "batch_ratio": None}
+    assert out == {"batch1_ms": None, "batch_ms_per_example": None, "batch_size": 8, "merged": 0, "batch1_ratio": None, "batch_ratio": None,
+                   "batch1_ratio_ci": None, "batch_ratio_ci": None}
 
 
 def _linear_cost(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:

@@ -309,3 +309,38 @@ def test_a_study_with_no_finished_trial_still_reports():
     assert sections[0]["hv_history"] == [(1, 0.0), (2, 0.0), (3, 0.0)]
     page = render(sections, ["x"], "now")
     assert "No frontier yet" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_median_interval_is_the_sign_test_interval() -> None:
+    from unipetl.reports.stats import median_interval
+
+    # n = 10: k = 2 (2·P(Bin(10, ½) ≤ 1) = 22/1024 = 0.021 ≤ 0.05, ≤ 2 gives 0.109): the 2nd and 9th values
+    assert median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5, 10]) == (2.0, 9.0)
+    # n = 6: (min, max), coverage 1 − 2/64 = 0.969; n = 5: even (min, max) covers only 0.9375
+    assert median_interval([3, 1, 2, 6, 5, 4]) == (1.0, 6.0) and median_interval([1, 2, 3, 4, 5]) is None
+    assert median_interval([]) is None
+    # n = 20: k = 6 (2·P(Bin(20, ½) ≤ 5) = 0.041; ≤ 6 gives 0.115): the 6th and 15th
+    assert median_interval(list(range(1, 21))) == (6.0, 15.0)
+    assert median_interval(list(range(1, 21)), confidence=0.99) == (4.0, 17.0)  # 2·P(≤ 3) = 0.0026; ≤ 4 gives 0.012
+    with pytest.raises(ValueError, match="NaN"):
+        median_interval([1.0, float("nan"), 2.0, 3.0, 4.0, 5.0])
+
+
+def test_a_latency_cell_carries_its_interval_and_a_design_keeps_it_only_when_its_seeds_share_the_measurement() -> None:
+    from unipetl.reports.frontier import design_points
+    from unipetl.reports.load import frame, record_row
+    from unipetl.reports.summary import cost_cells
+
+    def rec(seed: int, ratio: float, ci: list[float] | None, parent: int | None) -> dict:
+        return {"task": "sst2", "model": "m", "status": "ok", "metric": 0.8 + seed / 100, "paper_fraction": 0.01, "seed": seed, "parent": parent,
+                "higher_is_better": True, "latency": {"batch1_ratio": ratio, "batch1_ratio_ci": ci, "batch_ratio": 1.1, "batch_ratio_ci": None}}
+
+    row = record_row(rec(0, 1.03, [1.01, 1.06], None), study="s", trial=0)
+    assert (row["latency_ratio"], row["latency_ratio_lo"], row["latency_ratio_hi"], row["latency_batch_ratio_lo"]) == (1.03, 1.01, 1.06, None)
+    assert cost_cells(row, ["latency", "latency_batch"]) == ["1.03 [1.01, 1.06]", "1.1"]
+    shared = frame([record_row(rec(s, 1.03, [1.01, 1.06], None if s == 0 else 0), study="s", trial=s) for s in range(3)])
+    d = design_points(shared).row(0, named=True)
+    assert (d["latency_ratio"], d["latency_ratio_lo"], d["latency_ratio_hi"]) == (1.03, 1.01, 1.06)
+    apart = frame([record_row(rec(s, 1.03 + s / 100, [1.0, 1.1], None if s == 0 else 0), study="s", trial=s) for s in range(3)])
+    d = design_points(apart).row(0, named=True)
+    assert abs(d["latency_ratio"] - 1.04) < 1e-12 and d["latency_ratio_lo"] is None and d["latency_ratio_hi"] is None

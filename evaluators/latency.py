@@ -5,9 +5,8 @@ parameters they train: an unmerged adapter or prefix adds work to every forward 
 LoRA with add / scaled composition folds into the base weights (W + s·BA, Hu et al. 2022 §4.1)
 and adds none, and so do (IA)³ vectors (l ⊙ W x = (l ⊙ W) x, Liu et al. 2022 §3.3). So a trial
 measures, after training, on a copy of its model with every module folded that folds exactly
-(`Realized.merge`: each add / scaled LoRA and (IA)³ vector whose projections carry nothing that
-cannot be folded); the rest — gated / learned-scale LoRA, adapters, prefixes, prompts — is
-measured as trained:
+(`Realized.merge`, `realize.merge_plan`: add / scaled LoRA and its variants, (IA)³ vectors);
+the rest — gated / learned-scale LoRA, adapters, prefixes, prompts — is measured as trained:
 
 - `batch1_ms`: median wall milliseconds of one forward pass over one example (the first
   `n_single` examples of the eval split, after `warmup` untimed passes);
@@ -65,7 +64,8 @@ def mergeable_copy(realized: Any) -> tuple[Any, int]:
 def measure_latency(task: Task, realized: Any, tokenizer: Any, ds: Any, *, batch_size: int, device: torch.device, n_single: int = 10,
                     n_batches: int = 1, warmup: int = 2, reference: Any = None, single: bool = True, batch: bool = True) -> dict[str, Any]:
     """Latency of the trained variant (see the module docstring); values are None when the split
-    is empty. Units: milliseconds. A variant that cannot merge is measured as trained.
+    is empty. Units: milliseconds. Timed on a copy with every exactly foldable module folded
+    (`mergeable_copy`); the rest of the variant runs as trained.
 
     `single` / `batch`: time the batch-1 part (batch1_ms, batch1_ratio) / the eval-batch part
     (batch_ms_per_example, batch_ratio); a part not timed is None (a MO-ASHA rung that ranks the

@@ -132,8 +132,9 @@ class Realized:
         """Fold every LoRA's update into the base weights (W + s·BA, Hu et al. 2022 §4.1; DoRA,
         VeRA, PiSSA / OLoRA their own W' − W); afterwards the LoRA hooks are skipped. All or none:
         raises UnipetlError when a LoRA is gated / learned-scale (its update depends on the input),
-        or shares a projection with an (IA)³ vector or, for DoRA, another LoRA — folding it alone
-        there would change the function; `merge` folds what it can exactly."""
+        or shares a projection with an output-scaled (IA)³ vector (its hook acts first and would
+        scale the folded update) or, for DoRA, with anything else — folding it alone there would
+        change the function; `merge` folds what it can exactly."""
         loras = [m for m in self.model.modules() if isinstance(m, Lora) and not m.merged]
         for lora in loras:
             if not lora.mergeable:
@@ -142,7 +143,8 @@ class Realized:
         for lora in loras:
             for mod, _ in lora.targets.values():
                 others = [p for p in on[id(mod)][1] if p is not lora]
-                if any(not isinstance(p, Lora) for p in others) or (others and (lora.reads_weight or any(p.reads_weight for p in others))):
+                # an output-scaled (IA)³ hook fires first and would scale the folded update too; DoRA reads W
+                if any(not isinstance(p, Lora) and not p.on_input for p in others) or (others and (lora.reads_weight or any(isinstance(p, Lora) and p.reads_weight for p in others))):
                     raise UnipetlError(f"merge_lora: a {lora.spec.kind} module shares projection {type(mod).__name__} with "
                                        f"{', '.join(sorted({type(p).__name__ for p in others}))}; folding it alone would change the function — use Realized.merge().")
         for lora in loras:
@@ -151,10 +153,11 @@ class Realized:
     def merge(self) -> int:
         """Fold every inserted module whose update is a fixed linear map of the weights into them,
         exactly (`merge_plan`): add / scaled LoRA and its variants, and (IA)³ vectors (Liu et al.
-        2022 §3.3). What cannot be folded (a gated / learned-scale LoRA, adapters, prefixes,
-        prompts, or anything sharing a projection with those) stays a hook. Returns how many
-        modules were folded (LoRA modules + (IA)³ vectors). The realized model computes the same
-        function afterwards (to float rounding); it is for inference (latency, export)."""
+        2022 §3.3). What stays a hook (`merge_plan`): gated / learned-scale LoRA, an input-scaled
+        vector beside one of those, and everything on a projection DoRA shares; adapters,
+        prefixes and prompts are not folded and block nothing. Returns how many modules were folded
+        (LoRA modules + (IA)³ vectors). The realized model computes the same function afterwards
+        (to float rounding); it is for inference (latency, export)."""
         loras, vectors = merge_plan(self.model)
         for mod, vec in vectors:  # output-scaled first: their hooks fire before the LoRA hook of the same projection
             if not vec.on_input:
@@ -186,30 +189,27 @@ def _participants(model: nn.Module) -> dict[int, tuple[nn.Module, list[Any]]]:
 def merge_plan(model: nn.Module) -> tuple[list[Lora], list[tuple[nn.Module, Any]]]:
     """Which inserted modules `Realized.merge` folds: (LoRA modules, (projection, (IA)³ vector)).
 
-    A projection is folded whole or not at all. It qualifies when every module acting on it can be
-    folded (no gated / learned-scale LoRA) and a module whose update reads the weight (DoRA) is
-    alone there; a LoRA is folded only when all its projections qualify, and a projection one of
-    whose LoRAs is not folded does not qualify either (repeated to a fixed point). Exactness then
-    rests on the hook order of `_insert_modules`: (IA)³ hooks are registered by the kind's
-    `insert`, before the projection's LoRA hook, so on one projection y = l_out ⊙ (W l_in⊙x + b)
-    + ΔW (l_in ⊙ x) — folded as diag(l_out), then + ΔW, then diag(l_in) on the input side
-    (`Realized.merge` keeps that order; tests/test_latency.py pins the equivalence to 1e-5)."""
+    Exactness rests on the hook order of `_insert_modules`: (IA)³ hooks are registered by the
+    kind's `insert`, before the projection's LoRA hook, so on one projection
+    y = l_out ⊙ (W (l_in ⊙ x) + b) + Σ_j g_j · ΔW_j (l_in ⊙ x), each LoRA reading the (scaled)
+    input and its gate, never the output. Hence:
+
+    - a projection carrying DoRA beside anything else is left whole (DoRA reads W and the output);
+    - an output-scaled vector folds (diag(l_out) on W and b: it acts first);
+    - an add / scaled LoRA folds when none of its projections is left whole (additive updates
+      commute, also with a gated one that stays);
+    - an input-scaled vector folds when every LoRA on its projection folds (a LoRA left as a hook
+      must keep reading l_in ⊙ x); `Realized.merge` folds it last, W ← (W + ΔW) diag(l_in).
+
+    Gated / learned-scale LoRA never fold. tests/test_merge.py pins the equivalence in float64
+    to 1e-10 on five families."""
     on = _participants(model)
-
-    def qualifies(parts: list[Any]) -> bool:
-        loras = [p for p in parts if isinstance(p, Lora)]
-        return all(p.mergeable for p in loras) and not (len(parts) > 1 and any(p.reads_weight for p in loras))
-
-    ok = {k for k, (_, parts) in on.items() if qualifies(parts)}
+    whole = {k for k, (_, parts) in on.items() if len(parts) > 1 and any(isinstance(p, Lora) and p.reads_weight for p in parts)}
     loras = list(dict.fromkeys(p for _, parts in on.values() for p in parts if isinstance(p, Lora)))
-    while True:
-        blocked = {id(mod) for lora in loras for mod, _ in lora.targets.values()
-                   if not all(id(m) in ok for m, _ in lora.targets.values())} & ok
-        if not blocked:
-            break
-        ok -= blocked
-    folded = [lora for lora in loras if all(id(m) in ok for m, _ in lora.targets.values())]
-    vectors = [(mod, p) for k, (mod, parts) in on.items() if k in ok for p in parts if not isinstance(p, Lora)]
+    folded = [lora for lora in loras if lora.mergeable and not any(id(m) in whole for m, _ in lora.targets.values())]
+    done = set(map(id, folded))
+    vectors = [(mod, p) for k, (mod, parts) in on.items() if k not in whole for p in parts if not isinstance(p, Lora)
+               and (not p.on_input or all(id(q) in done for q in parts if isinstance(q, Lora)))]
     return folded, vectors
 
 

@@ -43,6 +43,10 @@ CASES = {
     "lora attn + learned-scale lora ffn": (_mix("lora:r=4", _gated_lora_ffn()), {"lora"}),
     "ia3 + learned-scale lora ffn (share w2)": (_mix("ia3", _gated_lora_ffn()), {"ia3"}),
     "unipelt (gated LoRA) + ia3": (_mix("unipelt:l=2,r=4,lora_r=2", "ia3"), {"ia3"}),
+    "lora q + gated lora q, v (additive updates commute)": (Variant(modules=(
+        Module(site="attn", kind="lora", size=2, function="identity", composition="scaled", scale=0.5, targets=("q",), init="lora"),
+        Module(site="attn", kind="lora", size=2, function="identity", composition="gated", targets=("q", "v"), init="lora"))), {"lora"}),
+    "ia3 + mam + houlsby (adapters and prefixes block nothing)": (_mix("ia3", "mam:l=2,r=4,s=2", "houlsby:r=4"), "all"),
 }
 
 
@@ -120,13 +124,20 @@ def test_ia3_fold_scales_rows_of_an_output_and_columns_of_an_input() -> None:
     assert torch.allclose(w2.weight, ww2 * l2[None, :]) and torch.equal(w2.bias, bw2)  # y = W (l ⊙ x) + b
 
 
-def test_the_plan_folds_nothing_that_shares_a_projection_with_a_gated_lora() -> None:
+def test_the_plan_keeps_a_gated_lora_and_an_input_vector_beside_it_and_folds_the_rest() -> None:
+    layers = tiny_model("bert", "cls").config.num_hidden_layers
     realized = apply_variant(tiny_model("bert", "cls"), _mix("unipelt:l=2,r=4,lora_r=2", "ia3"))
     loras, vectors = merge_plan(realized.model)
-    assert loras == []  # UniPELT's LoRA is gated
-    v_proj = {id(layer.attention.self.value) for layer in realized.model.bert.encoder.layer}
-    assert vectors and not any(id(mod) in v_proj for mod, _ in vectors)  # its v projections carry the gated LoRA
-    assert {type(mod).__name__ for mod, _ in vectors} == {"Linear"}
+    assert loras == []  # UniPELT's LoRA (q, v) is gated
+    assert len(vectors) == 3 * layers  # (IA)³ on k, on v (output-scaled: it acts before the gated LoRA) and on W_2
+    gated_ffn = apply_variant(tiny_model("bert", "cls"), _mix("ia3", _gated_lora_ffn()))
+    loras, vectors = merge_plan(gated_ffn.model)
+    w2 = {id(layer.output.dense) for layer in gated_ffn.model.bert.encoder.layer}
+    assert loras == [] and len(vectors) == 2 * layers and not any(id(mod) in w2 for mod, _ in vectors)  # W_2's input vector stays
+    shared = apply_variant(tiny_model("bert", "cls"), _mix("ia3", "dora:r=4"))
+    loras, vectors = merge_plan(shared.model)
+    v = {id(layer.attention.self.value) for layer in shared.model.bert.encoder.layer}
+    assert loras == [] and len(vectors) == 2 * layers and not any(id(mod) in v for mod, _ in vectors)  # DoRA's q, v: q alone, v shared
 
 
 def test_merge_lora_refuses_what_it_cannot_fold_alone() -> None:
@@ -134,6 +145,13 @@ def test_merge_lora_refuses_what_it_cannot_fold_alone() -> None:
     with pytest.raises(UnipetlError, match=r"shares projection .*Ia3Vector.*Realized\.merge"):
         shared.merge_lora()
     assert not any(getattr(m, "merged", False) for m in shared.model.modules())  # all or none: nothing folded
+    # an input-scaled vector beside the LoRA is fine: its pre-hook keeps scaling the folded W's input
+    ffn = apply_variant(tiny_model("bert", "cls").double(), _mix("ia3", "lora-ffn:r=4"))
+    randomize_variant(ffn.model, seed=5)
+    with torch.no_grad():
+        want = _hidden(ffn.model)
+        ffn.merge_lora()
+        assert (_hidden(ffn.model) - want).abs().max().item() <= 1e-10
     with pytest.raises(UnipetlError, match="shares projection"):
         apply_variant(tiny_model("bert", "cls"), _mix("lora:r=4", "dora:r=4")).merge_lora()
     mixed = Variant(modules=(*parse_preset("lora:r=4").modules,

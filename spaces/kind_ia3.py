@@ -91,7 +91,9 @@ class Ia3Kind(ModuleKind):
                     if not hasattr(mod, "petl_ia3"):
                         mod.petl_ia3 = nn.ModuleList()
                     mod.petl_ia3.append(vec)
-                    ctx.realized_handles.append(mod.register_forward_pre_hook(vec.scale_input) if vec.on_input else mod.register_forward_hook(vec.scale_output))
+                    # the handle rides on the vector (a deep copy remaps it to the copy's hook table) so a fold can drop the hook
+                    vec.hook_handle = mod.register_forward_pre_hook(vec.scale_input) if vec.on_input else mod.register_forward_hook(vec.scale_output)
+                    ctx.realized_handles.append(vec.hook_handle)
 
     # --- PEFT --------------------------------------------------------------------------------
     def peft_method(self, m: Module) -> str | None:
@@ -169,6 +171,9 @@ def _torch_classes() -> Any:
                     if getattr(mod, "bias", None) is not None:
                         mod.bias[s] *= lv
             self.merged = True
+            handle = getattr(self, "hook_handle", None)
+            if handle is not None:  # a folded vector's hook would only return at once: drop it (no call per pass)
+                handle.remove()
 
         def paper_params(self) -> int:
             return self.petl_l.numel()

@@ -92,6 +92,7 @@ class LoraHook:
 
     def __init__(self, entries: list[tuple[Lora, str, slice | None, SiteHub | None]]) -> None:
         self.entries = entries
+        self.handle: Any = None  # set on registration; `Realized.merge` removes it once every entry is folded
 
     def __call__(self, _module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         inp = args[0]
@@ -112,6 +113,7 @@ class Realized:
     counts: Counts
     head_params: int
     handles: list[Any] = field(default_factory=list, repr=False)
+    lora_hooks: list[LoraHook] = field(default_factory=list, repr=False)
 
     def realized_paper_params(self) -> int:
         """The paper count measured on the inserted modules (must equal counts.paper_params)."""
@@ -149,6 +151,17 @@ class Realized:
                                        f"{', '.join(sorted({type(p).__name__ for p in others}))}; folding it alone would change the function — use Realized.merge().")
         for lora in loras:
             lora.merge()
+        self._drop_folded_hooks()
+
+    def _drop_folded_hooks(self) -> None:
+        """Remove the projection hooks whose every LoRA is folded: a folded model then makes no
+        call per pass that a plain one does not (the latency of a fully folded variant is the
+        backbone's). The removal acts on this model's hook tables only (a deep copy's handles
+        point at the copy's)."""
+        for hook in self.lora_hooks:
+            if hook.handle is not None and all(lora.merged for lora, *_ in hook.entries):
+                hook.handle.remove()
+                hook.handle = None
 
     def merge(self) -> int:
         """Fold every inserted module whose update is a fixed linear map of the weights into them,
@@ -167,6 +180,7 @@ class Realized:
         for mod, vec in vectors:  # input-scaled last: W (l ⊙ x) + ΔW (l ⊙ x) = (W + ΔW) diag(l) x
             if vec.on_input:
                 vec.merge_into(mod)
+        self._drop_folded_hooks()
         return len(loras) + len(vectors)
 
 
@@ -306,7 +320,10 @@ def _insert_modules(model: nn.Module, variant: Variant, shape: ModelShape, reali
     for hub, refs in ctx.hubs.values():
         realized.handles.append(refs.reads.register_forward_pre_hook(hub.capture))
     for mod, entries in ctx.projection_hooks.values():
-        realized.handles.append(mod.register_forward_hook(LoraHook(entries)))
+        hook = LoraHook(entries)
+        hook.handle = mod.register_forward_hook(hook)
+        realized.handles.append(hook.handle)
+        realized.lora_hooks.append(hook)
     for hub, refs in ctx.hubs.values():  # also where x is dropped again, so every hub gets it
         realized.handles.append(refs.out.register_forward_hook(hub.apply))
     if ctx.uses_slots:

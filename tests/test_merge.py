@@ -173,3 +173,28 @@ def test_latency_copy_folds_ia3_and_partial_lora_and_leaves_the_trained_model_al
     assert merged == 3 * layers
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
     assert all(torch.equal(before[k], v) for k, v in realized.model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_fold_drops_the_hooks_it_made_idle_and_keeps_the_others(family: str) -> None:
+    from unipetl.spaces.layers import Lora
+
+    realized = apply_variant(tiny_model(family, HEADS[family], seed=1).double(), _mix("lora:r=4", "ia3", _gated_lora_ffn()))
+    randomize_variant(realized.model, seed=6)
+    with torch.no_grad():
+        realized.merge()
+        folded = _hidden(realized.model)
+        # re-arm every folded module: a hook still registered would now apply its update a second time
+        for m in realized.model.modules():
+            if isinstance(m, Lora) and m.merged:
+                m.merged = False
+            for v in getattr(m, "petl_ia3", ()):
+                if v.merged:
+                    v.merged = False
+        assert torch.equal(_hidden(realized.model), folded)  # the attention LoRA's and k / v vectors' hooks are gone
+        # the learned-scale FFN LoRA and the W_2 vector beside it still act through their hooks
+        for m in realized.model.modules():
+            for v in getattr(m, "petl_ia3", ()):
+                if v.on_input:
+                    v.petl_l.mul_(2.0)
+        assert (_hidden(realized.model) - folded).abs().max() > 1e-3

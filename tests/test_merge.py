@@ -4,14 +4,16 @@ The latency objective times a variant with everything folded that folds exactly,
 fold is a silent numeric fault twice over: the timed model would compute another function, and
 a merge that skips a foldable module overstates the variant's inference cost. Each case mixes
 modules on shared projections (LoRA and (IA)³ on v, DoRA beside them, a gated LoRA) on an
-encoder (nn.Linear), GPT-2 (fused Conv1D, column slices), a gated-FFN decoder (two W_1) and two
-encoder-decoders (BART with biases, T5 without; cross-attention k / v read the encoder states).
+encoder (nn.Linear), GPT-2 (fused Conv1D, column slices), gated-FFN decoders (two W_1; Qwen2 with
+q / k / v biases) and encoder-decoders (BART with biases, T5 without; cross-attention k / v read
+the encoder states): every family of tests/helpers.HEADS.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import HEADS, peft_inputs
 
 from unipetl.evaluators.latency import mergeable_copy
 from unipetl.spaces.presets import parse_preset
@@ -19,8 +21,6 @@ from unipetl.spaces.realize import apply_variant, merge_plan
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.testing import randomize_variant, tiny_model
 from unipetl.spaces.variant import Module, Variant
-
-HEADS = {"bert": "cls", "gpt2": "causal", "llama": "causal", "bart": "seq2seq", "t5": "seq2seq"}
 
 
 def _mix(*names: str) -> Variant:
@@ -50,21 +50,13 @@ CASES = {
 }
 
 
-def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 100, (3, 9), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def _hidden(model: torch.nn.Module) -> torch.Tensor:
     """The last hidden states (B, T, d) — of the decoder for seq2seq, teacher-forced, so cross-
     attention's k / v are in play: O(1) values, where a tiny model's head output is ~0.01."""
+    inputs = peft_inputs(model.config.model_type)
     if model.config.is_encoder_decoder:
-        labels = torch.randint(5, 100, (3, 5), generator=torch.Generator().manual_seed(7))
-        return model(**_inputs(), labels=labels, output_hidden_states=True).decoder_hidden_states[-1]
-    return model(**_inputs(), output_hidden_states=True).hidden_states[-1]
+        return model(**inputs, output_hidden_states=True).decoder_hidden_states[-1]
+    return model(**inputs, output_hidden_states=True).hidden_states[-1]
 
 
 def _folded_kinds(realized) -> tuple[set[str], set[str]]:

@@ -216,7 +216,7 @@ def merge_plan(model: nn.Module) -> tuple[list[Lora], list[tuple[nn.Module, Any]
       must keep reading l_in ⊙ x); `Realized.merge` folds it last, W ← (W + ΔW) diag(l_in).
 
     Gated / learned-scale LoRA never fold. tests/test_merge.py pins the equivalence in float64
-    to 1e-10 on five families."""
+    to 1e-10 on eight families (encoders, GPT-2's fused Conv1D, gated FFNs, encoder-decoders)."""
     on = _participants(model)
     whole = {k for k, (_, parts) in on.items() if len(parts) > 1 and any(isinstance(p, Lora) and p.reads_weight for p in parts)}
     loras = list(dict.fromkeys(p for _, parts in on.values() for p in parts if isinstance(p, Lora)))

@@ -16,7 +16,8 @@ the rest — gated / learned-scale LoRA, adapters, prefixes, prompts — is meas
 - `batch1_ratio_ci` / `batch_ratio_ci`: the 95 % distribution-free interval of that median
   ([x_(k), x_(n+1−k)] of the paired ratios, `reports.stats.median_interval`: [2nd, 9th] of the
   default 10 batch-1 pairs, coverage 97.9 %); None with fewer than 6 pairs (the default single
-  eval batch) — that figure is then one pair, with no interval;
+  eval batch, `TrialConfig.latency_batches`; a study trading `latency_batch` times 6) — that
+  figure is then one pair, with no interval;
 - `merged`: how many modules were folded for the measurement (LoRA modules + (IA)³ vectors; 0:
   nothing to fold).
 

@@ -62,6 +62,8 @@ class TrialConfig:
     device: str = _setting("auto", "auto | cpu | cuda[:N]")
     scheduler: str = _setting("linear", "linear | polynomial | cosine | constant_with_warmup | constant")
     max_new_tokens: int | None = _setting(None, "seq2seq: cap the task's generation length (quick runs); default keeps the paper's")
+    latency_batches: int = _setting(1, "eval batches timed in pairs with the backbone for the eval-batch latency (6 or more give its median "
+                                       "an interval; a study whose frontier trades latency_batch sets 6)")
 
     def __post_init__(self) -> None:
         if isinstance(self.variant, dict):
@@ -72,7 +74,7 @@ class TrialConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise UnipetlError(f"`{name}` should be a positive integer, got {v!r}.")
-        for name in ("batch_size", "grad_accum"):
+        for name in ("batch_size", "grad_accum", "latency_batches"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise UnipetlError(f"`{name}` should be a positive integer, got {v!r}.")
@@ -108,9 +110,18 @@ class TrialConfig:
     @classmethod
     def for_trial(cls, attrs: dict[str, Any], variant: Variant) -> TrialConfig:
         """The config a search worker trains: a study's attributes (task, model, data_dir, the
-        `train` settings) and the trial's variant. Raises UnipetlError for a bad setting."""
-        return cls.from_dict({**attrs["train"], "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(),
-                              "data_dir": attrs.get("data_dir")})
+        `train` settings) and the trial's variant. A frontier that trades `latency_batch` times
+        LATENCY_BATCHES eval batches unless its `train` settings choose (enough pairs for an
+        interval of their median). Raises UnipetlError for a bad setting."""
+        train = dict(attrs["train"])
+        if "latency_batch" in (attrs.get("objectives") or ()) and "latency_batches" not in train:
+            train["latency_batches"] = LATENCY_BATCHES
+        return cls.from_dict({**train, "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs.get("data_dir")})
+
+
+# eval batches timed for the eval-batch latency when a study's frontier trades it: the fewest pairs
+# whose median has a 95 % distribution-free interval (reports.stats.median_interval)
+LATENCY_BATCHES = 6
 
 
 def settings() -> tuple[dataclasses.Field, ...]:
@@ -295,14 +306,15 @@ def _latency(config: TrialConfig, task: Any, loaded: Any, realized: Any, data: A
         # the pristine backbone, timed in pairs with the variant: latency ratios that a loaded machine does not move
         reference = kept_backbone(config.model, get_task(config.task), data_dir=config.data_dir, max_train=config.max_train_examples, seed=config.seed)
         single = part is None or part.get("batch1_ms") is None
-        out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference, single=single, batch=batch)
+        out = measure_latency(task, realized, loaded.tokenizer, data.eval["eval"], batch_size=bs, device=device, reference=reference, single=single, batch=batch,
+                              n_batches=config.latency_batches)
         return out if single else {**out, **{k: part.get(k) for k in ("batch1_ms", "batch1_ratio", "batch1_ratio_ci")}}
 
     bs = eval_batch_size(task, config.batch_size, device)
     # another seed / lr of this design in this process: the same forward passes, timed once
     key = design_key(backbone=backbone_identity(config.model, task, data_dir=config.data_dir, max_train=config.max_train_examples),
                      variant=config.variant.to_dict(), task=task_fingerprint(task), data=data.identity or None, max_length=max_length, batch_size=bs,
-                     device=str(device), threads=torch.get_num_threads(), procedure=latency_procedure)
+                     device=str(device), threads=torch.get_num_threads(), procedure=latency_procedure, batches=config.latency_batches)
     return reuse_or_measure(key, measure, keep=batch)
 
 

@@ -203,3 +203,23 @@ def test_the_eval_batch_is_the_training_batch_except_on_a_gpu() -> None:
     assert eval_batch_size(sst2, 32, torch.device("cuda", 0)) == 64 and eval_batch_size(sst2, 32, "cuda") == 64
     assert eval_batch_size(sst2, 32, torch.device("cpu")) == 32 and eval_batch_size(sst2, 32) == 32 and eval_batch_size(sst2, 32, "mps") == 32
     assert eval_batch_size(xsum, 16, torch.device("cuda")) == 16  # beam search multiplies the batch already
+
+
+def test_a_frontier_trading_the_eval_batch_latency_times_enough_batches_for_an_interval() -> None:
+    from unipetl.evaluators.trial import LATENCY_BATCHES
+    from unipetl.spaces.registry import UnipetlError
+
+    attrs = {"task": "sst2", "model": "tiny-bert", "train": {"batch_size": 4}, "data_dir": DATA}
+    variant = parse_preset("houlsby:r=2")
+    assert TrialConfig.for_trial(attrs, variant).latency_batches == 1  # the default frontier does not trade it
+    assert TrialConfig.for_trial({**attrs, "objectives": ["metric", "params", "latency"]}, variant).latency_batches == 1
+    trades = {**attrs, "objectives": ["metric", "params", "latency_batch"]}
+    assert TrialConfig.for_trial(trades, variant).latency_batches == LATENCY_BATCHES == 6
+    assert TrialConfig.for_trial({**trades, "train": {"batch_size": 4, "latency_batches": 2}}, variant).latency_batches == 2  # the study chose
+    with pytest.raises(UnipetlError, match=r"`latency_batches` should be a positive integer, got 0"):
+        TrialConfig(task="sst2", model="tiny-bert", variant=variant, latency_batches=0)
+    cfg = TrialConfig(task="sst2", model="tiny-bert", variant=variant, max_train_examples=48, max_eval_examples=24, max_steps=2, batch_size=4,
+                      latency_batches=LATENCY_BATCHES)
+    lat = run_trial(cfg)["latency"]
+    lo, hi = lat["batch_ratio_ci"]  # six pairs: (min, max) of the ratios, coverage 1 − 2/64
+    assert lat["batch_size"] == 4 and 0 < lo <= lat["batch_ratio"] <= hi

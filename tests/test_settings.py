@@ -30,7 +30,7 @@ def _value(f: dataclasses.Field) -> object:
 def test_settings_are_every_field_but_the_context() -> None:
     names = [f.name for f in settings()]
     assert set(names) == {f.name for f in dataclasses.fields(TrialConfig)} - CONTEXT
-    assert "max_new_tokens" in names and "scheduler" in names and len(names) == 18
+    assert "max_new_tokens" in names and "scheduler" in names and "latency_batches" in names and len(names) == 19
     assert studies.TRAIN_KEYS == tuple(names)
     for f in settings():
         assert _value(f) != f.default and f.metadata["help"]

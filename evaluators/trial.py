@@ -36,6 +36,11 @@ def _setting(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
     return dataclasses.field(default=default, metadata={"setting": True, "help": help})
 
 
+# eval batches timed for the eval-batch latency when a study's frontier trades it: the fewest pairs
+# whose median has a 95 % distribution-free interval (reports.stats.median_interval)
+LATENCY_BATCHES = 6
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrialConfig:
     task: str
@@ -117,11 +122,6 @@ class TrialConfig:
         if "latency_batch" in (attrs.get("objectives") or ()) and "latency_batches" not in train:
             train["latency_batches"] = LATENCY_BATCHES
         return cls.from_dict({**train, "task": attrs["task"], "model": attrs["model"], "variant": variant.to_dict(), "data_dir": attrs.get("data_dir")})
-
-
-# eval batches timed for the eval-batch latency when a study's frontier trades it: the fewest pairs
-# whose median has a 95 % distribution-free interval (reports.stats.median_interval)
-LATENCY_BATCHES = 6
 
 
 def settings() -> tuple[dataclasses.Field, ...]:

@@ -157,10 +157,13 @@ def _costs(r: dict[str, Any]) -> str:
         parts.append(f"peak memory {r['peak_memory_bytes'] / 2**20:,.1f} MiB"
                      + (f" (+{r['peak_memory_growth_bytes'] / 2**20:,.1f} in training)" if r.get("peak_memory_growth_bytes") is not None else ""))
     if r.get("latency_ms") is not None:
-        parts.append(f"inference {r['latency_ms']:.3g} ms/example at batch 1" + (f", {r['latency_batch_ms']:.3g} batched" if r.get("latency_batch_ms") is not None else "")
-                     + (f" ({r['latency_ratio']:.3g}× the backbone" + (f", 95 % interval {r['latency_ratio_lo']:.3g}–{r['latency_ratio_hi']:.3g}"
-                                                                        if r.get("latency_ratio_lo") is not None and r.get("latency_ratio_hi") is not None else "")
-                        + ")" if r.get("latency_ratio") is not None else ""))
+        text = f"inference {r['latency_ms']:.3g} ms/example at batch 1"
+        if r.get("latency_batch_ms") is not None:
+            text += f", {r['latency_batch_ms']:.3g} batched"
+        if r.get("latency_ratio") is not None:
+            lo, hi = r.get("latency_ratio_lo"), r.get("latency_ratio_hi")
+            text += f" ({r['latency_ratio']:.3g}× the backbone" + (f", 95 % interval {lo:.3g}–{hi:.3g}" if lo is not None and hi is not None else "") + ")"
+        parts.append(text)
     where = f" on {r['device']}" if r.get("device") else ""
     return f"costs: {', '.join(parts)}{where}" if parts else "costs: not recorded"
 

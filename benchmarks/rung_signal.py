@@ -23,7 +23,11 @@ script only), so each trial stores its whole curve of rung values — the mean d
   latency × backbone ↓, measured for every trial at its end), kept by the top ⌊n/3⌋ of two
   orders on the same trials: the rung of older studies, (loss, log10 fraction), and the rung
   that ranks the study's own costs, (loss, log10 fraction, latency) — a paired comparison
-  (the front designs each order keeps and the other does not are counted).
+  (the front designs each order keeps and the other does not are counted);
+- the order inside one non-dominated front (`mo_asha.ORDERS`: hypervolume contribution, ε-net,
+  crowding distance) compared on the same trials, for both fronts: the front designs in each
+  order's top ⌊n/3⌋, and the sampled front designs MO-ASHA's decision at one isolated rung at k
+  keeps, replayed trial by trial; with a design-level sign test against "hv".
 
 Each repeat has its own SQLite file (`rung_signal_r<r>.db` under `--out`), so two repeats run as
 two processes without sharing a database; re-running resumes.
@@ -66,7 +70,7 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rho = None
         if len(have) >= 3 and len(set(losses)) > 1 and len(set(acc)) > 1:
             rho = float(spearmanr(losses, [-a for a in acc]).statistic)
-        recall, recall3 = {}, {}
+        recall, recall3, by_order = {}, {}, {}
         for rep in sorted({r["repeat"] for r in have}):
             mine = [r for r in have if r["repeat"] == rep]
             numbers, keep = [r["trial"] for r in mine], max(1, len(mine) // 3)
@@ -74,6 +78,11 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             top = set(order[:keep])
             front = set(np.flatnonzero(pareto_mask([r["paper_fraction"] for r in mine], [r["metric"] for r in mine])).tolist())  # the report's front
             recall[rep] = {"kept": len(front & top), "front": len(front), "n": len(mine)}
+            # the order inside a front (mo_asha.ORDERS) on the same trials, as trial numbers: the front designs the top
+            # ⌊n/3⌋ keeps under each order, and the sampled front designs MO-ASHA's own (asynchronous) decision keeps
+            pts2 = [(r["losses"][step], math.log10(r["paper_fraction"])) for r in mine]
+            named = [bool(r.get("named")) for r in mine]
+            by_order[rep] = order_record(pts2, numbers, named, front, keep)
             if all(r.get("latency") is not None for r in mine):
                 front3 = set(np.flatnonzero(nondominated([[r["paper_fraction"] for r in mine], [r["metric"] for r in mine], [r["latency"] for r in mine]],
                                                          [False, True, False])).tolist())
@@ -81,8 +90,47 @@ def analyze(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 top3 = set(order3[:keep])
                 recall3[rep] = {"front": len(front3), "legacy": len(front3 & top), "costs": len(front3 & top3), "n": len(mine),
                                 "gained": len(front3 & (top3 - top)), "lost": len(front3 & (top - top3))}  # the discordant pairs
+                pts3 = [(r["losses"][step], math.log10(r["paper_fraction"]), r["latency"]) for r in mine]
+                by_order[rep].update({f"{k}3": v for k, v in order_record(pts3, numbers, named, front3, keep).items()})
         out.append({"step": step, "n": len(have), "spearman": rho, "near_ln2": sum(abs(v - math.log(2)) < FLAT for v in losses), "front_recall": recall,
-                    "front3_recall": recall3})
+                    "front3_recall": recall3, "by_order": by_order})
+    return out
+
+
+def order_record(points: list[tuple[float, ...]], numbers: list[int], named: list[bool], front: set[int], keep: int) -> dict[str, Any]:
+    """One repeat at one step, as trial numbers: the front, its sampled (not named) designs, whether the top `keep`
+    ends inside a non-dominated front of the rung, and per order (mo_asha.ORDERS) the front designs in the top `keep`
+    ("kept") and the sampled front designs MO-ASHA's asynchronous decision keeps ("async"). `front`: indices into `points`."""
+    from unipetl.search.mo_asha import ORDERS, ranking
+
+    sampled = {i for i in front if not named[i]}
+    return {"front": sorted(numbers[i] for i in front), "sampled_front": sorted(numbers[i] for i in sampled), "cut_in_front": cut_in_front(points, keep),
+            "kept": {o: sorted(numbers[i] for i in front & set(ranking(points, [False] * len(points[0]), numbers, o)[:keep])) for o in ORDERS},
+            "async": {o: sorted(numbers[i] for i in sampled & async_kept(points, numbers, named, o)) for o in ORDERS}}
+
+
+def cut_in_front(points: list[tuple[float, ...]], keep: int) -> bool:
+    """Does the top `keep` of a rung end inside one non-dominated front (so the order within a front decides who is kept)?"""
+    import moocore
+
+    ranks = sorted(moocore.pareto_rank(points).tolist())
+    return keep < len(ranks) and ranks[keep - 1] == ranks[keep]
+
+
+def async_kept(points: list[tuple[float, ...]], numbers: list[int], named: list[bool], order: str, eta: int = 3) -> set[int]:
+    """MO-ASHA's decision at one isolated rung (the study's only rung, as the landed `--caps mf` has), replayed
+    trial by trial in number order (one worker): trial i continues when it ranks in the top max(1, ⌊m/η⌋) of
+    the m trials that reached the rung before it and itself (`mo_asha.keeps`); a named method always continues
+    (search.worker) but counts in the others' rank. With several rungs a later one would see only the trials
+    promoted from the earlier ones; this replay does not model that."""
+    from unipetl.search.mo_asha import ranking
+
+    out, seen = set(), []
+    for i in sorted(range(len(points)), key=lambda j: numbers[j]):
+        seen.append(i)
+        order_i = ranking([points[j] for j in seen], [False] * len(points[i]), [numbers[j] for j in seen], order)
+        if named[i] or order_i.index(len(seen) - 1) < max(1, len(seen) // eta):
+            out.add(i)
     return out
 
 
@@ -99,7 +147,7 @@ def rows_of(out: Path) -> list[dict[str, Any]]:
             for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 rec = t.user_attrs.get("record") or {}
                 if rec.get("status") == "ok" and rec.get("metric") is not None:
-                    rows.append({"repeat": repeat, "trial": t.number, "design": t.user_attrs.get("preset") or rec.get("variant_description"),
+                    rows.append({"repeat": repeat, "trial": t.number, "design": t.user_attrs.get("preset") or rec.get("variant_description"), "named": bool(t.user_attrs.get("preset")),
                                  "paper_fraction": rec["paper_fraction"], "metric": rec["metric"], "losses": {int(k): float(v) for k, v in t.intermediate_values.items()},
                                  "latency": (rec.get("latency") or {}).get("batch1_ratio")})
     return rows
@@ -124,7 +172,76 @@ def render(table: list[dict[str, Any]], command: list[str], caps: dict[str, Any]
         md += ("\nThe 3-objective front (accuracy, paper fraction, batch-1 latency) kept by a rung's top ⌊n/3⌋, ranked as older studies "
                "rank, (loss, log fraction), and as a study that trades latency ranks, (loss, log fraction, latency); "
                "(+g / −l): front designs only the second order keeps / only the first:\n\n" + markdown_table(head3, body3) + "\n")
+    if any(row.get("by_order") for row in table):
+        md += "\n" + render_orders(table) + "\n"
     return md
+
+
+def order_totals(table: list[dict[str, Any]], suffix: str = "", kept_key: str = "kept") -> dict[str, Any]:
+    """Summed over repeats and `table`'s steps: the designs that can be kept ("front", or for "async" the sampled front),
+    those kept under each order, rungs whose top ⌊n/3⌋ ends inside a front, and per order the designs it keeps and
+    "hv" does not (+) and the reverse (−); "steps" counts, per (repeat, design), the steps at which each order keeps it."""
+    from unipetl.search.mo_asha import ORDERS
+
+    pool_key = "front" if kept_key == "kept" else "sampled_front"
+    tot: dict[str, Any] = {"front": 0, "cuts": 0, "rungs": 0, "steps": {}, **{o: 0 for o in ORDERS}, **{f"{o}±": [0, 0] for o in ORDERS}}
+    for row in table:
+        for rep, rec in row["by_order"].items():
+            if pool_key + suffix not in rec:
+                continue
+            kept = rec[kept_key + suffix]
+            tot["front"] += len(rec[pool_key + suffix])
+            tot["rungs"] += 1
+            tot["cuts"] += bool(rec["cut_in_front" + suffix])
+            for design in rec[pool_key + suffix]:
+                tot["steps"].setdefault((rep, design), dict.fromkeys(ORDERS, 0))
+            for o in ORDERS:
+                tot[o] += len(kept[o])
+                tot[f"{o}±"][0] += len(set(kept[o]) - set(kept["hv"]))
+                tot[f"{o}±"][1] += len(set(kept["hv"]) - set(kept[o]))
+                for design in kept[o]:
+                    tot["steps"][(rep, design)][o] += 1
+    return tot
+
+
+def render_orders(table: list[dict[str, Any]]) -> str:
+    """The order inside a front, compared on the same trials: per step, the front designs kept under each order;
+    and, with the design as the unit (a design recurs at every step, so steps are not independent), a sign test
+    over the front designs that one order keeps at more steps than "hv" does, against those it keeps at fewer
+    (approximate: designs of one repeat compete for the same places, so they are not quite independent either)."""
+    from scipy.stats import binomtest
+
+    from unipetl.search.mo_asha import ORDERS
+
+    def cells(t: dict[str, Any], cuts: bool) -> list[str]:
+        out = [f"{t['cuts']} of {t['rungs']}"] if cuts else []
+        for o in ORDERS:
+            plus, minus = t[f"{o}±"]
+            out.append(f"{t[o]} of {t['front']}" + ("" if o == "hv" else f" (+{plus} / −{minus})"))
+        return out
+
+    md = []
+    for suffix, kept, title in (("", "kept", "the 2-objective front (accuracy, paper fraction), ranked on (loss, log fraction): the top ⌊n/3⌋ of all n"),
+                                ("3", "kept", "the 3-objective front (accuracy, paper fraction, latency), ranked on (loss, log fraction, latency): the top ⌊n/3⌋ of all n"),
+                                ("", "async", "the sampled designs on the 2-objective front kept by MO-ASHA's decision at one isolated rung at "
+                                              "this step, replayed trial by trial (η = 3, named methods never stopped but counted)"),
+                                ("3", "async", "the sampled designs on the 3-objective front kept by MO-ASHA's decision at one isolated rung, replayed")):
+        if not any("front" + suffix in rec for row in table for rec in row["by_order"].values()):
+            continue
+        cuts = kept == "kept"
+        head = ["step", *(["top ⌊n/3⌋ ends inside a front"] if cuts else []), *(f"kept, {o}" for o in ORDERS)]
+        body = [[row["step"], *cells(order_totals([row], suffix, kept), cuts)] for row in table]
+        every = order_totals(table, suffix, kept)
+        body.append(["all steps", *cells(every, cuts)])
+        tests = []
+        for o in ORDERS[1:]:
+            more = sum(c[o] > c["hv"] for c in every["steps"].values())
+            fewer = sum(c[o] < c["hv"] for c in every["steps"].values())
+            p_value = binomtest(more, more + fewer).pvalue if more + fewer else 1.0
+            tests.append(f"{o} against hv: kept at more steps {more} designs, at fewer {fewer} (of {len(every['steps'])}; sign test p ≈ {p_value:.2g})")
+        md.append(f"Within-front order (mo_asha.ORDERS) — {title}; summed over repeats; (+g / −l): designs this order keeps "
+                  "and hv does not / the reverse:\n\n" + markdown_table(head, body) + "\n" + "; ".join(tests) + ".\n")
+    return "\n".join(md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -340,4 +340,7 @@ def group_summary(group: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJ
         "hv_over": "the trivial baseline (majority class)" if chance is not None else "the fixed reference",
         "best": best, "best_named": best_named, "full_ft": full_reference(group, higher),
         "frontier_rows": front, "design_rows": pts, "objectives": objectives,
+        # how the group's multi-fidelity studies screened their trials, each with its trials stopped at a rung
+        "screening": [(how, group.filter((pl.col("screening") == how) & (pl.col("state") == "PRUNED")).height)
+                      for how in sorted(set(group["screening"].drop_nulls().to_list()))] if "screening" in group.columns else [],
     }

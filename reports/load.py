@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from unipetl.reports.objectives import COSTS
 from unipetl.spaces.kinds import get_kind
 from unipetl.spaces.registry import UnipetlError
 from unipetl.spaces.variant import ATTN_SITES, Variant
@@ -51,6 +52,8 @@ SCHEMA: dict[str, Any] = {
     "latency_ratio": pl.Float64, "latency_batch_ratio": pl.Float64,
     # their 95 % distribution-free intervals (of the median over the paired passes; null with too few pairs)
     "latency_ratio_lo": pl.Float64, "latency_ratio_hi": pl.Float64, "latency_batch_ratio_lo": pl.Float64, "latency_batch_ratio_hi": pl.Float64,
+    # how the study screened its trials before the end (multi-fidelity; null: every trial trained to the end)
+    "screening": pl.Utf8,
 }
 
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -124,6 +127,28 @@ def variant_columns(variant: Variant) -> dict[str, Any]:
     }
 
 
+# mo_asha.ORDERS in words
+ORDER_WORDS = {"hv": "hypervolume contribution", "eps-net": "the ε-net order from the lowest rung value", "crowding": "NSGA-II crowding distance"}
+
+
+def screening_text(attrs: dict[str, Any]) -> str | None:
+    """How a study's trials were screened before the end, in words, from its stored settings (search.study_attrs):
+    MO-ASHA's rungs, what they rank and the order inside a front (search.mo_asha); None for a study that trains
+    every trial to the end. Older studies lacking a setting are described as they ran (the legacy default)."""
+    if attrs.get("mode") != "frontier" or attrs.get("pruner") != "mo-asha":
+        return None
+    first = (attrs.get("train") or {}).get("eval_every")
+    eta = int(attrs.get("reduction_factor") or 3)
+    examples = attrs.get("rung_examples")
+    value = f"dev loss on {examples} fixed dev examples" if examples else f"{attrs.get('main_metric') or 'the metric'} on the dev set"
+    costs = "; ".join(COSTS[c].label if c in COSTS else str(c) for c in attrs.get("rung_costs") or ["params"])
+    order = attrs.get("rung_order") or "hv"  # absent: a study from before the order was a setting (search.mo_asha.LEGACY_ORDER)
+    return (f"MO-ASHA (Schmucker et al. 2021): rungs at {first}·{eta}^k training steps, the top 1/{eta} of the trials at a rung continue, "
+            f"by non-dominated rank over ({value}; {costs}), within a front by {ORDER_WORDS.get(order, order)}; "
+            "named methods and extra seeds train to the end")
+
+
+
 def record_row(record: dict[str, Any], *, study: str | None = None, source: str = "", trial: int | None = None,
                state: str = "COMPLETE", preset: str | None = None, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One table row from one trial record (the contract's dict); unknown keys are ignored."""
@@ -131,7 +156,8 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
         raise UnipetlError(f"trial record in {source or 'input'} must be a JSON object, got {type(record).__name__}.")
     attrs = study_attrs or {}
     row: dict[str, Any] = dict.fromkeys(SCHEMA)
-    row.update(study=study, source=source, trial=trial, state=state, mode=attrs.get("mode"), budget_fraction=attrs.get("budget_fraction"))
+    row.update(study=study, source=source, trial=trial, state=state, mode=attrs.get("mode"), budget_fraction=attrs.get("budget_fraction"),
+               screening=screening_text(attrs))
     for key in ("task", "model", "status", "error", "fidelity", "paper_params", "trainable_params", "head_params", "base_params",
                 "paper_fraction", "trainable_fraction", "main_metric", "higher_is_better", "metric", "best_step", "wall_seconds",
                 "train_tokens_per_second", "step_seconds", "peak_memory_bytes", "peak_memory_growth_bytes", "device", "seed", "parent", "baseline_metric", "baseline",

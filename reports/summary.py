@@ -54,6 +54,9 @@ def sentences(section: dict[str, Any]) -> list[str]:
         out.append(f"Trivial baseline (majority class) {num(s['baseline'])}: {n_below} design point{'s' if n_below != 1 else ''} "
                    f"did not beat it by more than the eval set's noise ({'they are' if n_below != 1 else 'it is'} left out of the frontier and the hypervolume)"
                    + (f" ({', '.join(str(d) for d in below['description'].to_list()[:6])})" if n_below else "") + ".")
+    for how, stopped in s.get("screening") or []:
+        out.append(f"Multi-fidelity: {how}. {stopped} trial{'s were' if stopped != 1 else ' was'} stopped at a rung; "
+                   "a stopped design is screened out, not measured, and is never on the frontier.")
     if s["budget_fraction"] is not None:
         out.append(f"Budget: {pct(s['budget_fraction'])} of the backbone (paper count).")
     front = s["frontier_rows"]

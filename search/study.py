@@ -41,7 +41,8 @@ from unipetl.reports.objectives import COSTS, parse_objectives
 from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from unipetl.search import optuna_ext
 from unipetl.search.locks import study_lock
-from unipetl.search.mo_asha import Rungs
+from unipetl.search.mo_asha import LEGACY_ORDER, Rungs, check_order
+from unipetl.search.mo_asha import ORDER as RUNG_ORDER
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
 from unipetl.spaces.shapes import ModelShape, resolve_shape, shape_from_config
@@ -55,7 +56,7 @@ DEFAULT_STORAGE = "sqlite:///runs/unipetl.db"
 # the training settings a study file's `train:` block (and `unipetl search` flags) may set: TrialConfig's
 TRAIN_KEYS = tuple(f.name for f in trial_settings())
 FILE_KEYS = ("task", "model", "budget", "mode", "trials", "study", "storage", "data_dir", "with_full", "pruner", "sampler", "max_failures", "space", "train", "seeds",
-             "objectives", "reduction_factor", "rung_examples")
+             "objectives", "reduction_factor", "rung_examples", "rung_order")
 PRUNERS = ("median", "hyperband", "none", "mo-asha")  # mo-asha: frontier mode (search.mo_asha); the others: budget mode
 SCHEMES = ("sqlite", "postgresql", "mysql")
 MAX_STUDY_FILE = 1_000_000  # bytes; larger study files are refused before parsing (hostile or wrong file)
@@ -64,7 +65,10 @@ STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 IDENTITY = ("task", "model", "mode", "budget_fraction", "space", "objectives")
 # how a trial is run and judged: a continued study keeps its stored values, so a different value asked
 # for is refused rather than silently ignored (older studies lacking a key keep its stored meaning)
-SETTINGS = ("train", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples")
+SETTINGS = ("train", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples", "rung_order")
+# what a setting absent from an older study means, where asking for another value must be refused too (the worker
+# reads the absent key as this); rung_examples is not here: absent, it means "rank the metric", which no flag asks for
+LEGACY_SETTINGS = {"rung_order": LEGACY_ORDER}
 
 
 @dataclass(kw_only=True)
@@ -85,6 +89,7 @@ class StudySpec:
     objectives: str | list[str] | None = None  # frontier mode: what the front trades (reports.objectives); None: metric, params
     reduction_factor: int = 3  # mo-asha: keep the top 1/η at each rung
     rung_examples: int = RUNG_EXAMPLES  # mo-asha: a rung ranks the dev loss on this many dev examples (evaluators.reporting)
+    rung_order: str = RUNG_ORDER  # mo-asha: the order inside one non-dominated front at a rung (mo_asha.ORDERS)
     space: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -102,7 +107,8 @@ class StudySpec:
                 raise UnipetlError("`pruner` mo-asha prunes frontier-mode studies; budget mode uses median or hyperband.")
             if not self.train.get("eval_every"):
                 raise UnipetlError("`pruner` mo-asha needs `train.eval_every` (the first rung, in optimizer steps; rungs at eval_every · η^k).")
-            Rungs(self.train["eval_every"], self.reduction_factor)
+            Rungs(self.train["eval_every"], self.reduction_factor, self.rung_order)
+        check_order(self.rung_order)
         if isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1:
             raise UnipetlError(f"`rung_examples` (dev examples a MO-ASHA rung's loss is measured on) should be a positive integer, got {self.rung_examples!r}.")
         if self.objectives is not None:
@@ -291,7 +297,7 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
         **({"objectives": list(parse_objectives(spec.objectives))} if spec.objectives is not None
            and parse_objectives(spec.objectives) != DEFAULT_OBJECTIVES else {"objectives": None}),
         # mo-asha: a rung ranks the dev loss and the costs this study's frontier trades (search.mo_asha)
-        **({"reduction_factor": spec.reduction_factor, "rung_examples": spec.rung_examples,
+        **({"reduction_factor": spec.reduction_factor, "rung_examples": spec.rung_examples, "rung_order": spec.rung_order,
             "rung_costs": list(parse_objectives(spec.objectives)[1:])} if spec.pruner == "mo-asha" else {}),
     }
 
@@ -345,6 +351,11 @@ def load(storage_url: str, name: str, *, heartbeat_interval: int = 10, grace_per
     attrs = probe.user_attrs
     if not is_complete(attrs):
         raise UnipetlError(f"`study` {name!r} was never fully created (the creating process stopped); run the same `unipetl search` again to recreate it.")
+    if attrs.get("mode") == "frontier" and attrs.get("pruner") == "mo-asha":  # a bad stored rung setting: one error here, not a FAIL per trial
+        try:
+            Rungs((attrs.get("train") or {}).get("eval_every"), attrs.get("reduction_factor", 3), attrs.get("rung_order") or LEGACY_ORDER)
+        except UnipetlError as err:
+            raise UnipetlError(f"`study` {name!r} has a stored MO-ASHA setting it cannot run with: {err}") from None
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(attrs, seed), pruner=make_pruner(attrs))
 
 
@@ -370,9 +381,12 @@ def _create_or_continue(spec: StudySpec, name: str, attrs: dict[str, Any], stora
                     "choose another --study name (the existing study was not changed)."
                 )
         for key in SETTINGS:
-            if key in existing and _as_stored(attrs.get(key)) != existing[key]:
+            stored = existing.get(key)
+            if stored is None and key in attrs and key in LEGACY_SETTINGS:  # an older study: what the worker runs it with
+                stored = LEGACY_SETTINGS[key]
+            if (key in existing or stored is not None) and _as_stored(attrs.get(key)) != stored:
                 raise UnipetlError(
-                    f"study {name!r} exists with {key}={_short(existing[key])}, not {_short(attrs.get(key))}; its trials are run with the "
+                    f"study {name!r} exists with {key}={_short(stored)}, not {_short(attrs.get(key))}; its trials are run with the "
                     "stored settings: continue it with `unipetl resume` or the same options, or choose another --study name (the existing study was not changed)."
                 )
         study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)

@@ -35,6 +35,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("trials 0", _search("--trials", "0"), "`trials` should be a positive integer, got 0"),
     ("rung examples 0", _search("--mode", "frontier", "--pruner", "mo-asha", "--eval-every", "5", "--rung-examples", "0"),
      "`rung_examples` (dev examples a MO-ASHA rung's loss is measured on) should be a positive integer, got 0"),
+    ("rung order", _search("--mode", "frontier", "--pruner", "mo-asha", "--eval-every", "5", "--rung-order", "nsga2"),
+     "`rung_order` should be one of hv, eps-net, crowding, got 'nsga2'"),
     ("trials -1", _search("--trials", "-1"), "`trials` should be a positive integer, got -1"),
     ("workers 0", _search("--workers", "0"), "`workers` should be a positive integer, got 0"),
     ("unknown task", _search("--task", "sst3"), "Unknown task 'sst3'"),

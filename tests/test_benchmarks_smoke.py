@@ -203,6 +203,14 @@ def test_rung_signal_ranks_a_three_objective_front_both_ways() -> None:
             for i, (a, lat) in enumerate([(0.9, 1.3), (0.8, 1.2), (0.7, 1.1), (0.6, 1.0)])]
     (got,) = rung_signal.analyze(rows)
     assert got["front3_recall"] == {0: {"front": 4, "legacy": 1, "costs": 1, "n": 4, "gained": 1, "lost": 1}}
+    # inside that one front the ε-net and crowding keep the lowest loss (an extreme) where hv keeps the inner design;
+    # MO-ASHA's own decision, trial by trial: the first is kept (top 1 of 1), and each later one loses to an earlier one
+    orders = got["by_order"][0]
+    assert orders["kept3"] == {"hv": [1], "eps-net": [0], "crowding": [0]} and orders["cut_in_front3"]
+    assert orders["async3"] == {"hv": [0], "eps-net": [0], "crowding": [0]} and orders["sampled_front3"] == [0, 1, 2, 3]
+    text = rung_signal.render([got], ["x"], {}, 4)
+    assert "| 42 | 1 of 1 | 1 of 4 | 1 of 4 (+1 / −1) | 1 of 4 (+1 / −1) |" in text
+    assert "eps-net against hv: kept at more steps 1 designs, at fewer 1 (of 4; sign test p ≈ 1)" in text
     # six designs, keep 2: the slow accurate pair leads on (loss, params); latency brings in the fast one
     rows = [{"repeat": 0, "trial": i, "paper_fraction": 0.004, "metric": a, "latency": lat, "losses": {42: 1 - a}}
             for i, (a, lat) in enumerate([(0.9, 1.3), (0.89, 1.3), (0.7, 1.3), (0.69, 1.3), (0.68, 1.3), (0.6, 1.0)])]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import polars as pl
 import pytest
 from optuna.trial import TrialState
 
@@ -40,6 +41,36 @@ def test_ranking_is_rank_then_hypervolume_contribution() -> None:
     assert mo_asha.keeps(vals[:2], (True, False), [0, 1], 1, eta=3) in (True, False)  # one of two kept
     assert sum(mo_asha.keeps(vals[:2], (True, False), [0, 1], i, eta=3) for i in range(2)) == 1
     assert mo_asha.ranking(vals, (True, False), [0, 1, 2, 3, 4]) == order  # deterministic
+
+
+def test_the_order_inside_a_front() -> None:
+    """Four designs on one front (loss ↓, log fraction ↓, both already spanning [0, 1]) and one
+    dominated: A (0, 1), B (0.1, 0.5), C (0.5, 0.45), D (1, 0), E (0.6, 0.6). Hypervolume
+    contributions with the reference at 1.1: A 0.1·0.1 = 0.01, B 0.4·0.5 = 0.2, C 0.5·0.05 = 0.025,
+    D 0.1·0.45 = 0.045, so "hv" puts the lowest loss (A) last of the front. The ε-net starts at A,
+    takes D (√2 away), then C (0.673 from D against B's 0.510 from A), then B. Crowding distance:
+    A, D ∞; B 0.5 + 0.55 = 1.05; C 0.9 + 0.5 = 1.4."""
+    vals = [(0.0, 1.0), (0.1, 0.5), (0.5, 0.45), (1.0, 0.0), (0.6, 0.6)]
+    numbers = [10, 11, 12, 13, 14]
+    assert mo_asha.ranking(vals, (False, False), numbers, "hv") == [1, 3, 2, 0, 4]
+    assert mo_asha.ranking(vals, (False, False), numbers, "eps-net") == [0, 3, 2, 1, 4]
+    assert mo_asha.ranking(vals, (False, False), numbers, "crowding") == [0, 3, 2, 1, 4]
+    # a rung of 5 keeps max(1, 5 // 3) = 1: the lowest loss under eps-net, B under hv
+    assert [mo_asha.keeps(vals, (False, False), numbers, i, 3, "eps-net") for i in range(5)] == [True, False, False, False, False]
+    assert [mo_asha.keeps(vals, (False, False), numbers, i, 3, "hv") for i in range(5)] == [False, True, False, False, False]
+    # the same decision whatever order the caller lists the trials in (each worker puts its own trial first),
+    # ties (two identical designs) broken by trial number
+    twin = [*vals, (1.0, 0.0)]
+    for order in mo_asha.ORDERS:
+        best = [numbers[i] if i < 5 else 15 for i in mo_asha.ranking(twin, (False, False), [*numbers, 15], order)]
+        for perm in ([5, 4, 3, 2, 1, 0], [3, 5, 0, 2, 4, 1]):
+            got = mo_asha.ranking([twin[i] for i in perm], (False, False), [[*numbers, 15][i] for i in perm], order)
+            assert [[*numbers, 15][perm[i]] for i in got] == best, (order, perm)
+        assert best.index(13) < best.index(15)  # D and its twin: the earlier trial first
+    with pytest.raises(UnipetlError, match=r"`rung_order` should be one of hv, eps-net, crowding, got 'hvv'"):
+        mo_asha.ranking(vals, (False, False), numbers, "hvv")
+    with pytest.raises(UnipetlError, match="`rung_order`"):
+        mo_asha.Rungs(10, 3, "nsga")
 
 
 def test_a_rung_of_dev_losses_keeps_the_lowest(tmp_path: Path) -> None:
@@ -151,6 +182,34 @@ def test_frontier_search_with_mo_asha_through_the_worker(tmp_path: Path) -> None
         assert t.user_attrs["record"]["fidelity"] == "partial" and max(t.intermediate_values) < 90
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert len(t.values) == 3 and t.values[2] == pytest.approx(t.user_attrs["record"]["latency"]["batch1_ratio"])
+    # the report says how the trials were screened, from the study's stored settings, and how many were stopped
+    from unipetl.reports.build import build_sections
+    from unipetl.reports.load import load_studies
+    from unipetl.reports.summary import sentences
+
+    df, _ = load_studies(url, ["f"])
+    said = [x for x in sentences(build_sections(df, with_plots=False, objectives=("metric", "params", "latency"))[0]) if x.startswith("Multi-fidelity")]
+    assert said == [f"Multi-fidelity: MO-ASHA (Schmucker et al. 2021): rungs at 10·3^k training steps, the top 1/3 of the trials at a rung "
+                    "continue, by non-dominated rank over (dev loss on 256 fixed dev examples; paper params (fraction of the model); "
+                    "inference latency, batch 1 (× backbone)), within a front by hypervolume contribution; named methods and extra seeds "
+                    f"train to the end. {c['PRUNED']} trials were stopped at a rung; a stopped design is screened out, not measured, and is never on the frontier."]
+
+
+def test_screening_in_words_for_every_kind_of_study() -> None:
+    """Full-fidelity studies say nothing; a study from before rungs measured the dev loss, ranked their own
+    costs or had an order is described as it ran: the metric on the dev set, paper params, hypervolume contribution."""
+    from unipetl.reports.load import ORDER_WORDS, screening_text
+
+    assert set(ORDER_WORDS) == set(mo_asha.ORDERS)
+    assert screening_text({"mode": "frontier", "pruner": "none"}) is None
+    assert screening_text({"mode": "budget", "pruner": "median"}) is None
+    old = screening_text({"mode": "frontier", "pruner": "mo-asha", "train": {"eval_every": 7}, "main_metric": "accuracy"})
+    assert old is not None and "rungs at 7·3^k" in old and "(accuracy on the dev set; paper params (fraction of the model))" in old
+    assert old.endswith(f"within a front by {ORDER_WORDS[mo_asha.LEGACY_ORDER]}; named methods and extra seeds train to the end")
+    new = screening_text({"mode": "frontier", "pruner": "mo-asha", "train": {"eval_every": 42}, "reduction_factor": 4, "rung_examples": 64,
+                          "rung_costs": ["latency"], "rung_order": "eps-net"})
+    assert new is not None and "rungs at 42·4^k" in new and "top 1/4" in new and "(dev loss on 64 fixed dev examples; inference latency, batch 1 (× backbone))" in new
+    assert "within a front by the ε-net order from the lowest rung value" in new
 
 
 def test_a_named_method_competes_at_the_rung_but_trains_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,6 +256,8 @@ def test_a_named_method_competes_at_the_rung_but_trains_to_the_end(tmp_path: Pat
     ({"pruner": "mo-ashaa", "mode": "frontier"}, "`pruner` must be one of.*mo-asha"),
     ({"pruner": "mo-asha", "mode": "frontier", "train": {"eval_every": 10}, "rung_examples": 0}, r"`rung_examples` .* positive integer, got 0"),
     ({"pruner": "mo-asha", "mode": "frontier", "train": {"eval_every": 10}, "rung_examples": "all"}, r"`rung_examples` .* got 'all'"),
+    ({"pruner": "mo-asha", "mode": "frontier", "train": {"eval_every": 10}, "rung_order": "epsnet"}, r"`rung_order` .* got 'epsnet'\. Did you mean: eps-net\?"),
+    ({"rung_order": 3}, r"`rung_order` should be one of hv, eps-net, crowding, got 3"),
     ({"objectives": "metric,latency", "mode": "budget"}, "applies to frontier mode"),
     ({"objectives": "metric,speed", "mode": "frontier"}, "unknown cost 'speed'"),
 ])
@@ -343,8 +404,11 @@ def test_the_worker_hands_rung_examples_to_the_loop_and_old_studies_keep_the_met
     higher: list[bool] = []
     real_judge = worker_mod.mo_asha_judge
 
+    orders: list[str] = []
+
     def spy_judge(*a: Any, **kw: Any) -> bool:
         higher.append(kw["higher"])
+        orders.append(a[4].order)
         return real_judge(*a, **kw)
 
     monkeypatch.setattr(worker_mod, "mo_asha_judge", spy_judge)
@@ -356,13 +420,16 @@ def test_the_worker_hands_rung_examples_to_the_loop_and_old_studies_keep_the_met
     for name, examples in (("new", 256), ("custom", 64)):
         spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, seeds=2, storage=url, study=name,
                                  pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []},
-                                 **({"rung_examples": examples} if name == "custom" else {}))
+                                 **({"rung_examples": examples, "rung_order": "crowding"} if name == "custom" else {}))
         study = studies.create_or_check(spec)
         assert study.user_attrs["rung_examples"] == examples
+        assert study.user_attrs["rung_order"] == ("crowding" if name == "custom" else mo_asha.ORDER)
         got.clear()
         higher.clear()
+        orders.clear()
         run_worker(url, name, runner=runner)
         assert got == [(examples, [10, 30, 90])] * 2 and higher and not any(higher)
+        assert set(orders) == {study.user_attrs["rung_order"]}
         got.clear()
         assert studies.enqueue_seed_trials(study) >= 1
         run_worker(url, name, runner=runner)
@@ -370,10 +437,12 @@ def test_the_worker_hands_rung_examples_to_the_loop_and_old_studies_keep_the_met
     old = studies.create_or_check(studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=3, seeds=1, storage=url,
                                                     study="old", pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []}))
     old.set_user_attr("rung_examples", None)
+    old.set_user_attr("rung_order", None)  # a study from before the order was a setting: ranked as then, by hypervolume contribution
     got.clear()
     higher.clear()
+    orders.clear()
     run_worker(url, "old", runner=runner)
-    assert got == [(None, [10, 30, 90])] * 3 and higher and all(higher)
+    assert got == [(None, [10, 30, 90])] * 3 and higher and all(higher) and set(orders) == {"hv"}
 
 
 def test_evaluations_leave_the_training_stream_alone() -> None:
@@ -540,3 +609,66 @@ def test_the_trial_notes_latency_before_the_first_rung_and_step_time_and_memory_
     plain = run_trial(TrialConfig(**base), report=RungReport(lambda s, v: False, mo_asha.Rungs(1, 3).is_rung, 8))
     assert plain["metric"] == rec["metric"] and [p.get("rung") for p in plain["curve"]] == [p.get("rung") for p in rec["curve"]]  # bit-identical
     assert [p["loss"] for p in plain["curve"]] == [p["loss"] for p in rec["curve"]]
+
+
+def test_the_search_help_names_the_default_rung_order(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's help states the order a new study gets (written out there: the parser does not import the search)."""
+    from unipetl.search.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--rung-order RUNG_ORDER mo-asha: the order inside one non-dominated front" in text
+    assert f"crowding distance); default {mo_asha.ORDER} " in text
+    assert studies.StudySpec(task="sst2", model="tiny-bert").rung_order == mo_asha.ORDER
+
+
+def test_an_older_study_keeps_its_order_and_a_bad_stored_one_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study from before the order was a setting runs with hv; asking it for another order is refused (it
+    would be ignored), the same command continues it. A stored order the worker cannot run with is one
+    error line when the study is opened, not a failed trial per ticket."""
+    from unipetl.search.cli import main
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    base = dict(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, seeds=1, storage=url, pruner="mo-asha",
+                sampler="random", train={"eval_every": 10}, space={"presets": []})
+    old = studies.create_or_check(studies.StudySpec(study="old", **base))
+    old.set_user_attr("rung_order", None)
+    with pytest.raises(UnipetlError, match="exists with rung_order='hv', not 'crowding'"):
+        studies.create_or_check(studies.StudySpec(study="old", rung_order="crowding", **base))
+    assert len(studies.create_or_check(studies.StudySpec(study="old", **{**base, "trials": 3})).get_trials()) == 3
+    bad = studies.create_or_check(studies.StudySpec(study="bad", **base))
+    bad.set_user_attr("rung_order", "nsga")
+    with pytest.raises(UnipetlError, match=r"^`study` 'bad' has a stored MO-ASHA setting it cannot run with: `rung_order` should be one of "
+                                           r"hv, eps-net, crowding, got 'nsga'\.$"):
+        studies.load(url, "bad")
+    capsys.readouterr()
+    assert main(["resume", "--storage", url, "--study", "bad", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "`rung_order` should be one of hv, eps-net, crowding, got 'nsga'" in err and len(err.splitlines()) == 1, err
+    assert all(t.state == TrialState.WAITING for t in bad.get_trials())  # nothing ran, nothing failed
+
+
+def test_the_summary_counts_each_studys_own_stopped_trials(tmp_path: Path) -> None:
+    """Two MO-ASHA studies of one task and model, screened differently, and a budget-mode study whose median
+    pruner stopped trials too: each screening sentence counts its own study's stopped trials."""
+    from unipetl.reports.build import build_sections
+    from unipetl.reports.load import load_studies
+    from unipetl.reports.summary import sentences
+
+    url = f"sqlite:///{tmp_path}/two.db"
+    counts = {}
+    for name, order in (("a", "hv"), ("b", "crowding")):
+        spec = studies.StudySpec(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=12 if name == "a" else 9, seeds=1, storage=url,
+                                 study=name, pruner="mo-asha", sampler="random", train={"eval_every": 10}, space={"presets": []}, rung_order=order)
+        studies.create_or_check(spec)
+        run_worker(url, name, runner=stub_runner)
+        counts[name] = studies.state_counts(optuna.load_study(study_name=name, storage=url))["PRUNED"]
+    assert counts["a"] > 0 and counts["b"] > 0
+    df, _ = load_studies(url, ["a", "b"])
+    df = df.vstack(df.filter(pl.col("study") == "a").with_columns(study=pl.lit("median"), screening=pl.lit(None, pl.Utf8), state=pl.lit("PRUNED")))
+    said = [x for x in sentences(build_sections(df, with_plots=False)[0]) if x.startswith("Multi-fidelity")]
+    assert len(said) == 2
+    for order, name in (("NSGA-II crowding distance", "b"), ("hypervolume contribution", "a")):
+        (line,) = [x for x in said if f"within a front by {order};" in x]
+        assert f"{counts[name]} trial{'s were' if counts[name] != 1 else ' was'} stopped at a rung" in line, line

@@ -180,7 +180,8 @@ def test_continuing_a_study_with_other_run_settings_is_refused(tmp_path: Path, c
                            (["--pruner", "none", "--eval-every", "5"], "exists with pruner='mo-asha', not 'none'"),
                            (["--pruner", "mo-asha", "--eval-every", "5", "--sampler", "random"], "exists with sampler='tpe', not 'random'"),
                            (["--pruner", "mo-asha", "--eval-every", "5", "--reduction-factor", "2"], "exists with reduction_factor=3, not 2"),
-                           (["--pruner", "mo-asha", "--eval-every", "5", "--rung-examples", "64"], "exists with rung_examples=256, not 64")]:
+                           (["--pruner", "mo-asha", "--eval-every", "5", "--rung-examples", "64"], "exists with rung_examples=256, not 64"),
+                           (["--pruner", "mo-asha", "--eval-every", "5", "--rung-order", "crowding"], "exists with rung_order='hv', not 'crowding'")]:
         capsys.readouterr()
         assert cli(*base, *extra, "--trials", "3") == 2, extra
         err = capsys.readouterr().err.strip()

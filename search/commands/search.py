@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "training steps; rungs at --eval-every · η^k) or none (default)")
     p.add_argument("--reduction-factor", type=int, help="mo-asha: keep the top 1/η of each rung (default 3)")
     p.add_argument("--rung-examples", type=int, help="mo-asha: dev examples a rung's loss is measured on (default 256)")
+    p.add_argument("--rung-order", help="mo-asha: the order inside one non-dominated front at a rung: hv (hypervolume contribution), eps-net "
+                                        "(from the lowest loss, then farthest first) or crowding (NSGA-II crowding distance); default hv")
     p.add_argument("--objectives", help="frontier mode: what the front trades, the metric then costs among params, latency, latency_batch, "
                                         "step_time, memory (default metric,params; e.g. accuracy,params,latency)")
     p.add_argument("--sampler", choices=["tpe", "random"], help="sampler (default tpe)")
@@ -85,7 +87,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     if not args.study_file and (bundled := bundled_study_file(task, model)):
         data = load_study_file(bundled)  # its training caps are the defaults of this task / model pair
     data.update(task=task, model=model)
-    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler", "seeds", "objectives", "reduction_factor", "rung_examples"):
+    for key in ("budget", "mode", "trials", "storage", "study", "data_dir", "with_full", "pruner", "sampler", "seeds", "objectives", "reduction_factor", "rung_examples", "rung_order"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     if getattr(args, "backend", None) == "tune" and not seeds_given:

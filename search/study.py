@@ -66,9 +66,10 @@ IDENTITY = ("task", "model", "mode", "budget_fraction", "space", "objectives")
 # how a trial is run and judged: a continued study keeps its stored values, so a different value asked
 # for is refused rather than silently ignored (older studies lacking a key keep its stored meaning)
 SETTINGS = ("train", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples", "rung_order")
-# what a setting absent from an older study means, where asking for another value must be refused too (the worker
-# reads the absent key as this); rung_examples is not here: absent, it means "rank the metric", which no flag asks for
-LEGACY_SETTINGS = {"rung_order": LEGACY_ORDER}
+# the MO-ASHA settings a StudySpec leaves None when not asked for, each with what its absence from an older study
+# means (the worker runs it so), in words: only a value asked for is compared, with the stored or the legacy one
+LEGACY_SETTINGS = {"rung_order": (LEGACY_ORDER, "created before the order was a setting"),
+                   "rung_examples": (None, "its rungs rank the main metric: created before rungs measured the dev loss")}
 
 
 @dataclass(kw_only=True)
@@ -88,8 +89,11 @@ class StudySpec:
     seeds: int = 3  # seeds per frontier point and named method (1 = no re-runs); extra seeds are trials of their own
     objectives: str | list[str] | None = None  # frontier mode: what the front trades (reports.objectives); None: metric, params
     reduction_factor: int = 3  # mo-asha: keep the top 1/η at each rung
-    rung_examples: int = RUNG_EXAMPLES  # mo-asha: a rung ranks the dev loss on this many dev examples (evaluators.reporting)
-    rung_order: str = RUNG_ORDER  # mo-asha: the order inside one non-dominated front at a rung (mo_asha.ORDERS)
+    # mo-asha: a rung ranks the dev loss on this many dev examples (evaluators.reporting) and orders the designs inside
+    # one front by rung_order (mo_asha.ORDERS); None: not asked for — a new study gets RUNG_EXAMPLES / mo_asha.ORDER, a
+    # continued one keeps what it runs with, and an older study lacking the setting refuses only a value asked for
+    rung_examples: int | None = None
+    rung_order: str | None = None
     space: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -107,9 +111,10 @@ class StudySpec:
                 raise UnipetlError("`pruner` mo-asha prunes frontier-mode studies; budget mode uses median or hyperband.")
             if not self.train.get("eval_every"):
                 raise UnipetlError("`pruner` mo-asha needs `train.eval_every` (the first rung, in optimizer steps; rungs at eval_every · η^k).")
-            Rungs(self.train["eval_every"], self.reduction_factor, self.rung_order)
-        check_order(self.rung_order)
-        if isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1:
+            Rungs(self.train["eval_every"], self.reduction_factor, self.rung_order or RUNG_ORDER)
+        if self.rung_order is not None:
+            check_order(self.rung_order)
+        if self.rung_examples is not None and (isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1):
             raise UnipetlError(f"`rung_examples` (dev examples a MO-ASHA rung's loss is measured on) should be a positive integer, got {self.rung_examples!r}.")
         if self.objectives is not None:
             if self.mode != "frontier":
@@ -297,7 +302,8 @@ def study_attrs(spec: StudySpec) -> dict[str, Any]:
         **({"objectives": list(parse_objectives(spec.objectives))} if spec.objectives is not None
            and parse_objectives(spec.objectives) != DEFAULT_OBJECTIVES else {"objectives": None}),
         # mo-asha: a rung ranks the dev loss and the costs this study's frontier trades (search.mo_asha)
-        **({"reduction_factor": spec.reduction_factor, "rung_examples": spec.rung_examples, "rung_order": spec.rung_order,
+        **({"reduction_factor": spec.reduction_factor, "rung_examples": RUNG_EXAMPLES if spec.rung_examples is None else spec.rung_examples,
+            "rung_order": spec.rung_order or RUNG_ORDER,
             "rung_costs": list(parse_objectives(spec.objectives)[1:])} if spec.pruner == "mo-asha" else {}),
     }
 
@@ -381,14 +387,19 @@ def _create_or_continue(spec: StudySpec, name: str, attrs: dict[str, Any], stora
                     "choose another --study name (the existing study was not changed)."
                 )
         for key in SETTINGS:
-            stored = existing.get(key)
-            if stored is None and key in attrs and key in LEGACY_SETTINGS:  # an older study: what the worker runs it with
-                stored = LEGACY_SETTINGS[key]
-            if (key in existing or stored is not None) and _as_stored(attrs.get(key)) != stored:
-                raise UnipetlError(
-                    f"study {name!r} exists with {key}={_short(stored)}, not {_short(attrs.get(key))}; its trials are run with the "
-                    "stored settings: continue it with `unipetl resume` or the same options, or choose another --study name (the existing study was not changed)."
-                )
+            stored, asked, words = existing.get(key), attrs.get(key), ""
+            if key in LEGACY_SETTINGS and key in attrs:  # None in the spec (not asked for): the study runs with what it has
+                asked = getattr(spec, key)
+                if stored is None:  # an older study lacking it: the worker runs it with the legacy meaning
+                    stored, words = LEGACY_SETTINGS[key][0], f" ({LEGACY_SETTINGS[key][1]})"
+                if asked is None or asked == stored:
+                    continue
+            elif key not in existing or _as_stored(asked) == stored:
+                continue
+            raise UnipetlError(
+                f"study {name!r} exists with {key}={_short(stored)}{words}, not {_short(asked)}; its trials are run with the "
+                "stored settings: continue it with `unipetl resume` or the same options, or choose another --study name (the existing study was not changed)."
+            )
         study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if spec.trials > existing.get("trials", 0):
             study.set_user_attr("trials", spec.trials)

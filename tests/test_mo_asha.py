@@ -620,7 +620,8 @@ def test_the_search_help_names_the_default_rung_order(capsys: pytest.CaptureFixt
     text = " ".join(capsys.readouterr().out.split())
     assert "--rung-order RUNG_ORDER mo-asha: the order inside one non-dominated front" in text
     assert f"crowding distance); default {mo_asha.ORDER} " in text
-    assert studies.StudySpec(task="sst2", model="tiny-bert").rung_order == mo_asha.ORDER
+    spec = studies.StudySpec(task="sst2", model="tiny-bert", mode="frontier", pruner="mo-asha", train={"eval_every": 7})
+    assert studies.study_attrs(spec)["rung_order"] == mo_asha.ORDER
 
 
 def test_an_older_study_keeps_its_order_and_a_bad_stored_one_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -634,9 +635,16 @@ def test_an_older_study_keeps_its_order_and_a_bad_stored_one_is_one_error(tmp_pa
                 sampler="random", train={"eval_every": 10}, space={"presets": []})
     old = studies.create_or_check(studies.StudySpec(study="old", **base))
     old.set_user_attr("rung_order", None)
-    with pytest.raises(UnipetlError, match="exists with rung_order='hv', not 'crowding'"):
+    with pytest.raises(UnipetlError, match=r"exists with rung_order='hv' \(created before the order was a setting\), not 'crowding'"):
         studies.create_or_check(studies.StudySpec(study="old", rung_order="crowding", **base))
     assert len(studies.create_or_check(studies.StudySpec(study="old", **{**base, "trials": 3})).get_trials()) == 3
+    assert len(studies.create_or_check(studies.StudySpec(study="old", rung_order="hv", **{**base, "trials": 4})).get_trials()) == 4
+    # a study from before rungs measured the dev loss: any rung size asked for would be ignored, so it is refused
+    old.set_user_attr("rung_examples", None)
+    with pytest.raises(UnipetlError, match=r"exists with rung_examples=None \(its rungs rank the main metric: .*\), not 256"):
+        studies.create_or_check(studies.StudySpec(study="old", rung_examples=256, **base))
+    assert len(studies.create_or_check(studies.StudySpec(study="old", **{**base, "trials": 5})).get_trials()) == 5
+    assert old.user_attrs["rung_examples"] is None and old.user_attrs["rung_order"] is None  # nothing stored was changed
     bad = studies.create_or_check(studies.StudySpec(study="bad", **base))
     bad.set_user_attr("rung_order", "nsga")
     with pytest.raises(UnipetlError, match=r"^`study` 'bad' has a stored MO-ASHA setting it cannot run with: `rung_order` should be one of "

@@ -148,7 +148,6 @@ def screening_text(attrs: dict[str, Any]) -> str | None:
             "named methods and extra seeds train to the end")
 
 
-
 def record_row(record: dict[str, Any], *, study: str | None = None, source: str = "", trial: int | None = None,
                state: str = "COMPLETE", preset: str | None = None, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One table row from one trial record (the contract's dict); unknown keys are ignored."""

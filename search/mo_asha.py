@@ -93,6 +93,12 @@ class Rungs:
         return q == 1
 
 
+def stored_rungs(attrs: Mapping[str, Any]) -> Rungs:
+    """The rungs a stored MO-ASHA study runs with (search.study_attrs: `train.eval_every`, `reduction_factor`,
+    `rung_order`; a study older than the order runs LEGACY_ORDER). Raises UnipetlError naming a bad stored value."""
+    return Rungs((attrs.get("train") or {}).get("eval_every"), attrs.get("reduction_factor", 3), attrs.get("rung_order") or LEGACY_ORDER)
+
+
 def check_order(order: object) -> str:
     """`order` if it is one of ORDERS, else UnipetlError naming the field."""
     if not isinstance(order, str) or order not in ORDERS:
@@ -132,7 +138,7 @@ def _front_keys(z: np.ndarray, order: str) -> np.ndarray:
     return keys
 
 
-def ranking(values: Sequence[Sequence[float]], maximise: Sequence[bool], numbers: Sequence[int], order: str = "hv") -> list[int]:
+def ranking(values: Sequence[Sequence[float]], maximise: Sequence[bool], numbers: Sequence[int], order: str = LEGACY_ORDER) -> list[int]:
     """Indices of `values` (one objective vector per trial) best first: non-dominated rank, then
     within the rank's front by `order` (ORDERS: "hv" hypervolume contribution, larger first;
     "eps-net" the ε-net order from the first objective's best; "crowding" NSGA-II crowding
@@ -212,4 +218,5 @@ def judge(study: optuna.Study, trial: optuna.Trial, step: int, value: float, run
     return not keeps(values, (higher, *[False] * len(used)), numbers, 0, rungs.eta, rungs.order)
 
 
-__all__ = ["COSTS_ATTR", "LEGACY_COSTS", "LEGACY_ORDER", "ORDER", "ORDERS", "PRUNER", "Rungs", "check_order", "cost_vector", "judge", "keeps", "ranking"]
+__all__ = ["COSTS_ATTR", "LEGACY_COSTS", "LEGACY_ORDER", "ORDER", "ORDERS", "PRUNER", "Rungs", "check_order", "cost_vector", "judge", "keeps", "ranking",
+           "stored_rungs"]

@@ -41,7 +41,7 @@ from unipetl.reports.objectives import COSTS, parse_objectives
 from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from unipetl.search import optuna_ext
 from unipetl.search.locks import study_lock
-from unipetl.search.mo_asha import LEGACY_ORDER, Rungs, check_order
+from unipetl.search.mo_asha import LEGACY_ORDER, Rungs, check_order, stored_rungs
 from unipetl.search.mo_asha import ORDER as RUNG_ORDER
 from unipetl.spaces.registry import UnipetlError, did_you_mean
 from unipetl.spaces.search_space import SpaceConfig, feasible_methods, parse_budget, size_preset
@@ -111,7 +111,7 @@ class StudySpec:
                 raise UnipetlError("`pruner` mo-asha prunes frontier-mode studies; budget mode uses median or hyperband.")
             if not self.train.get("eval_every"):
                 raise UnipetlError("`pruner` mo-asha needs `train.eval_every` (the first rung, in optimizer steps; rungs at eval_every · η^k).")
-            Rungs(self.train["eval_every"], self.reduction_factor, self.rung_order or RUNG_ORDER)
+            Rungs(self.train["eval_every"], self.reduction_factor)
         if self.rung_order is not None:
             check_order(self.rung_order)
         if self.rung_examples is not None and (isinstance(self.rung_examples, bool) or not isinstance(self.rung_examples, int) or self.rung_examples < 1):
@@ -359,7 +359,7 @@ def load(storage_url: str, name: str, *, heartbeat_interval: int = 10, grace_per
         raise UnipetlError(f"`study` {name!r} was never fully created (the creating process stopped); run the same `unipetl search` again to recreate it.")
     if attrs.get("mode") == "frontier" and attrs.get("pruner") == "mo-asha":  # a bad stored rung setting: one error here, not a FAIL per trial
         try:
-            Rungs((attrs.get("train") or {}).get("eval_every"), attrs.get("reduction_factor", 3), attrs.get("rung_order") or LEGACY_ORDER)
+            stored_rungs(attrs)
         except UnipetlError as err:
             raise UnipetlError(f"`study` {name!r} has a stored MO-ASHA setting it cannot run with: {err}") from None
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(attrs, seed), pruner=make_pruner(attrs))

@@ -36,7 +36,7 @@ from unipetl.evaluators.reporting import RungReport
 from unipetl.reports.objectives import COSTS
 from unipetl.search import optuna_ext
 from unipetl.search import study as studies
-from unipetl.search.mo_asha import COSTS_ATTR, LEGACY_COSTS, LEGACY_ORDER, Rungs
+from unipetl.search.mo_asha import COSTS_ATTR, LEGACY_COSTS, stored_rungs
 from unipetl.search.mo_asha import PRUNER as MO_ASHA
 from unipetl.search.mo_asha import judge as mo_asha_judge
 from unipetl.spaces.presets import parse_preset
@@ -223,8 +223,7 @@ def _train(trial: optuna.Trial, attrs: dict[str, Any], runner: Callable[..., dic
         _remember_parent_latency(trial)
     prunable = attrs["mode"] == "budget" and not seed_trial
     mo_asha = attrs["mode"] == "frontier" and attrs.get("pruner") == MO_ASHA
-    rungs = Rungs(int(attrs["train"]["eval_every"]), int(attrs.get("reduction_factor", 3)), attrs.get("rung_order") or LEGACY_ORDER) \
-        if mo_asha and not seed_trial else None
+    rungs = stored_rungs(attrs) if mo_asha and not seed_trial else None
     rung_examples = attrs.get("rung_examples")  # absent in studies created before rungs measured the dev loss
     rung_costs = tuple(attrs.get("rung_costs") or LEGACY_COSTS)  # absent in studies created before rungs ranked their own costs
     noted: dict[str, Any] = {}  # {cost: value} of the structure; {"at": {step: {cost: value}}} measured at a rung

@@ -56,48 +56,57 @@ def display_name(preset: str) -> str:
 
 
 # --- eligibility -------------------------------------------------------------------------------
-def eligible(df: pl.DataFrame) -> pl.DataFrame:
+def eligible(df: pl.DataFrame, *, full: bool = False) -> pl.DataFrame:
     """Trials that may enter a frontier: complete, status ok, final fidelity, a metric, within budget.
 
     Full fine-tuning is the 100 % reference line, not a frontier point. A trial over its
-    study's budget (infeasible; normally never trained) is excluded too.
+    study's budget (infeasible; normally never trained) is excluded too. `full=True`: the full
+    fine-tuning trials that may serve as that reference instead (the budget does not apply).
     """
-    return df.filter(
-        (pl.col("state") == "COMPLETE")
-        & (pl.col("status") == "ok")
-        & (pl.col("fidelity").is_null() | (pl.col("fidelity") == "final"))
-        & pl.col("metric").is_not_null()
-        & pl.col("metric").is_finite()
-        & pl.col("paper_fraction").is_not_null()
-        & ~pl.col("full_finetune")
-        & (pl.col("budget_fraction").is_null() | (pl.col("paper_fraction") <= pl.col("budget_fraction") * (1 + 1e-9)))
-    )
+    done = ((pl.col("state") == "COMPLETE") & (pl.col("status") == "ok") & (pl.col("fidelity").is_null() | (pl.col("fidelity") == "final"))
+            & pl.col("metric").is_not_null() & pl.col("metric").is_finite() & pl.col("paper_fraction").is_not_null())
+    if full:
+        return df.filter(done & pl.col("full_finetune"))
+    return df.filter(done & ~pl.col("full_finetune")
+                     & (pl.col("budget_fraction").is_null() | (pl.col("paper_fraction") <= pl.col("budget_fraction") * (1 + 1e-9))))
 
 
-def full_reference(df: pl.DataFrame, higher: bool = True) -> float | None:
-    """Best metric of full fine-tuning among the group's finished trials (None when there is none)."""
-    full = df.filter((pl.col("state") == "COMPLETE") & (pl.col("status") == "ok") & pl.col("full_finetune") & pl.col("metric").is_not_null())
-    if full.is_empty():
-        return None
-    return float(full["metric"].max() if higher else full["metric"].min())
+def failed_runs(df: pl.DataFrame) -> pl.DataFrame:
+    """Trials that ran and produced no usable metric: FAIL, or COMPLETE with status failed or a
+    missing / non-finite metric (a diverged run). Pruned and unfinished trials are not failures."""
+    return df.filter((pl.col("state") == "FAIL")
+                     | ((pl.col("state") == "COMPLETE") & ((pl.col("status") == "failed") | pl.col("metric").is_null() | ~pl.col("metric").is_finite())))
+
+
+def full_point(group: pl.DataFrame, higher: bool = True) -> dict[str, Any] | None:
+    """The best full fine-tuning design point of the group (its seed mean, interval and seeds, as
+    `design_points`), None when there is none. The reference is a mean like every PETL point:
+    the best single seed would favour whichever side ran more seeds."""
+    pts = design_points(group, full=True)
+    return pts.sort("metric", descending=higher).row(0, named=True) if not pts.is_empty() else None
+
+
+def full_reference(group: pl.DataFrame, higher: bool = True) -> float | None:
+    """The seed mean of the best full fine-tuning design point (`full_point`; None when there is none)."""
+    p = full_point(group, higher)
+    return None if p is None else float(p["metric"])
 
 
 # --- Pareto set and hypervolume ---------------------------------------------------------------------
 def pareto_mask(fractions: Any, metrics: Any, higher: bool = True) -> np.ndarray:
-    """True for points not dominated in (fraction ↓, metric ↑/↓); exact duplicates keep the first."""
-    pts = np.column_stack([np.asarray(fractions, dtype=float), np.asarray(metrics, dtype=float)])
-    if len(pts) == 0:
-        return np.zeros(0, dtype=bool)
-    return np.asarray(moocore.is_nondominated(pts, maximise=[False, higher], keep_weakly=False), dtype=bool)
+    """True for points not dominated in (fraction ↓, metric ↑/↓). Exact duplicates (two designs
+    with the same cost and the same metric) are all kept: which one shows must not depend on the
+    order the trials were listed in."""
+    return nondominated([fractions, metrics], [False, higher])
 
 
 def nondominated(columns: list[Any], maximise: list[bool]) -> np.ndarray:
     """True for points not dominated over any number of objectives (one array per objective,
-    `maximise[i]` its direction); exact duplicates keep the first."""
+    `maximise[i]` its direction); exact duplicates are all kept (`pareto_mask`)."""
     pts = np.column_stack([np.asarray(c, dtype=float) for c in columns]) if columns and len(columns[0]) else np.zeros((0, len(columns)))
     if len(pts) == 0:
         return np.zeros(0, dtype=bool)
-    return np.asarray(moocore.is_nondominated(pts, maximise=maximise, keep_weakly=False), dtype=bool)
+    return np.asarray(moocore.is_nondominated(pts, maximise=maximise, keep_weakly=True), dtype=bool)
 
 
 def reference_metric(metrics: Any, higher: bool = True) -> float:
@@ -123,19 +132,22 @@ def hypervolume(fractions: Any, metrics: Any, higher: bool = True, ref_metric: f
 
 
 def hypervolume_history(group: pl.DataFrame, higher: bool = True, ref_metric: float | None = None) -> list[tuple[int, float]]:
-    """(trial count, hypervolume of the eligible trials among the first n) for n = 1 … all trials."""
-    g = group.with_row_index("_order").sort(["trial", "_order"], nulls_last=True)
-    ok = eligible(g)
-    ref = reference_metric(ok["metric"].to_numpy(), higher) if ref_metric is None else ref_metric
-    ok_orders = set(ok["_order"].to_list())
+    """(n, hypervolume had the group stopped after its first n trials) for n = 1 … all trials, in
+    trial-number order. Each value is what `group_summary` reports for those n trials: over design
+    points (seed means), without the points that do not beat the trivial baseline, against
+    `ref_metric` (default: `reference_metric` of all counted points) — so the curve ends at the
+    reported hypervolume. An extra seed can lower its design's mean, so the curve may step down."""
+    g = group.with_row_index("_order").sort(["trial", "_order"], nulls_last=True).drop("_order")
+    if ref_metric is None:
+        ref_metric = reference_metric(counted(design_points(g))["metric"].to_numpy(), higher)
+    ok = set(eligible(g.with_row_index("_n"))["_n"].to_list())
     out: list[tuple[int, float]] = []
-    fr: list[float] = []
-    me: list[float] = []
-    for n, row in enumerate(g.iter_rows(named=True), 1):
-        if row["_order"] in ok_orders:
-            fr.append(row["paper_fraction"])
-            me.append(row["metric"])
-        out.append((n, hypervolume(fr, me, higher, ref)))
+    hv = 0.0
+    for n in range(1, g.height + 1):
+        if n - 1 in ok:  # only an eligible trial changes the design points
+            pts = counted(design_points(g.head(n)))
+            hv = hypervolume(pts["paper_fraction"], pts["metric"], higher, ref_metric)
+        out.append((n, hv))
     return out
 
 
@@ -211,24 +223,37 @@ SEED_MEAN_COSTS = ("latency_ms", "latency_batch_ms", "latency_ratio", "latency_b
 MAX_OVER_SEEDS = ("peak_memory_bytes", "peak_memory_growth_bytes")
 
 
-def design_points(group: pl.DataFrame) -> pl.DataFrame:
+DESIGN_KEY = ("source", "study", "_design")  # one design point: its trial (or the trial it is an extra seed of) in its study and storage
+
+
+def design_points(group: pl.DataFrame, *, full: bool = False) -> pl.DataFrame:
     """Eligible trials folded into design points: a trial and its extra seeds (trials whose
-    `parent` is it) become one row with the parent's columns and
+    `parent` is it, in the same study of the same source) become one row with the parent's
+    columns and
 
     - `metric`: the mean over seeds (what the frontier uses), `metric_std`, `metric_lo` /
       `metric_hi` (Student-t 95 % interval; null with one seed), `n_seeds`;
     - `seed_values` / `seed_list`: the per-seed metrics and seeds (JSON lists, paired by seed);
+    - `n_failed`: seeds of the design that ran and gave no metric (`failed_runs`; a seed retried
+      with success is not counted) — left out of the mean, so the report must say so;
     - `beats_baseline`: whether the mean clears the trivial baseline by more than the eval set's
       noise (`reports.stats.beats_baseline`; null without a baseline).
+
+    Records read from files carry no study: their source file keeps them apart, so two runs
+    never become seeds of one design by sharing a trial number. `full=True` folds the full
+    fine-tuning trials (`eligible(full=True)`) instead.
     """
-    ok = eligible(group).with_columns(pl.coalesce("parent", "trial").alias("_design"))
+    ok = eligible(group, full=full).with_columns(pl.coalesce("parent", "trial").alias("_design"))
     extra = {"metric_std": pl.Float64, "metric_lo": pl.Float64, "metric_hi": pl.Float64, "n_seeds": pl.Int64,
-             "seed_values": pl.Utf8, "seed_list": pl.Utf8, "beats_baseline": pl.Boolean}
+             "seed_values": pl.Utf8, "seed_list": pl.Utf8, "n_failed": pl.Int64, "beats_baseline": pl.Boolean}
     if ok.is_empty():
         return ok.drop("_design").with_columns([pl.lit(None, t).alias(c) for c, t in extra.items()])
     higher = _higher(group)
+    failed: dict[tuple[Any, ...], list[Any]] = {}
+    for r in failed_runs(group).with_columns(pl.coalesce("parent", "trial").alias("_design")).iter_rows(named=True):
+        failed.setdefault(tuple(r[k] for k in DESIGN_KEY), []).append(r["seed"] if r["seed"] is not None else ("trial", r["trial"]))
     rows: list[dict[str, Any]] = []
-    for (_study, _design), g in ok.group_by(["study", "_design"], maintain_order=True):
+    for key, g in ok.group_by(list(DESIGN_KEY), maintain_order=True):
         g = g.sort(["seed", "trial"], nulls_last=True)
         head = g.filter(pl.col("parent").is_null())
         base = (head if not head.is_empty() else g).row(0, named=True)
@@ -241,12 +266,19 @@ def design_points(group: pl.DataFrame) -> pl.DataFrame:
         for c in ("latency_ratio", "latency_batch_ratio"):  # an interval is of one measurement: kept when every seed reused it
             if len({v for v in g[c].to_list() if v is not None}) > 1:
                 row[f"{c}_lo"] = row[f"{c}_hi"] = None
+        seeds = g["seed"].to_list()
         row.update(metric=summ.mean, metric_std=summ.std, metric_lo=summ.lo, metric_hi=summ.hi, n_seeds=summ.n,
-                   seed_values=json.dumps(values), seed_list=json.dumps(g["seed"].to_list()),
+                   seed_values=json.dumps(values), seed_list=json.dumps(seeds),
+                   n_failed=len({s for s in failed.get(tuple(key), []) if s not in seeds}),
                    beats_baseline=beats_baseline(summ.mean, base.get("baseline_metric"), base.get("eval_examples"), higher=higher))
         rows.append(row)
     schema = {**{c: t for c, t in ok.schema.items() if c != "_design"}, **extra}
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def counted(points: pl.DataFrame) -> pl.DataFrame:
+    """The design points a frontier and its hypervolume count: those not shown to sit at the trivial baseline."""
+    return points.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
 
 
 def _seeds(row: dict[str, Any]) -> dict[Any, float]:
@@ -258,7 +290,8 @@ def dominance(a: dict[str, Any], b: dict[str, Any], higher: bool = True) -> str:
     when both come from one study (the same data order per seed), else Welch's t-test.
     Returns "significant", "not significant" or "untested (one seed)"."""
     sa, sb = _seeds(a), _seeds(b)
-    common = [k for k in sa if k in sb] if a.get("study") == b.get("study") else []
+    same = all(a.get(k) == b.get(k) for k in ("source", "study"))
+    common = [k for k in sa if k in sb] if same else []
     if len(common) >= 2:
         v = paired_verdict([sa[k] for k in common], [sb[k] for k in common], higher=higher)
         return "significant" if v.verdict == "holds" else "not significant"
@@ -274,8 +307,7 @@ def frontier_of(group: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJEC
     (`beats_baseline` false); `vs_cheaper` says whether each point's lead over the next cheaper
     frontier point is significant (`dominance`)."""
     higher = _higher(group)
-    pts = design_points(group)
-    pts = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
+    pts = counted(design_points(group))
     costs = cost_columns(objectives)
     pts = pts.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in costs])) if costs else pts
     if pts.is_empty():
@@ -321,14 +353,15 @@ def group_summary(group: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJ
     ok = eligible(group)
     pts = design_points(group)
     below = pts.filter(pl.col("beats_baseline") == False)  # noqa: E712 - polars expression
-    counted = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline"))
+    kept = counted(pts)
     front = frontier_of(group, objectives)
     chance = baseline_of(group) if higher else None
-    ref = chance if chance is not None else reference_metric(counted["metric"].to_numpy(), higher)
+    ref = chance if chance is not None else reference_metric(kept["metric"].to_numpy(), higher)
     states = {s: int(n) for s, n in group.group_by("state").len().iter_rows()}
-    best = counted.sort("metric", descending=higher).row(0, named=True) if not counted.is_empty() else None
-    named = counted.filter(pl.col("named"))
+    best = kept.sort("metric", descending=higher).row(0, named=True) if not kept.is_empty() else None
+    named = kept.filter(pl.col("named"))
     best_named = named.sort("metric", descending=higher).row(0, named=True) if not named.is_empty() else None
+    full = full_point(group, higher)
     return {
         "task": group["task"][0], "model": group["model"][0],
         "studies": sorted({s for s in group["study"].to_list() if s}),
@@ -336,10 +369,14 @@ def group_summary(group: pl.DataFrame, objectives: tuple[str, ...] = DEFAULT_OBJ
         "trials": group.height, "states": states, "eligible": ok.height, "design_points": pts.height, "frontier": front.height,
         "below_baseline": below, "baseline": chance,
         "budget_fraction": (group["budget_fraction"].drop_nulls().to_list() or [None])[0],
-        "hypervolume": hypervolume(counted["paper_fraction"], counted["metric"], higher, ref), "hv_reference": (REF_FRACTION, ref),
+        "hypervolume": hypervolume(kept["paper_fraction"], kept["metric"], higher, ref), "hv_reference": (REF_FRACTION, ref),
         "hv_over": "the trivial baseline (majority class)" if chance is not None else "the fixed reference",
-        "best": best, "best_named": best_named, "full_ft": full_reference(group, higher),
+        "best": best, "best_named": best_named, "full_ft": None if full is None else full["metric"], "full_ft_point": full,
         "frontier_rows": front, "design_rows": pts, "objectives": objectives,
+        # what the numbers rest on: each training set-up with its design points, the eval set sizes, the seeds that failed
+        "setups": [(str(k), int(n)) for k, n in kept.filter(pl.col("setup").is_not_null()).group_by("setup", maintain_order=True).len().iter_rows()],
+        "eval_examples": sorted({int(v) for v in kept["eval_examples"].drop_nulls().to_list()}),
+        "failed_seeds": int(kept["n_failed"].sum() or 0) if not kept.is_empty() else 0,
         # how the group's multi-fidelity studies screened their trials, each with its trials stopped at a rung
         "screening": [(how, group.filter((pl.col("screening") == how) & (pl.col("state") == "PRUNED")).height)
                       for how in sorted(set(group["screening"].drop_nulls().to_list()))] if "screening" in group.columns else [],

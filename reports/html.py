@@ -94,9 +94,12 @@ def frontier_table(front: pl.DataFrame, metric: str, objectives: tuple[str, ...]
 def effects_table(eff: pl.DataFrame) -> str:
     if eff.is_empty():
         return "<p>No finished trials to compare.</p>"
-    rows = [[e(r["title"]), e(r["budget"]), e(r["choice"]), e(num(r["best_metric"])), e(r["trials"]), e(r["best_description"])]
+    rows = [[e(r["title"]), e(r["budget"]), e(r["choice"]),
+             e(interval({"metric": r["best_metric"], "metric_lo": r["best_lo"], "metric_hi": r["best_hi"], "n_seeds": r["best_seeds"]})),
+             e(f"{r['designs']} ({r['seeds']})"), e(r["best_description"])]
             for r in eff.iter_rows(named=True)]
-    return table(["dimension", "budget bin", "choice", "best metric", "trials", "best variant"], rows, numeric={3, 4})
+    return table(["dimension", "budget bin", "choice", "best design point (seed mean ± 95 % CI)", "design points (seeds)", "best variant"], rows,
+                 numeric={3, 4})
 
 
 def findings_table(findings: list[dict[str, Any]]) -> str:

@@ -54,6 +54,8 @@ SCHEMA: dict[str, Any] = {
     "latency_ratio_lo": pl.Float64, "latency_ratio_hi": pl.Float64, "latency_batch_ratio_lo": pl.Float64, "latency_batch_ratio_hi": pl.Float64,
     # how the study screened its trials before the end (multi-fidelity; null: every trial trained to the end)
     "screening": pl.Utf8,
+    # how the trial was trained, in words (`setup_text` of the record's train_settings)
+    "setup": pl.Utf8,
 }
 
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
@@ -148,6 +150,26 @@ def screening_text(attrs: dict[str, Any]) -> str | None:
             "named methods and extra seeds train to the end")
 
 
+def setup_text(settings: Any) -> str | None:
+    """A record's training set-up in words (its `train_settings`: evaluators.trial), e.g. "4000
+    training examples, 125 steps of batch 32, max length 64, linear schedule, warm-up 0.06";
+    None when the record does not say. Seeds and learning rates are reported per design apart."""
+    if not isinstance(settings, dict):
+        return None
+    parts = []
+    if settings.get("train_examples") is not None:
+        parts.append(f"{settings['train_examples']} training examples")
+    if settings.get("steps") is not None:
+        batch, accum = settings.get("batch_size"), settings.get("grad_accum") or 1
+        parts.append(f"{settings['steps']} steps" + (f" of batch {batch}" + (f"×{accum}" if accum != 1 else "") if batch else ""))
+    if settings.get("max_length"):
+        parts.append(f"max length {settings['max_length']}")
+    if settings.get("scheduler"):
+        warmup = settings.get("warmup_ratio")
+        parts.append(f"{settings['scheduler']} schedule" + (f", warm-up {warmup:g}" if isinstance(warmup, int | float) else ""))
+    return ", ".join(parts) or None
+
+
 def record_row(record: dict[str, Any], *, study: str | None = None, source: str = "", trial: int | None = None,
                state: str = "COMPLETE", preset: str | None = None, study_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One table row from one trial record (the contract's dict); unknown keys are ignored."""
@@ -170,6 +192,7 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
             ci = latency.get(part)
             if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
                 row[f"{col}_lo"], row[f"{col}_hi"] = float(ci[0]), float(ci[1])
+    row["setup"] = setup_text(record.get("train_settings"))
     lr = record.get("lr")
     if isinstance(lr, dict):
         row["lr_json"] = json.dumps(lr, sort_keys=True, default=str)
@@ -201,6 +224,18 @@ def record_row(record: dict[str, Any], *, study: str | None = None, source: str 
     return row
 
 
+def _boolean(v: Any) -> bool:
+    """A record's boolean: JSON true / false, 0 / 1, or the strings "true" / "false" (bool("false") would be True)."""
+    if isinstance(v, str):
+        low = v.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ValueError(v)
+    return bool(v)
+
+
 def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     """Rows → the typed table (values that do not fit their column type become null)."""
     clean = []
@@ -210,7 +245,7 @@ def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
             v = r.get(key)
             if v is not None:
                 try:
-                    v = {pl.Utf8: str, pl.Int64: int, pl.Float64: float, pl.Boolean: bool}[dtype](v)
+                    v = {pl.Utf8: str, pl.Int64: int, pl.Float64: float, pl.Boolean: _boolean}[dtype](v)
                 except (TypeError, ValueError):
                     v = None
             out[key] = v
@@ -319,6 +354,8 @@ def study_rows(study: Any, source: str = "") -> list[dict[str, Any]]:
             row["paper_params"] = t.user_attrs.get("paper_params")
             row["description"] = t.user_attrs.get("variant_description")
             row["parent"] = t.user_attrs.get("parent")
+        if row["seed"] is None and isinstance(attrs.get("train"), dict):  # the seed it ran with (search.worker), so a retried seed is not counted as failed
+            row["seed"] = int(attrs["train"].get("seed") or 0) + int(t.user_attrs.get("seed_index", 0))
         rows.append(row)
     return rows
 

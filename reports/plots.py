@@ -222,7 +222,8 @@ def hypervolume_plot(history: list[tuple[int, float]], title: str) -> bytes:
 
 
 def effects_plot(eff: pl.DataFrame, title: str, metric: str) -> bytes:
-    """One panel per dimension: best metric per choice, grouped by budget bin, trial counts on bars."""
+    """One panel per dimension: the best design point's seed mean per choice (95 % interval as an
+    error bar where it has one), grouped by budget bin, the choice's design-point count on each bar."""
     dims = list(dict.fromkeys(eff["dimension"].to_list())) if not eff.is_empty() else []
     n = max(len(dims), 1)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
@@ -237,11 +238,13 @@ def effects_plot(eff: pl.DataFrame, title: str, metric: str) -> bytes:
             cells = {r["budget"]: r for r in sub.filter(pl.col("choice") == choice).iter_rows(named=True)}
             xs = [i + (j - (len(choices) - 1) / 2) * width for i, b in enumerate(budgets) if b in cells]
             ys = [cells[b]["best_metric"] for b in budgets if b in cells]
-            bars = ax.bar(xs, ys, width=width * 0.95, label=choice)
+            lows = [cells[b]["best_metric"] - cells[b]["best_lo"] if cells[b]["best_lo"] is not None else 0.0 for b in budgets if b in cells]
+            highs = [cells[b]["best_hi"] - cells[b]["best_metric"] if cells[b]["best_hi"] is not None else 0.0 for b in budgets if b in cells]
+            bars = ax.bar(xs, ys, width=width * 0.95, label=choice, yerr=[lows, highs], capsize=2, error_kw={"lw": 0.8})
             for bar, b in zip(bars, [b for b in budgets if b in cells], strict=True):
-                ax.annotate(f"n={cells[b]['trials']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                ax.annotate(f"n={cells[b]['designs']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                             va="bottom", fontsize=7)
-        ys_all = sub["best_metric"].to_list()
+        ys_all = sub["best_metric"].to_list() + sub["best_lo"].drop_nulls().to_list() + sub["best_hi"].drop_nulls().to_list()
         lo, hi = min(ys_all), max(ys_all)
         pad = (hi - lo) * 0.25 or abs(hi) * 0.05 or 0.05
         if all(math.isfinite(v) for v in (lo, hi)):
@@ -249,7 +252,7 @@ def effects_plot(eff: pl.DataFrame, title: str, metric: str) -> bytes:
         ax.set_xticks(range(len(budgets)))
         ax.set_xticklabels(budgets, fontsize=7, rotation=20)
         ax.set_title(dim, fontsize=9)
-        ax.set_ylabel(f"best {metric}", fontsize=8)
+        ax.set_ylabel(f"best {metric} (seed mean)", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _png(fig)

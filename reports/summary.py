@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from unipetl.reports.frontier import DECADES, FRACTION_FLOOR, REF_FRACTION
+from unipetl.reports.frontier import DECADES, FRACTION_FLOOR, REF_FRACTION, dominance
 from unipetl.reports.objectives import COSTS
 from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
 
@@ -33,12 +33,22 @@ def states_text(states: dict[str, int]) -> str:
 
 
 def hv_reference_text(section: dict[str, Any]) -> str:
+    """What the section's hypervolume measures, with the reference point it was computed against
+    (frontier.group_summary's `hv_reference`): over the trivial baseline HV / 6 is the best
+    metric's margin over chance, averaged over log-uniform budgets; over metric 0 it is the best
+    metric itself so averaged."""
     s = section["summary"]
     ref = s["hv_reference"][1]
-    how = "metric 0" if s["higher_is_better"] else f"the worst completed {s['main_metric']} ({num(ref)}), as it is lower-is-better"
-    return (f"hypervolume over (log10 paper fraction ↓, {s['main_metric']} {'↑' if s['higher_is_better'] else '↓'}) against the "
+    m = s["main_metric"]
+    if not s["higher_is_better"]:
+        how, what = f"the worst completed {m} ({num(ref)}), as it is lower-is-better", f"how far the best {m} stays below {num(ref)}"
+    elif s.get("baseline") is not None and ref == s["baseline"]:
+        how, what = f"{m} {num(ref)}, the trivial baseline", f"the best {m}'s margin over the trivial baseline"
+    else:
+        how, what = f"{m} {num(ref)}", f"the best {m}" + (f" above {num(ref)}" if ref else "")
+    return (f"hypervolume over (log10 paper fraction ↓, {m} {'↑' if s['higher_is_better'] else '↓'}) against the "
             f"reference point (fraction {REF_FRACTION:g} = 100 %, {how}); fractions below {FRACTION_FLOOR:g} count as {FRACTION_FLOOR:g}, "
-            f"so HV / {DECADES:g} is the best {s['main_metric']} averaged over log-uniform budgets")
+            f"so HV / {DECADES:g} is {what}, averaged over budgets spread log-uniformly from {FRACTION_FLOOR:g} to {REF_FRACTION:g}")
 
 
 def sentences(section: dict[str, Any]) -> list[str]:
@@ -48,6 +58,7 @@ def sentences(section: dict[str, Any]) -> list[str]:
     out = [f"{s['trials']} trials ({states_text(s['states'])}); {s['eligible']} eligible for the frontier "
            "(complete, status ok, final fidelity, within budget, not full fine-tuning), "
            f"forming {s.get('design_points', s['eligible'])} design points (a design and its extra seeds; metrics are seed means)."]
+    out += provenance(s)
     below = s.get("below_baseline")
     if s.get("baseline") is not None:
         n_below = 0 if below is None else below.height
@@ -69,13 +80,15 @@ def sentences(section: dict[str, Any]) -> list[str]:
         out.append(f"The frontier has {front.height} points from {pct(front['paper_fraction'].min())} "
                    f"to {pct(front['paper_fraction'].max())} of the backbone.")
     b = s["best"]
-    best_row = front.filter(front["trial"] == b["trial"]) if b["trial"] is not None else front.clear()
-    like = f" ({best_row['like'][0]})" if not best_row.is_empty() and best_row["like"][0] else ""
+    key = ("source", "study", "trial")  # trial numbers restart in every study: the study and its source too
+    like = next((f" ({r['like']})" for r in front.iter_rows(named=True) if r["like"] and all(r[k] == b[k] for k in key)), "")
     out.append(f"Best {m}: {interval(b)} at {pct(b['paper_fraction'])} with {b['description']}{like}{lr_text(b)}.")
-    if s["full_ft"] is not None:
-        gap = (b["metric"] - s["full_ft"]) * (1 if s["higher_is_better"] else -1)
-        out.append(f"Full fine-tuning reaches {num(s['full_ft'])}; the best PETL point is {num(abs(gap))} "
-                   f"{'above' if gap >= 0 else 'below'} it.")
+    full = s.get("full_ft_point")
+    if full is not None:
+        gap = (b["metric"] - full["metric"]) * (1 if s["higher_is_better"] else -1)
+        verdict = dominance(b, full, s["higher_is_better"]) if gap >= 0 else dominance(full, b, s["higher_is_better"])
+        out.append(f"Full fine-tuning reaches {interval(full)}{lr_text(full)}; the best PETL point is {num(abs(gap))} "
+                   f"{'above' if gap >= 0 else 'below'} it (seed means; the difference is {verdict}).")
     else:
         out.append("No full fine-tuning trial in this group, so no gap to it.")
     bn = s["best_named"]
@@ -88,6 +101,26 @@ def sentences(section: dict[str, Any]) -> list[str]:
     out.append(f"Hypervolume {s['hypervolume']:.4g} over {s.get('hv_over', 'the fixed reference')} (see the reference point below).")
     for f in section["findings"]:
         out.append(f"Lesson '{f['lesson']}': {f['text']}.")
+    return out
+
+
+def provenance(s: dict[str, Any]) -> list[str]:
+    """How the section's numbers were obtained: the training set-ups, the eval set, the seeds that failed."""
+    out = []
+    setups = s.get("setups") or []
+    if len(setups) == 1:
+        out.append(f"Every design point trained on {setups[0][0]}.")
+    elif setups:
+        out.append("Design points trained on different set-ups, so compare them with care: "
+                   + "; ".join(f"{how} ({n} point{'s' if n != 1 else ''})" for how, n in setups) + ".")
+    ev = s.get("eval_examples") or []
+    if ev:
+        out.append(f"{s['main_metric']} on {' / '.join(str(n) for n in ev)} held-out examples"
+                   + (" (different eval sets in one group: their values are not comparable)" if len(ev) > 1 else "") + ".")
+    if s.get("failed_seeds"):
+        n = s["failed_seeds"]
+        out.append(f"{n} seed{'s' if n != 1 else ''} of counted design points failed and {'are' if n != 1 else 'is'} left out of their means "
+                   "(each such point says so beside its interval).")
     return out
 
 
@@ -119,12 +152,15 @@ def cost_cells(row: dict[str, Any], objectives: list[str]) -> list[str]:
 
 
 def interval(row: dict[str, Any]) -> str:
-    """`0.8123 ± 0.0110 (95 % CI, 3 seeds)`, or the value and "1 seed" when there is no interval."""
+    """`0.8123 ± 0.0110 (95 % CI, 3 seeds)`, or the value and "1 seed" when there is no interval;
+    seeds that failed (design_points' `n_failed`) are named: `(95 % CI, 2 seeds; 1 more seed failed)`."""
     if row.get("metric") is None:
         return "none"
+    failed = row.get("n_failed") or 0
+    lost = f"; {failed} more seed{'s' if failed != 1 else ''} failed" if failed else ""
     if row.get("n_seeds") and row["n_seeds"] >= 2 and row.get("metric_lo") is not None:
-        return f"{num(row['metric'])} ± {num((row['metric_hi'] - row['metric_lo']) / 2)} (95 % CI, {row['n_seeds']} seeds)"
-    return f"{num(row['metric'])} (1 seed, no interval)"
+        return f"{num(row['metric'])} ± {num((row['metric_hi'] - row['metric_lo']) / 2)} (95 % CI, {row['n_seeds']} seeds{lost})"
+    return f"{num(row['metric'])} (1 seed, no interval{lost})"
 
 
 def lr_text(row: dict[str, Any]) -> str:

@@ -542,16 +542,21 @@ def seed_candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Design trials that get extra seeds: every named method and every point of the (paper
     fraction ↓, metric) Pareto front, among COMPLETE trials whose metric clears the trivial
     baseline (a point at chance is not worth more seeds). Full fine-tuning is the 100 % reference
-    and is not re-run."""
+    and is not re-run. Distinct designs tied on the front all get seeds; a design the sampler
+    proposed again (the same variant and learning rates) gets them once, at its first trial."""
     from unipetl.reports.frontier import pareto_mask
     from unipetl.reports.stats import beats_baseline
 
     higher = bool(study.user_attrs.get("higher_is_better", True))
-    done = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    done, seen = [], set()
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         rec = t.user_attrs.get("record") or {}
         if is_seed_trial(t) or not isinstance(rec, dict) or rec.get("metric") is None or rec.get("paper_fraction") is None:
             continue
+        design = json.dumps([rec.get("variant"), rec.get("lr")], sort_keys=True, default=str)
+        if design in seen:
+            continue
+        seen.add(design)
         if t.user_attrs.get("preset") == "full" or (rec.get("variant") or {}).get("full_finetune"):
             continue
         if beats_baseline(rec["metric"], rec.get("baseline_metric"), rec.get("eval_examples"), higher=higher) is False:

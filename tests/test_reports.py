@@ -84,9 +84,23 @@ def test_hypervolume_history_is_monotone_and_ends_at_the_total():
     hist = hypervolume_history(df)
     assert [n for n, _ in hist] == list(range(1, 11))
     values = [h for _, h in hist]
-    assert values == sorted(values)
+    assert values == sorted(values)  # one seed per design: a new trial can only add
     assert values[0] == pytest.approx(3 * 0.80)  # trial 0 alone: three decades at 0.80
     assert values[-1] == pytest.approx(2.6)
+
+
+def test_hypervolume_history_scores_what_the_summary_scores_after_each_trial():
+    """Over seed means, without points at chance, against the summary's reference: the curve ends at the reported HV
+    (it used to count every seed as a point of its own, so the luckiest seed set it, and kept points at chance)."""
+    recs = (rr.seeded("lora:r=4", 0.002, [0.90, 0.80, 0.79], 0, baseline=0.509, eval_examples=872)  # a lucky first seed
+            + [rr.record("lora:r=1", 0.001, 0.52, baseline=0.509, eval_examples=872)])           # at chance: never counted
+    df = table(recs)
+    summ = group_summary(df)
+    hist = [h for _, h in hypervolume_history(df, True, summ["hv_reference"][1])]
+    log_span = 0 - math.log10(0.002)  # the point's decades up to the reference fraction 1
+    expected = [(0.90 - 0.509) * log_span, (0.85 - 0.509) * log_span, (0.83 - 0.509) * log_span, (0.83 - 0.509) * log_span]
+    assert hist == pytest.approx(expected, abs=1e-12)  # an extra seed lowers the mean: the curve steps down
+    assert hist[-1] == pytest.approx(summ["hypervolume"], abs=1e-12)
 
 
 def test_failed_pruned_partial_full_and_over_budget_are_excluded():
@@ -159,7 +173,7 @@ def effect_records():
 
 def test_effects_numbers_per_dimension_and_bin():
     eff = fx.effects(table(effect_records()))
-    cell = {(r["dimension"], r["budget"], r["choice"]): (r["best_metric"], r["trials"]) for r in eff.iter_rows(named=True)}
+    cell = {(r["dimension"], r["budget"], r["choice"]): (r["best_metric"], r["designs"]) for r in eff.iter_rows(named=True)}
     assert cell[("insertion", "0.3%–1%", "parallel")] == (0.89, 4)
     assert cell[("insertion", "0.3%–1%", "sequential")] == (0.84, 2)
     assert cell[("insertion", "0.1%–0.3%", "sequential")] == (0.80, 1)
@@ -176,29 +190,58 @@ def test_effects_numbers_per_dimension_and_bin():
     assert ins["choice"].to_list() == ["parallel", "sequential"]
 
 
+def test_effects_rank_choices_by_seed_means_not_by_a_lucky_seed():
+    """A choice is as good as its best design's seed mean; the best single seed favoured the choice that ran more seeds."""
+    recs = (rr.seeded("pa-ffn:r=8", 0.004, [0.86, 0.80, 0.80], 0)     # parallel: one lucky seed, mean 0.82
+            + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.84, 0.84], 3))  # sequential: mean 0.84
+    eff = fx.effects(table(recs))
+    cell = {r["choice"]: r for r in eff.filter(pl.col("dimension") == "insertion").iter_rows(named=True)}
+    assert cell["parallel"]["best_metric"] == pytest.approx(0.82) and cell["sequential"]["best_metric"] == pytest.approx(0.84)
+    assert (cell["parallel"]["designs"], cell["parallel"]["seeds"], cell["parallel"]["best_seeds"]) == (1, 3, 3)
+    half = 4.302652729911275 * math.sqrt(((0.04 ** 2) + 2 * (0.02 ** 2)) / 2) / math.sqrt(3)  # t_{2, 0.975} · s / √3
+    assert cell["parallel"]["best_hi"] - cell["parallel"]["best_metric"] == pytest.approx(half)
+    cmp = fx.compare(eff, "insertion", "parallel", "sequential")
+    assert (cmp["wins_a"], cmp["wins_b"], cmp["designs"]) == (0, 1, 2)
+
 def test_findings_paired_verdicts_over_seeds():
     """holds / reversed / inconclusive from paired seeds at matched budgets; untested without seeds."""
-    recs = (rr.seeded("pa-ffn:r=8", 0.004, [0.86, 0.87, 0.88], 0)              # parallel, add, ffn (trials 0-2)
-            + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.85, 0.855], 3)           # sequential: a steady 2-point gap per seed
-            + rr.seeded("scaled-pa:r=12", 0.006, [0.86, 0.89, 0.85], 6))       # scaled vs add: +0, +2, -3 points: noise
+    recs = (rr.seeded("pa-ffn:r=8", 0.004, [0.86, 0.87, 0.88, 0.875], 0)        # parallel, add, ffn (trials 0-3)
+            + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.85, 0.855, 0.85], 4)      # sequential: a steady 2-point gap per seed
+            + rr.seeded("scaled-pa:r=12", 0.006, [0.86, 0.89, 0.85, 0.87], 8))  # scaled vs add: +2, -3, -0.5 points: noise
     got = {f["lesson"]: f for f in fx.findings(table(recs))}
     par = got["parallel insertion beats sequential"]
-    assert par["verdict"] == "holds" and par["pairs"] == 3
-    assert par["effect"] == pytest.approx((0.02 + 0.02 + 0.025) / 3)
+    assert par["verdict"] == "holds" and par["pairs"] == 3  # seeds 1-3: seed 0 chose the two designs
+    assert par["effect"] == pytest.approx((0.02 + 0.025 + 0.025) / 3)
     assert par["lo"] > 0 and par["bins"][0]["budget"] == "0.3%–1%"
     sc = got["scaled add beats simple add"]
     assert sc["verdict"] == "inconclusive" and sc["lo"] < 0 < sc["hi"]  # the effect is smaller than its noise
     assert "95 % CI" in sc["text"] and "inconclusive" in sc["text"]
     untested = got["modifying the FFN beats modifying attention at larger budgets"]
     assert untested["verdict"] == "inconclusive" and untested["why"].startswith("untested") and untested["pairs"] == 0
-    rev = {f["lesson"]: f for f in fx.findings(table(rr.seeded("pa-ffn:r=8", 0.004, [0.80, 0.81, 0.80], 0)
-                                                       + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.86, 0.85], 3)))}
+    rev = {f["lesson"]: f for f in fx.findings(table(rr.seeded("pa-ffn:r=8", 0.004, [0.80, 0.81, 0.80, 0.805], 0)
+                                                       + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.86, 0.85, 0.86], 4)))}
     assert rev["parallel insertion beats sequential"]["verdict"] == "reversed"
     # one seed each: a single pair never gives a verdict
     single = {f["lesson"]: f for f in fx.findings(table([rr.record("pa-ffn:r=2", 0.002, 0.9), rr.record("sa-ffn:r=2", 0.002, 0.5)]))}
     assert single["parallel insertion beats sequential"]["verdict"] == "inconclusive"
     assert single["parallel insertion beats sequential"]["why"].startswith("untested")
     assert fx.budget_bin(0.005) == "0.3%–1%" and fx.budget_bin(0.0) == "0%–0.01%"
+
+
+def test_findings_choose_each_side_on_its_first_seed_and_test_on_the_others():
+    """Choosing the best design on the seeds that then test it favours the side with more designs (with no true
+    difference 10 designs against 1 "held" in 8.6 % of simulated studies at a nominal 2.5 %): the choice uses the
+    search's own seed, the verdict the extra seeds."""
+    recs = (rr.seeded("pa-ffn:r=8", 0.004, [0.85, 0.90, 0.90], 0)      # best mean, but not the best on seed 0
+            + rr.seeded("pa-ffn:r=9", 0.004, [0.87, 0.83, 0.83], 3)    # best on seed 0: the one tested
+            + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.84, 0.845], 6))
+    par = {f["lesson"]: f for f in fx.findings(table(recs))}["parallel insertion beats sequential"]
+    assert par["bins"][0]["winner_side"] == "parallel adapter r=9 @ffn"
+    assert par["pairs"] == 2 and par["effect"] == pytest.approx(((0.83 - 0.84) + (0.83 - 0.845)) / 2)
+    # two seeds each: one to choose, one to test — a single pair, never a verdict
+    two = {f["lesson"]: f for f in fx.findings(table(rr.seeded("pa-ffn:r=8", 0.004, [0.86, 0.87], 0)
+                                                       + rr.seeded("sa-ffn:r=8", 0.004, [0.84, 0.85], 2)))}
+    assert two["parallel insertion beats sequential"]["verdict"] == "inconclusive" and two["parallel insertion beats sequential"]["pairs"] == 1
 
 
 def test_design_points_fold_seeds_with_intervals_and_baseline():
@@ -240,6 +283,29 @@ def test_variant_columns_are_flattened():
     assert (mam["attn_size"], mam["ffn_size"], mam["scale"], mam["sizes"]) == (30, 512, 4.0, "l=30@attn, r=512@ffn")
     assert mam["named"] and mam["preset"] == "mam:l=30,r=512,s=4,mlp=0"
     assert (hou["insertion"], hou["composition"], hou["site"]) == ("sequential", "add", "both")
+
+
+def test_records_from_files_never_merge_into_one_design(tmp_path):
+    """Records carry no study: each run directory's record.json (all "trial 0") stays its own design point, and line i
+    of one JSONL file is not a seed of line i of another (they were averaged as seeds of one design)."""
+    designs = [("prefix:l=5", 0.001, 0.80), ("pa-ffn:r=8", 0.005, 0.85), ("mam:l=5,r=16,s=4", 0.02, 0.90)]
+    for i, (v, f, m) in enumerate(designs):
+        d = tmp_path / "runs" / f"r{i}"
+        d.mkdir(parents=True)
+        (d / "record.json").write_text(json.dumps(rr.record(v, f, m)))
+    df = load_records([str(tmp_path / "runs")])
+    pts = group_summary(df)["design_rows"]
+    assert sorted(pts["metric"].to_list()) == [0.80, 0.85, 0.90] and pts["n_seeds"].to_list() == [1, 1, 1]
+    assert frontier_of(df)["metric"].to_list() == [0.80, 0.85, 0.90]
+    assert group_summary(df)["hypervolume"] == pytest.approx(2.6, abs=1e-12)  # as test_hypervolume_of_known_sets
+    for i, (v, f, m) in enumerate(designs[:2]):
+        (tmp_path / f"part{i}.jsonl").write_text(json.dumps(rr.record(v, f, m)) + "\n")
+    two = load_records([str(tmp_path / "part0.jsonl"), str(tmp_path / "part1.jsonl")])
+    assert sorted(design_points_of(two)) == [(0.80, 1), (0.85, 1)]
+
+
+def design_points_of(df: pl.DataFrame) -> list[tuple[float, int]]:
+    return [(r["metric"], r["n_seeds"]) for r in group_summary(df)["design_rows"].iter_rows(named=True)]
 
 
 def test_load_records_files_jsonl_and_directories(tmp_path):
@@ -344,3 +410,93 @@ def test_a_latency_cell_carries_its_interval_and_a_design_keeps_it_only_when_its
     apart = frame([record_row(rec(s, 1.03 + s / 100, [1.0, 1.1], None if s == 0 else 0), study="s", trial=s) for s in range(3)])
     d = design_points(apart).row(0, named=True)
     assert abs(d["latency_ratio"] - 1.04) < 1e-12 and d["latency_ratio_lo"] is None and d["latency_ratio_hi"] is None
+
+
+# --- what the summary says about where its numbers came from ---------------------------------------------
+def test_the_best_points_named_method_comes_from_its_own_study():
+    """Trial numbers restart in every study: the best point's "(like …)" was looked up by trial number alone."""
+    lora = rr.record("lora:r=4", 0.002, 0.80)
+    mam = rr.record("mam:l=5,r=16,s=4", 0.02, 0.90)
+    df = frame([record_row(lora, study="a", trial=0), record_row(mam, study="b", trial=0)])
+    sec = build_sections(df, with_plots=False)[0]
+    from unipetl.reports.summary import sentences
+
+    best = next(x for x in sentences(sec) if x.startswith("Best accuracy"))
+    assert best.endswith("(MAM), lr adapter 0.002, head 0.002.") and "(LoRA)" not in best
+
+
+def test_the_hypervolume_note_names_the_reference_it_used():
+    from unipetl.reports.summary import hv_reference_text
+
+    recs = [rr.record("lora:r=4", 0.01, 0.80, baseline=0.509, eval_examples=872)]
+    sec = build_sections(table(recs), with_plots=False)[0]
+    text = hv_reference_text(sec)
+    assert sec["summary"]["hypervolume"] == pytest.approx(2 * (0.80 - 0.509))  # two decades at a 0.291 margin
+    assert "accuracy 0.509, the trivial baseline" in text and "the best accuracy's margin over the trivial baseline" in text
+    assert "metric 0" not in text
+    plain = hv_reference_text(build_sections(table([rr.record("lora:r=4", 0.01, 0.80)]), with_plots=False)[0])
+    assert "accuracy 0)" in plain and "HV / 6 is the best accuracy, averaged" in plain
+
+
+def test_full_fine_tuning_is_a_seed_mean_with_its_interval_like_every_point():
+    """The reference was the best full-FT seed against PETL seed means: the gap's sign could flip."""
+    recs = rr.seeded("lora:r=4", 0.002, [0.92, 0.91, 0.915], 0) + rr.seeded("full", 1.0, [0.93, 0.90, 0.91], 3)
+    df = table(recs)
+    s = group_summary(df)
+    assert s["full_ft"] == pytest.approx(0.91333333333) and s["full_ft_point"]["n_seeds"] == 3
+    assert frontier_of(df)["gap_to_full"].to_list() == pytest.approx([0.915 - 0.91333333333])
+    from unipetl.reports.summary import sentences
+
+    line = next(x for x in sentences(build_sections(df, with_plots=False)[0]) if x.startswith("Full fine-tuning"))
+    assert "0.9133 ± " in line and "(95 % CI, 3 seeds)" in line and "0.001667 above it" in line and "not significant" in line
+
+
+def test_a_failed_seed_is_counted_and_said_not_silently_dropped():
+    recs = rr.seeded("lora:r=4", 0.002, [0.85, 0.80, 0.88], 0)
+    recs[1] = rr.record("lora:r=4", 0.002, None, status="failed", error="loss is NaN", seed=1, parent=0)
+    s = group_summary(table(recs))
+    p = s["design_rows"].row(0, named=True)
+    assert (p["n_seeds"], p["n_failed"], p["metric"]) == (2, 1, pytest.approx(0.865))
+    from unipetl.reports.summary import interval, sentences
+
+    assert interval(p).endswith("(95 % CI, 2 seeds; 1 more seed failed)")
+    assert any(x.startswith("1 seed of counted design points failed") for x in sentences(build_sections(table(recs), with_plots=False)[0]))
+    # the same seed retried with success (a stale worker's ticket run again) is not a failure
+    retried = [*recs, rr.record("lora:r=4", 0.002, 0.82, seed=1, parent=0)]
+    p = group_summary(table(retried))["design_rows"].row(0, named=True)
+    assert (p["n_seeds"], p["n_failed"]) == (3, 0)
+
+
+def test_tied_designs_are_all_on_the_frontier_whatever_their_order():
+    a, b = rr.record("lora:r=8", 0.004, 0.85), rr.record("pa-ffn:r=8", 0.004, 0.85)
+    for recs in ([a, b], [b, a]):
+        assert sorted(frontier_of(table(recs))["description"].to_list()) == ["LoRA r=8 [q,v] s=2 @attn", "parallel adapter r=8 @ffn"]
+    assert pareto_mask([0.1, 0.1, 0.2], [0.5, 0.5, 0.5]).tolist() == [True, True, False]
+
+
+def test_record_booleans_written_as_strings_are_read_as_meant():
+    rec = rr.record("lora:r=4", 0.002, 0.80)
+    rec["higher_is_better"] = "false"
+    assert frame([record_row(rec)])["higher_is_better"].to_list() == [False]
+    rec["higher_is_better"] = "maybe"
+    assert frame([record_row(rec)])["higher_is_better"].to_list() == [None]
+
+
+def test_the_summary_says_how_its_points_were_trained_and_evaluated():
+    from unipetl.reports.load import setup_text
+    from unipetl.reports.summary import sentences
+
+    settings = {"train_examples": 4000, "steps": 125, "batch_size": 32, "grad_accum": 1, "max_length": 64, "scheduler": "linear", "warmup_ratio": 0.06}
+    assert setup_text(settings) == "4000 training examples, 125 steps of batch 32, max length 64, linear schedule, warm-up 0.06"
+    assert setup_text({**settings, "grad_accum": 2}).startswith("4000 training examples, 125 steps of batch 32×2,")
+    assert setup_text({"lr": 1e-4}) is None and setup_text(None) is None
+    recs = [rr.record("lora:r=4", 0.002, 0.80, eval_examples=872), rr.record("lora:r=8", 0.004, 0.82, eval_examples=872)]
+    for r in recs:
+        r["train_settings"] = settings
+    said = sentences(build_sections(table(recs), with_plots=False)[0])
+    assert f"Every design point trained on {setup_text(settings)}." in said and "accuracy on 872 held-out examples." in said
+    recs[1]["train_settings"] = {**settings, "train_examples": 2000, "steps": 63}
+    recs[1]["eval_examples"] = 500
+    said = sentences(build_sections(table(recs), with_plots=False)[0])
+    assert any(x.startswith("Design points trained on different set-ups") for x in said)
+    assert "accuracy on 500 / 872 held-out examples (different eval sets in one group: their values are not comparable)." in said

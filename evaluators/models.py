@@ -23,7 +23,7 @@ from typing import Any, Literal
 from unipetl.evaluators.data import hub_offline, split_identity, task_fingerprint, tokenizer_fingerprint, training_text
 from unipetl.evaluators.tasks import Task
 from unipetl.spaces.family_specs import tiny_family
-from unipetl.spaces.registry import Registry, UnipetlError
+from unipetl.spaces.registry import Registry, UnipetlError, did_you_mean
 from unipetl.spaces.testing import SEQ2SEQ, TINY_CONFIGS
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _model_key(spec: ModelSpec, task: Task, data_dir: str | None, max_train: int
     path = _model_path(spec)
     if not Path(path).is_dir():
         return None  # a hub name: not kept
-    return (spec.source, str(Path(path).resolve()), _files(path), head, seed)
+    return (spec.source, str(Path(path).resolve()), _files(path), head, task.languages, seed)  # set_languages changes the tokenizer and generation
 
 
 def _load(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: int | None, seed: int) -> LoadedModel:
@@ -186,7 +186,43 @@ def _load(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: int |
     if tokenizer.pad_token is None:  # gpt2-style tokenizers: pad with eos, and tell the classifier
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
+    if task.languages is not None:
+        set_languages(model, tokenizer, task.languages)
     return LoadedModel(spec.name, model, tokenizer, config.model_type, f"{spec.name}:{path}")
+
+
+def set_languages(model: Any, tokenizer: Any, languages: tuple[str, str]) -> None:
+    """Tell a multilingual seq2seq model with language codes (mBART: its tokenizer's public
+    `lang_code_to_id`, `src_lang`, `tgt_lang`) the task's (source, target) languages, e.g. ("en",
+    "ro") → en_XX, ro_RO, and start generation in the target language as training does.
+
+    mBART cc25 (Liu et al. 2020, §2.1; the paper's en→ro model) ends the source with the source
+    code and the labels with the target code; its decoder input wraps the labels' last token to
+    the front, so training starts the decoder from the target code, and so must `generate`
+    (`decoder_start_token_id`). mBART-50 puts the code first in the labels (the decoder starts
+    from </s>, then the code): there `forced_bos_token_id` is the target code. Which of the two
+    layouts a tokenizer writes is read off a tokenized target, not its class name. Without this,
+    the labels carried the source code and generation started from <s>: no error, a wrong BLEU.
+    Models without language codes (BART, T5, tiny-*) are left as they are. Raises UnipetlError
+    when the tokenizer has codes but none for a language."""
+    codes = getattr(tokenizer, "lang_code_to_id", None)
+    if not codes:
+        return
+    chosen = []
+    for role, lang in zip(("source", "target"), languages, strict=True):
+        found = [c for c in codes if c == lang or c.split("_")[0] == lang]
+        if len(found) != 1:
+            hint = did_you_mean(lang, list(codes))
+            raise UnipetlError(f"task language {lang!r} ({role}) is {'ambiguous among ' + ', '.join(found) if found else 'not a language code of this tokenizer'}; "
+                               f"write the code itself (e.g. en_XX).{hint if hint.startswith(' Did') else ''}")
+        chosen.append(found[0])
+    tokenizer.src_lang, tokenizer.tgt_lang = chosen
+    target = codes[chosen[1]]
+    labels = tokenizer(text_target="a")["input_ids"]
+    if labels and labels[0] == target:  # mBART-50 layout: [code] text </s>
+        model.generation_config.forced_bos_token_id = target
+    else:  # cc25 layout: text </s> [code]
+        model.generation_config.decoder_start_token_id = target
 
 
 _TOKENIZERS: dict[tuple[Any, ...], Any] = {}

@@ -62,6 +62,9 @@ class Task:
     hub: tuple[str, str | None] | None = None  # load_dataset(path, name)
     hub_splits: dict[str, str] = field(default_factory=dict)  # role / extra name → hub split
     generation: Generation | None = None
+    # seq2seq: (source, target) language, e.g. ("en", "ro"); a multilingual model with language codes (mBART) is told them
+    # (evaluators.models.set_languages), any other model ignores them
+    languages: tuple[str, str] | None = None
     max_length: int = 128  # input tokens for classification / regression
     note: str = ""  # caveats shown in logs and the record (e.g. XSum: only test documents here)
 
@@ -77,6 +80,10 @@ class Task:
             if len(self.text_fields) != 1:
                 raise UnipetlError(f"{where}: a seq2seq task has one source field, got {list(self.text_fields)}.")
             object.__setattr__(self, "generation", self.generation or Generation())
+            if self.languages is not None and (len(self.languages) != 2 or not all(isinstance(x, str) and x.strip() for x in self.languages)):
+                raise UnipetlError(f"{where}: `languages` must be [source, target] language names (e.g. [en, ro]), got {list(self.languages)!r}.")
+        elif self.languages is not None:
+            raise UnipetlError(f"{where}: `languages` is for seq2seq tasks (a {self.kind} task has no target language), got {list(self.languages)!r}.")
         elif not self.label_field:
             raise UnipetlError(f"{where}: a {self.kind} task needs `label_field`.")
         if self.kind == "regression":
@@ -167,16 +174,17 @@ TASKS.register(
         name="wmt16-en-ro", kind="seq2seq", text_fields=("en",), target_field="ro", metrics=("sacrebleu",), main_metric="bleu",
         dirs=("wmt16_en_ro", "wmt16-en-ro"), files={"train": ("train",), "eval": ("validation", "dev")},
         hub=("wmt/wmt16", "ro-en"), hub_splits={"train": "train", "eval": "validation"},
-        generation=Generation(num_beams=5, max_source_length=150, max_target_length=150, max_new_tokens=150),
+        generation=Generation(num_beams=5, max_source_length=150, max_target_length=150, max_new_tokens=150), languages=("en", "ro"),
         note="evaluated on newsdev2016 (validation); the local train split is the first 10k Europarl pairs",
     ),
     aliases=("wmt16", "en-ro", "wmt16_en_ro"),
 )
 
 
-_TASK_FILE_KEYS = ("name", "kind", "data_files", "text_fields", "label_field", "target_field", "labels", "num_labels", "metrics", "main_metric", "generation", "max_length")
+_TASK_FILE_KEYS = ("name", "kind", "data_files", "text_fields", "label_field", "target_field", "labels", "num_labels", "metrics", "main_metric", "generation",
+                   "max_length", "languages")
 # keys whose values are names the user wrote: YAML keeps them as that text (`labels: [no, yes]` stays ['no', 'yes'], not booleans)
-_TASK_TEXT_KEYS = ("name", "kind", "data_files", "text_fields", "label_field", "target_field", "labels", "metrics", "main_metric")
+_TASK_TEXT_KEYS = ("name", "kind", "data_files", "text_fields", "label_field", "target_field", "labels", "metrics", "main_metric", "languages")
 
 # --- reading the files users write (task files here; study files in unipetl.search.study) ----------
 # (the bytes → text step, shared with variant files, is unipetl.spaces.files)
@@ -338,6 +346,7 @@ def load_task_file(path: str | Path) -> Task:
         metrics=metrics, main_metric=_name(data.get("main_metric", first), "main_metric", where),
         data_files={str(role): str((p.parent / f).resolve()) for role, f in files.items()},
         generation=_generation(data.get("generation"), where), max_length=_positive_int(data.get("max_length", 128), "max_length", where),
+        languages=_names(data["languages"], "languages", where) if data.get("languages") is not None else None,  # type: ignore[arg-type] # checked in Task.__post_init__
     )
 
 

@@ -150,6 +150,17 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
+def fit_generation(model: Any, gen: Any, cap: int | None = None) -> Any:
+    """A task's generation settings (tasks.Generation) fitted to `model`: the reference length to its
+    positions, the new tokens to `cap` (`--max-new-tokens`) and to its positions less the one the
+    decoder's start token holds — the task's own limit stands wherever the model has room for it
+    (XSum: 60 new tokens, He et al. 2022 App. A) — and `min_new_tokens` never above the maximum."""
+    wanted = gen.max_new_tokens if cap is None else min(gen.max_new_tokens, cap)
+    new_tokens = _length_limit(model, wanted + 1) - 1
+    return dataclasses.replace(gen, max_target_length=_length_limit(model, gen.max_target_length), max_new_tokens=new_tokens,
+                               min_new_tokens=min(gen.min_new_tokens, new_tokens))
+
+
 def _length_limit(model: Any, wanted: int, reserved: int = 0) -> int:
     """The tokenization limit, capped at the model's positions (tiny models have 128) less
     `reserved` positions (prompt tuning's l soft tokens share the input's position table)."""
@@ -215,12 +226,7 @@ def run_trial(config: TrialConfig, *, report: Callable[[int, float], bool] | Non
     wanted = config.max_length or (task.generation.max_source_length if task.generation else task.max_length)
     max_length = _length_limit(loaded.model, wanted, reserved=config.variant.prompt_length or 0)
     if task.generation is not None:  # reference and generated lengths must fit the decoder's positions too
-        gen = task.generation
-        if config.max_new_tokens is not None:
-            gen = dataclasses.replace(gen, max_new_tokens=min(gen.max_new_tokens, config.max_new_tokens), min_new_tokens=min(gen.min_new_tokens, config.max_new_tokens))
-        task = dataclasses.replace(task, generation=dataclasses.replace(
-            gen, max_target_length=_length_limit(loaded.model, gen.max_target_length), max_new_tokens=_length_limit(loaded.model, gen.max_new_tokens) - 1,
-            min_new_tokens=min(gen.min_new_tokens, _length_limit(loaded.model, gen.max_new_tokens) - 1)))
+        task = dataclasses.replace(task, generation=fit_generation(loaded.model, task.generation, config.max_new_tokens))
     clock.lap("load_model")
     data = prepare(task, loaded.tokenizer, data_dir=config.data_dir, max_train=config.max_train_examples, max_eval=config.max_eval_examples,
                    max_length=max_length, model_key=loaded.key)

@@ -149,3 +149,85 @@ def test_bad_task_file_key(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text("kind: classification\ntext_field: [a]\n")
     with pytest.raises(UnipetlError, match=r"Unknown key 'text_field'.*Did you mean: text_fields\?"):
         get_task(str(tmp_path / "t.yaml"))
+
+
+def test_generation_keeps_the_tasks_limit_where_the_model_has_room() -> None:
+    """XSum generates its 60 new tokens (He et al. 2022, App. A), not 59: one decoder position is reserved for the start
+    token only where the model's positions are the limit; a cap of 4 gives at most 4 (and at least min(10, 4))."""
+    from types import SimpleNamespace
+
+    from unipetl.evaluators.trial import fit_generation
+
+    def model(positions: int) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions, model_type="bart"))
+
+    xsum, enro = get_task("xsum").generation, get_task("wmt16-en-ro").generation
+    big = fit_generation(model(1024), xsum)
+    assert (big.max_new_tokens, big.min_new_tokens, big.max_target_length) == (60, 10, 64)
+    assert fit_generation(model(1024), xsum, 20).max_new_tokens == 20
+    capped = fit_generation(model(1024), xsum, 4)
+    assert (capped.max_new_tokens, capped.min_new_tokens) == (4, 4)
+    tiny = fit_generation(model(128), enro)  # 150 wanted, 128 positions: 127 new tokens and the start token
+    assert (tiny.max_new_tokens, tiny.max_target_length) == (127, 128)
+    assert fit_generation(model(61), xsum).max_new_tokens == 60 and fit_generation(model(60), xsum).max_new_tokens == 59
+
+
+def _mbart_dir(tmp_path: Path, tokenizer_class: str) -> Path:
+    """A local stand-in for facebook/mbart-large-cc25 (or an mBART-50): the tokenizer's built-in vocabulary with its
+    language codes, a 1-layer random mBART with cc25's special ids and no decoder_start_token_id."""
+    import torch
+    import transformers as tf
+
+    d = tmp_path / tokenizer_class
+    tok = getattr(tf, tokenizer_class)()
+    tok.save_pretrained(d)
+    cfg = tf.MBartConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                         encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=160, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                         decoder_start_token_id=2 if "50" in tokenizer_class else None, forced_eos_token_id=2)
+    torch.manual_seed(0)
+    tf.MBartForConditionalGeneration(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("tokenizer_class", ["MBartTokenizer", "MBart50Tokenizer"])
+def test_mbart_trains_and_generates_in_the_target_language(tmp_path: Path, tokenizer_class: str) -> None:
+    """en→ro on mBART: the labels carried the source code (en_XX) and generation started from <s>; now training and
+    generation both start the decoder in Romanian — cc25 by the decoder start, mBART-50 by the forced first token."""
+    import torch
+    from transformers.models.mbart.modeling_mbart import shift_tokens_right
+
+    task = get_task("wmt16-en-ro")
+    assert task.languages == ("en", "ro")
+    loaded = load_model(str(_mbart_dir(tmp_path, tokenizer_class)), task)
+    tok, ro = loaded.tokenizer, loaded.tokenizer.convert_tokens_to_ids("ro_RO")
+    data = prepare(task, tok, data_dir=DATA, max_train=2, max_eval=2, max_length=32, model_key=loaded.key)
+    src, labels = data.train[0]["input_ids"], data.train[0]["labels"]
+    decoder_input = shift_tokens_right(torch.tensor([labels]), loaded.model.config.pad_token_id)[0].tolist()
+    enc = tok(["Hello world"], return_tensors="pt")
+    out = loaded.model.generate(**enc, max_new_tokens=3, min_new_tokens=3, num_beams=1, do_sample=False)[0].tolist()
+    if tokenizer_class == "MBartTokenizer":  # cc25: "text </s> en_XX" → "text </s> ro_RO"; the decoder starts from ro_RO
+        assert tok.convert_ids_to_tokens(src[-2:]) == ["</s>", "en_XX"] and tok.convert_ids_to_tokens(labels[-2:]) == ["</s>", "ro_RO"]
+        assert decoder_input[0] == ro and out[0] == ro and loaded.model.generation_config.decoder_start_token_id == ro
+    else:  # mBART-50: "ro_RO text </s>"; the decoder starts from </s>, then ro_RO
+        assert tok.convert_ids_to_tokens(src[0]) == "en_XX" and labels[0] == ro
+        assert decoder_input[:2] == [2, ro] and out[:2] == [2, ro] and loaded.model.generation_config.forced_bos_token_id == ro
+
+
+def test_task_languages_are_checked(tmp_path: Path) -> None:
+    from unipetl.evaluators.models import set_languages
+
+    class Tok:
+        lang_code_to_id = {"en_XX": 250004, "ro_RO": 250020}
+
+    with pytest.raises(UnipetlError, match=r"task language 'fr' \(target\) is not a language code of this tokenizer"):
+        set_languages(None, Tok(), ("en", "fr"))
+    (tmp_path / "t.csv").write_text("src,tgt\na,b\n")
+    base = "kind: seq2seq\ndata_files: {train: t.csv, eval: t.csv}\ntext_fields: [src]\ntarget_field: tgt\n"
+    (tmp_path / "ok.yaml").write_text(base + "languages: [en, de]\n")
+    assert get_task(str(tmp_path / "ok.yaml")).languages == ("en", "de")
+    (tmp_path / "bad.yaml").write_text(base + "languages: [en]\n")
+    with pytest.raises(UnipetlError, match=r"`languages` must be \[source, target\] language names .*got \['en'\]"):
+        get_task(str(tmp_path / "bad.yaml"))
+    (tmp_path / "cls.yaml").write_text("data_files: {train: t.csv, eval: t.csv}\ntext_fields: [src]\nlabel_field: tgt\nlanguages: [en, ro]\n")
+    with pytest.raises(UnipetlError, match="`languages` is for seq2seq tasks"):
+        get_task(str(tmp_path / "cls.yaml"))

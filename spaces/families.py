@@ -238,6 +238,9 @@ class PromptPath(SoftPrompt):
 def install_prompt(model: nn.Module, length: int) -> list[Any]:
     """Prepend `length` soft tokens on the (encoder) input path (`PromptPath`); returns the hook handles.
 
+    The soft tokens start as copies of `length` vocabulary embeddings drawn at random (Lester et
+    al. 2021, §2.2) from torch's global generator, so another trial seed starts another prompt.
+
     encoder-only: hooks on the backbone. encoder-decoder: on the encoder stack (also what
     `generate` calls) and on the decoder stack (its cross-attention mask). decoder-only: on the
     backbone, so the model the user calls — and `generate` — get `input_ids` as usual; plus a
@@ -246,8 +249,7 @@ def install_prompt(model: nn.Module, length: int) -> list[Any]:
     fam = family_of(model)
     base = backbone(model)
     emb = input_embeddings(model)
-    gen = torch.Generator().manual_seed(0)
-    rows = torch.randint(0, emb.weight.shape[0], (length,), generator=gen)
+    rows = torch.randint(0, emb.weight.shape[0], (length,))  # the trial's seed draws them, like every other new module's init
     lm_head = base is not model and model.get_output_embeddings() is not None
     path = PromptPath(emb.weight[rows.to(emb.weight.device)], strip_output=fam.decoder_only and not lm_head)
     base.petl_prompt = path

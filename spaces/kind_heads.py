@@ -44,6 +44,8 @@ class HeadsKind(ModuleKind):
             )
         if m.targets:
             raise UnipetlError(f"`targets` is for LoRA modules only, got {list(m.targets)} on kind 'heads'.")
+        if m.reparam and m.function != "softmax":  # an MH PA starts as a no-op through P_v = 0; an MLP would give it random values
+            raise UnipetlError(f"`reparam` (the prefix MLP of Li & Liang 2021) is for prefix tuning (function 'softmax'), got function {m.function!r}.")
 
     def claims_noop(self, m: Module) -> bool:
         return m.function != "softmax"

@@ -34,7 +34,7 @@ class PromptKind(ExtraKind):
         return f"prompt tuning l={v.prompt_length}"
 
     def count(self, v: Any, shape: ModelShape) -> tuple[str, int, int]:
-        n = v.prompt_length * shape.d_model
+        n = v.prompt_length * shape.token_dim  # l soft tokens as wide as the input embeddings (ELECTRA: embedding_size, not d_model)
         return f"prompt tuning l={v.prompt_length}", n, n
 
     def finish(self, model: Any, v: Any, realized: Any) -> None:
@@ -51,7 +51,7 @@ class PromptKind(ExtraKind):
 
         st = realized.shape.stacks[-1]
         emb = families.backbone(realized.model).petl_prompt.petl_prompt.detach()
-        config.update(peft_type="PROMPT_TUNING", num_virtual_tokens=emb.shape[0], token_dim=realized.shape.d_model, num_transformer_submodules=1,
+        config.update(peft_type="PROMPT_TUNING", num_virtual_tokens=emb.shape[0], token_dim=realized.shape.token_dim, num_transformer_submodules=1,
                       num_attention_heads=st.n_heads, num_layers=st.n_layers, prompt_tuning_init="RANDOM")
         return {"prompt_embeddings": emb}, "base_model."
 

@@ -62,6 +62,9 @@ class VeraKind(LoraKind):
             raise UnipetlError(f"`reparam` (prefix MLP) is for kind 'heads' only, got kind {m.kind!r}.")
         self.check_targets(m)
 
+    def scale_applies(self, m: Module) -> bool:
+        return True  # `scale` is d0, the initial value of λ_d
+
     def describe(self, m: Module) -> str:
         return f"VeRA r={m.size} [{','.join(m.targets)}] d0={m.scale:g}"
 
@@ -113,7 +116,7 @@ class VeraKind(LoraKind):
             per_inst.append((ctx.hub(refs), dims, targets))
         pair = _shared_pair(ctx, m.size, d_in_max, d_out_max)
         for hub, dims, targets in per_inst:
-            vera = vera_cls(m, dims, pair).train(ctx.model.training)  # dropout follows the host's mode
+            vera = vera_cls(m, dims, pair)
             vera.targets = targets
             hub.loras.append(vera)
             for key, (mod, slc) in targets.items():

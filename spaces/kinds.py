@@ -105,6 +105,13 @@ class ModuleKind:
         """Whether a freshly built module of this spec computes exactly the base model."""
         return True
 
+    def scale_applies(self, m: Module) -> bool:
+        """Whether the spec's `scale` changes what the module computes: s of a scaled add, the
+        initial s of a learned one. Where it does not (add, gated: the gate replaces s), the spec
+        stores 1, so two specs that build the same module are the same variant (one name, one
+        latency key)."""
+        return m.composition in ("scaled", "learned_scale")
+
     def describe(self, m: Module) -> str:
         """The spec in unified-view words without its site, e.g. 'parallel adapter r=64 s=4'."""
         raise NotImplementedError

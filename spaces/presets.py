@@ -10,6 +10,7 @@ goes through a variant JSON file.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ class Preset:
         return {k: p.default for k, p in inspect.signature(self.build).parameters.items()}
 
 
+logger = logging.getLogger(__name__)
 PRESETS: Registry[Preset] = Registry("preset")
 
 
@@ -132,11 +134,11 @@ def mam(l: int = 30, r: int = 512, s: float | str = 4.0, mlp: int = 0) -> Varian
 
 
 @preset("unipelt", "UniPELT: gated LoRA (q, v) + prefix + gated sequential adapter at the FFN (Mao et al. 2022)", "r")
-def unipelt(l: int = 10, r: int = 48, lora_r: int = 8, s: float | str = 2.0) -> Variant:
-    _, scale = _scale(s) if s != "learned" else ("", 1.0)
+def unipelt(l: int = 10, r: int = 48, lora_r: int = 8) -> Variant:
+    # no `s`: the LoRA's gate replaces its scale (Mao et al. 2022, §3; NO_EFFECT)
     return Variant(
         modules=(
-            Module(site="attn", kind="lora", size=lora_r, function="identity", composition="gated", scale=scale, targets=("q", "v"), init="lora"),
+            Module(site="attn", kind="lora", size=lora_r, function="identity", composition="gated", targets=("q", "v"), init="lora"),
             _prefix(l, 0),
             Module(site="ffn", kind="adapter", size=r, function="relu", insertion="sequential", composition="gated"),
         )
@@ -157,6 +159,11 @@ def probe() -> Variant:
 for _kind in all_kinds():
     for _p in _kind.presets():
         PRESETS.register(_p.name, Preset(_p.name, _p.build, _p.summary, _p.size_key, _p.display))
+
+
+# keys a preset once took that change nothing it builds: accepted (names stored by earlier versions must
+# still parse) and dropped, with a warning that says why
+NO_EFFECT = {("unipelt", "s"): "UniPELT's gate replaces LoRA's scale (Mao et al. 2022), so `s` changes nothing; it is dropped"}
 
 
 def _value(key: str, raw: str) -> object:
@@ -185,6 +192,9 @@ def parse_preset(text: str) -> Variant:
         key = key.strip()
         if not eq:
             raise UnipetlError(f"preset argument {item!r} of {p.name!r} must look like key=value.")
+        if (p.name, key) in NO_EFFECT:
+            logger.warning("preset %r: %s.", text.strip(), NO_EFFECT[(p.name, key)])
+            continue
         if key not in defaults:
             hint = did_you_mean(key, list(defaults)) if defaults else " It takes no arguments."
             raise UnipetlError(f"Unknown key {key!r} for preset {p.name!r}.{hint}")

@@ -270,11 +270,15 @@ def apply_variant(model: nn.Module, variant: Variant) -> Realized:
     for p in model.parameters():
         p.requires_grad_(everything or id(p) in head_ids)
     realized = Realized(model, variant, shape, counts, sum(p.numel() for p in head))
+    host = {id(m) for m in model.modules()}
     for k in extras:
         k.prepare(model, variant, realized)
     _insert_modules(model, variant, shape, realized)
     for k in extras:
         k.finish(model, variant, realized)
+    for m in model.modules():  # new modules start in train mode: they follow the host's (dropout off in an eval-mode model)
+        if id(m) not in host:
+            m.train(model.training)
     model._unipetl_realized = realized  # type: ignore[assignment]
     logger.info("applied %s: paper %d, trainable %d (+ head %d)", variant.describe(), counts.paper_params, counts.trainable_params, realized.head_params)
     return realized

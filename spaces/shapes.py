@@ -51,6 +51,12 @@ class ModelShape:
     base_params: int
     bias_params: int
     name: str = ""
+    embed_dim: int | None = None  # width of the input token embeddings where it differs from d_model (ELECTRA's embedding_size)
+
+    @property
+    def token_dim(self) -> int:
+        """Width of one input token embedding: what a prompt-tuning soft token has (Lester et al. 2021, §2)."""
+        return self.embed_dim or self.d_model
 
     def stack(self, name: str) -> StackShape | None:
         for s in self.stacks:
@@ -84,15 +90,18 @@ def shape_from_config(cfg: Any, *, base_params: int | None = None, bias_params: 
     family = family_for(cfg.model_type)
     if base_params is None or bias_params is None:
         base_params, bias_params = count_backbone(cfg)
+    d_model = family.d_model(cfg)
+    embed = getattr(cfg, "embedding_size", None)  # ELECTRA / ALBERT factorize the embeddings (then project to d_model)
     return ModelShape(
         model_type=cfg.model_type,
         family=family.name,
-        d_model=family.d_model(cfg),
+        d_model=d_model,
         vocab_size=cfg.vocab_size,
         stacks=family.stacks(cfg),
         base_params=base_params,
         bias_params=bias_params,
         name=name or getattr(cfg, "_name_or_path", "") or cfg.model_type,
+        embed_dim=int(embed) if isinstance(embed, int) and embed != d_model else None,
     )
 
 

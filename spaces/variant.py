@@ -122,7 +122,10 @@ class Module:
         self._check_kind()
 
     def _check_kind(self) -> None:
-        get_kind(self.kind).validate(self)  # each kind's own checks: spaces/kind_<name>.py
+        kind = get_kind(self.kind)
+        kind.validate(self)  # each kind's own checks: spaces/kind_<name>.py
+        if not kind.scale_applies(self):  # e.g. a gated LoRA (UniPELT): its gate replaces s
+            object.__setattr__(self, "scale", 1.0)
 
     # --- description -------------------------------------------------------------------
     @property

@@ -199,3 +199,79 @@ def test_minilm_every_preset(preset: str) -> None:
         loss.backward()
         opt.step()
     assert losses[-1] < losses[0]
+
+
+# --- faults found in review (2026-12-06): each kept as the value that is right ------------------------------
+DROPOUT_VARIANTS = {
+    "lora": Variant(modules=(Module(site="attn", kind="lora", size=4, function="identity", composition="scaled", scale=2.0, targets=("q", "v"),
+                                    init="lora", dropout=0.1),)),
+    "adapter": Variant(modules=(Module(site="ffn", kind="adapter", size=4, insertion="parallel", dropout=0.1),)),
+    "vera": Variant(modules=(Module(site="attn", kind="vera", size=4, function="identity", scale=0.1, targets=("q", "v"), dropout=0.1),)),
+}
+
+
+@pytest.mark.parametrize("name", list(DROPOUT_VARIANTS))
+def test_inserted_modules_follow_the_models_mode(name: str) -> None:
+    """A variant applied to an eval-mode model (what from_pretrained returns) kept its new dropouts on: two identical
+    calls differed (LoRA 2.2e-3, adapter 1.2e-2) and a reloaded variant did not reproduce its trained outputs."""
+    from unipetl.spaces.testing import randomize_variant
+
+    model = tiny_model("bert", "cls")
+    assert not model.training
+    apply_variant(model, DROPOUT_VARIANTS[name])
+    randomize_variant(model, std=0.5)
+    new = [m for n, m in model.named_modules() if "petl" in n]
+    assert new and not any(m.training for m in new)
+    ids = torch.randint(5, 100, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    trained = tiny_model("bert", "cls").train()
+    apply_variant(trained, DROPOUT_VARIANTS[name])
+    assert all(m.training for n, m in trained.named_modules() if "petl" in n)
+
+
+def test_a_multi_head_parallel_adapter_refuses_the_prefix_mlp() -> None:
+    """MH PA starts as a no-op through P_v = 0; with `reparam` its values came from a random MLP (3.2e-3 off at init)
+    while `claims_noop` said it was exact."""
+    with pytest.raises(UnipetlError, match=r"`reparam` \(the prefix MLP of Li & Liang 2021\) is for prefix tuning .*got function 'relu'"):
+        Module(site="attn", kind="heads", size=3, function="relu", composition="add", reparam=True)
+    assert Module(site="attn", kind="heads", size=3, function="softmax", composition="gated", reparam=True).reparam
+
+
+def test_prompt_tokens_are_as_wide_as_the_input_embeddings() -> None:
+    """ELECTRA factorizes its embeddings (electra-small: 128 wide, d_model 256): prompt tuning was counted as l · d_model."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    cfg = ElectraConfig(vocab_size=120, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=128, num_labels=2)
+    torch.manual_seed(0)
+    model = ElectraForSequenceClassification(cfg).eval()
+    r = apply_variant(model, parse_preset("prompt:l=5"))
+    real = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "petl" in n)
+    assert (r.counts.paper_params, r.counts.trainable_params, real, r.shape.token_dim) == (80, 80, 80, 16)
+    assert r.realized_paper_params() == r.counts.paper_params and r.realized_trainable_params() == r.counts.trainable_params
+    assert model(input_ids=torch.randint(5, 100, (2, 7))).logits.shape == (2, 2)
+
+
+def test_a_scale_that_changes_nothing_is_stored_as_1() -> None:
+    """UniPELT's gated LoRA ignores s (its gate replaces it): unipelt:s=1 and s=8 were different variants (names, latency
+    keys) of one model. A scale only a scaled add reads is now 1 wherever it cannot act; VeRA keeps its d0."""
+    a, b = parse_preset("unipelt:l=2,r=4,lora_r=2,s=8"), parse_preset("unipelt:l=2,r=4,lora_r=2")
+    assert a == b and a.modules[0].scale == 1.0 and a.name == "unipelt:l=2,r=4,lora_r=2"
+    assert Module(site="ffn", kind="adapter", size=4, composition="gated", scale=3.0).scale == 1.0
+    assert Module(site="ffn", kind="adapter", size=4, composition="scaled", scale=3.0).scale == 3.0
+    assert Module(site="attn", kind="vera", size=4, function="identity", scale=0.1, targets=("q",)).scale == 0.1
+    old = Variant.from_dict({"modules": [{"site": "attn", "kind": "lora", "size": 2, "function": "identity", "composition": "gated", "scale": 2.0,
+                                          "targets": ["q", "v"], "init": "lora"}]})  # what earlier versions stored for UniPELT
+    assert old.modules[0] == a.modules[0]
+
+
+def test_a_prompt_starts_from_the_trial_seed() -> None:
+    """The soft tokens were drawn with a fixed seed 0 whatever the trial's seed: prompt tuning's seed spread was understated."""
+    def rows(seed: int) -> torch.Tensor:
+        model = tiny_model("bert", "cls")
+        torch.manual_seed(seed)
+        apply_variant(model, parse_preset("prompt:l=4"))
+        return model.base_model.petl_prompt.petl_prompt.detach().clone()
+
+    assert torch.equal(rows(1), rows(1)) and not torch.equal(rows(1), rows(2))

@@ -186,43 +186,44 @@ def _load(spec: ModelSpec, task: Task, *, data_dir: str | None, max_train: int |
     if tokenizer.pad_token is None:  # gpt2-style tokenizers: pad with eos, and tell the classifier
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
-    if task.languages is not None:
+    if task.kind == "seq2seq":
         set_languages(model, tokenizer, task.languages)
     return LoadedModel(spec.name, model, tokenizer, config.model_type, f"{spec.name}:{path}")
 
 
-def set_languages(model: Any, tokenizer: Any, languages: tuple[str, str]) -> None:
-    """Tell a multilingual seq2seq model with language codes (mBART: its tokenizer's public
-    `lang_code_to_id`, `src_lang`, `tgt_lang`) the task's (source, target) languages, e.g. ("en",
-    "ro") → en_XX, ro_RO, and start generation in the target language as training does.
+def set_languages(model: Any, tokenizer: Any, languages: tuple[str, str] | None) -> None:
+    """Make a multilingual seq2seq model with language codes (mBART: its tokenizer's public
+    `lang_code_to_id`, `src_lang`, `tgt_lang`) train and generate in the same target language.
 
-    mBART cc25 (Liu et al. 2020, §2.1; the paper's en→ro model) ends the source with the source
-    code and the labels with the target code; its decoder input wraps the labels' last token to
-    the front, so training starts the decoder from the target code, and so must `generate`
-    (`decoder_start_token_id`). mBART-50 puts the code first in the labels (the decoder starts
-    from </s>, then the code): there `forced_bos_token_id` is the target code. Which of the two
-    layouts a tokenizer writes is read off a tokenized target, not its class name. Without this,
-    the labels carried the source code and generation started from <s>: no error, a wrong BLEU.
-    Models without language codes (BART, T5, tiny-*) are left as they are. Raises UnipetlError
-    when the tokenizer has codes but none for a language."""
+    `languages`: the task's (source, target), e.g. ("en", "ro") → en_XX, ro_RO; None keeps the
+    tokenizer's own (mBART: English, the target then tagged like the source — XSum). mBART cc25
+    (Liu et al. 2020, §2.1; the paper's en→ro model) ends the source with the source code and the
+    labels with the target code; its decoder input wraps the labels' last token to the front, so
+    training starts the decoder from that code, and so must `generate` (`decoder_start_token_id`).
+    mBART-50 puts the code first in the labels (the decoder starts from </s>, then the code): there
+    `forced_bos_token_id` is it. Which layout a tokenizer writes is read off a tokenized target,
+    not its class name. Without this the labels carried the source code and generation started
+    from <s>: no error, a wrong BLEU. Models without language codes (BART, T5, tiny-*) are left as
+    they are. Raises UnipetlError when the tokenizer has codes but none for a language."""
     codes = getattr(tokenizer, "lang_code_to_id", None)
     if not codes:
         return
-    chosen = []
-    for role, lang in zip(("source", "target"), languages, strict=True):
-        found = [c for c in codes if c == lang or c.split("_")[0] == lang]
-        if len(found) != 1:
-            hint = did_you_mean(lang, list(codes))
-            raise UnipetlError(f"task language {lang!r} ({role}) is {'ambiguous among ' + ', '.join(found) if found else 'not a language code of this tokenizer'}; "
-                               f"write the code itself (e.g. en_XX).{hint if hint.startswith(' Did') else ''}")
-        chosen.append(found[0])
-    tokenizer.src_lang, tokenizer.tgt_lang = chosen
-    target = codes[chosen[1]]
+    if languages is not None:
+        chosen = []
+        for role, lang in zip(("source", "target"), languages, strict=True):
+            found = [c for c in codes if c == lang or c.split("_")[0] == lang]
+            if len(found) != 1:
+                hint = did_you_mean(lang, list(codes))
+                raise UnipetlError(f"task language {lang!r} ({role}) is {'ambiguous among ' + ', '.join(found) if found else 'not a language code of this tokenizer'}; "
+                                   f"write the code itself (e.g. en_XX).{hint if hint.startswith(' Did') else ''}")
+            chosen.append(found[0])
+        tokenizer.src_lang, tokenizer.tgt_lang = chosen
+    tagged = set(codes.values())
     labels = tokenizer(text_target="a")["input_ids"]
-    if labels and labels[0] == target:  # mBART-50 layout: [code] text </s>
-        model.generation_config.forced_bos_token_id = target
-    else:  # cc25 layout: text </s> [code]
-        model.generation_config.decoder_start_token_id = target
+    if labels and labels[0] in tagged:  # mBART-50 layout: [code] text </s>
+        model.generation_config.forced_bos_token_id = labels[0]
+    elif labels and labels[-1] in tagged:  # cc25 layout: text </s> [code]
+        model.generation_config.decoder_start_token_id = labels[-1]
 
 
 _TOKENIZERS: dict[tuple[Any, ...], Any] = {}

@@ -80,10 +80,13 @@ class Task:
             if len(self.text_fields) != 1:
                 raise UnipetlError(f"{where}: a seq2seq task has one source field, got {list(self.text_fields)}.")
             object.__setattr__(self, "generation", self.generation or Generation())
-            if self.languages is not None and (len(self.languages) != 2 or not all(isinstance(x, str) and x.strip() for x in self.languages)):
-                raise UnipetlError(f"{where}: `languages` must be [source, target] language names (e.g. [en, ro]), got {list(self.languages)!r}.")
+            langs = self.languages
+            if langs is not None:
+                if not isinstance(langs, list | tuple) or len(langs) != 2 or not all(isinstance(x, str) and x.strip() for x in langs):
+                    raise UnipetlError(f"{where}: `languages` must be [source, target] language names (e.g. [en, ro]), got {langs!r}.")
+                object.__setattr__(self, "languages", tuple(langs))
         elif self.languages is not None:
-            raise UnipetlError(f"{where}: `languages` is for seq2seq tasks (a {self.kind} task has no target language), got {list(self.languages)!r}.")
+            raise UnipetlError(f"{where}: `languages` is for seq2seq tasks (a {self.kind} task has no target language), got {self.languages!r}.")
         elif not self.label_field:
             raise UnipetlError(f"{where}: a {self.kind} task needs `label_field`.")
         if self.kind == "regression":

@@ -25,9 +25,9 @@ from unipetl.reports.summary import markdown
 
 logger = logging.getLogger(__name__)
 
-FRONTIER_COLUMNS = ["task", "model", "study", "trial", "paper_fraction", "paper_params", "trainable_fraction", "main_metric", "metric",
-                    "metric_std", "metric_lo", "metric_hi", "n_seeds", "seed_list", "seed_values", "vs_cheaper", "lr_scale", "lr_json",
-                    "baseline_metric", "eval_examples", "description", "attn_method", "ffn_method", "preset", "nearest", "nearest_distance", "like", "gap_to_full", "variant_json"]
+FRONTIER_COLUMNS = ["task", "model", "source", "study", "trial", "paper_fraction", "paper_params", "trainable_fraction", "main_metric", "metric",
+                    "metric_std", "metric_lo", "metric_hi", "n_seeds", "metric_later", "n_failed", "seed_list", "seed_values", "vs_cheaper", "lr_scale", "lr_json",
+                    "baseline_metric", "eval_examples", "setup", "description", "attn_method", "ffn_method", "preset", "nearest", "nearest_distance", "like", "gap_to_full", "variant_json"]
 
 
 def build_sections(df: pl.DataFrame, *, with_plots: bool = True, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES) -> list[dict[str, Any]]:

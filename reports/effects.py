@@ -137,8 +137,8 @@ def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
     Each side's best is chosen on its first seed (`_best`) and the two are compared on their
     other seeds only, seed k of one paired with seed k of the other (same data order): choosing
     and testing on the same seeds favours the side with more designs to choose from (with no
-    true difference, 10 designs against 1 "held" in 8.6 % of simulated studies at a nominal
-    2.5 %). The per-seed differences of all such matched pairs give the effect (mean, 95 %
+    true difference, 10 designs against 1 "held" in 11.4 % of 1,000 simulated studies at a
+    nominal 2.5 %; this rule: 2.9 % — benchmarks/findings_null.py, RESULTS §9). The per-seed differences of all such matched pairs give the effect (mean, 95 %
     t-interval) and the verdict: *holds* (interval above 0), *reversed* (below 0) or
     *inconclusive* (crosses 0, or fewer than two paired seeds — never a verdict from a single
     pair — or, with `why` saying "untested", no bin has both choices with a seed to test on).
@@ -156,7 +156,7 @@ def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
         diffs_b: list[float] = []
         if not pts.is_empty():
             sub = pts.filter(pl.col(dim).is_in([win, lose]))
-            for (study, budget), g in sub.group_by(["study", "budget"], maintain_order=True):
+            for (_source, study, budget), g in sub.group_by(["source", "study", "budget"], maintain_order=True):  # seeds pair within one study
                 if not _in_budget(float(g["paper_fraction"].max()), budgets):
                     continue
                 a, b = _best(g.filter(pl.col(dim) == win), higher), _best(g.filter(pl.col(dim) == lose), higher)
@@ -173,7 +173,8 @@ def findings(group: pl.DataFrame) -> list[dict[str, Any]]:
         if not pairs:
             out.append({"lesson": sentence, "verdict": "inconclusive", "why": "untested: no matched budget bin holds both choices with a seed beyond the one that chose them",
                         "effect": None, "lo": None, "hi": None, "pairs": 0, "bins": [],
-                        "text": f"inconclusive (untested here: no {budgets if budgets != 'all' else 'matched'}-budget bin holds both {_a(win)} and {_a(lose)} design with ≥ 2 seeds)"})
+                        "text": f"inconclusive (untested here: no {budgets if budgets != 'all' else 'matched'}-budget bin holds both {_a(win)} and {_a(lose)} design "
+                                "with a seed beyond the one that chose them)"})
             continue
         pooled = paired_verdict(diffs_a, diffs_b, higher=higher)
         out.append({"lesson": sentence, "verdict": pooled.verdict, "why": "", "effect": pooled.mean, "lo": pooled.lo, "hi": pooled.hi,

@@ -5,11 +5,13 @@ metric says `higher_is_better: false`). Non-dominated sorting and hypervolume co
 `moocore` (public, documented, O(n log n) in 2-D); Optuna's equivalents live in private
 modules (`optuna._hypervolume`, `optuna.study._multi_objective`) that may change without notice.
 
-Hypervolume reference point (fixed, stated in every report): paper fraction 1.0 (100 % of the
-backbone, what full fine-tuning stores) and metric 0 for higher-is-better metrics (accuracy,
+Hypervolume reference point (stated in every report): paper fraction 1.0 (100 % of the backbone,
+what full fine-tuning stores) and, for higher-is-better metrics, the trivial baseline when the
+records carry one (group_summary: a point at chance adds nothing), else metric 0 (accuracy,
 BLEU, ROUGE all start at 0). The fraction axis is log10 with fractions floored at 1e-6, so that
-every decade of budget weighs the same; HV / 6 is then the best metric reachable, averaged over
-budgets spread log-uniformly between 1e-6 and 1 (a budget below the cheapest trial reaches 0).
+every decade of budget weighs the same; HV / 6 is then the best metric's margin over the
+reference, averaged over budgets spread log-uniformly between 1e-6 and 1 (a budget below the
+cheapest trial reaches nothing).
 Lower-is-better metrics have no natural worst value; their reference is the worst completed
 value of the group, and the report says so.
 """
@@ -137,17 +139,24 @@ def hypervolume_history(group: pl.DataFrame, higher: bool = True, ref_metric: fl
     points (seed means), without the points that do not beat the trivial baseline, against
     `ref_metric` (default: `reference_metric` of all counted points) — so the curve ends at the
     reported hypervolume. An extra seed can lower its design's mean, so the curve may step down."""
-    g = group.with_row_index("_order").sort(["trial", "_order"], nulls_last=True).drop("_order")
+    g = group.with_row_index("_order").sort(["trial", "_order"], nulls_last=True).drop("_order").with_row_index("_n")
     if ref_metric is None:
         ref_metric = reference_metric(counted(design_points(g))["metric"].to_numpy(), higher)
-    ok = set(eligible(g.with_row_index("_n"))["_n"].to_list())
+    ok = eligible(g).with_columns(pl.coalesce("parent", "trial").alias("_design"))
+    design_of = {r["_n"]: tuple(r[k] for k in DESIGN_KEY) for r in ok.select("_n", *DESIGN_KEY).iter_rows(named=True)}
+    rows: dict[tuple[Any, ...], list[int]] = {}
+    points: dict[tuple[Any, ...], tuple[float, float] | None] = {}  # design → (fraction, seed mean) while it counts
     out: list[tuple[int, float]] = []
     hv = 0.0
-    for n in range(1, g.height + 1):
-        if n - 1 in ok:  # only an eligible trial changes the design points
-            pts = counted(design_points(g.head(n)))
-            hv = hypervolume(pts["paper_fraction"], pts["metric"], higher, ref_metric)
-        out.append((n, hv))
+    for n in range(g.height):
+        key = design_of.get(n)
+        if key is not None:  # only an eligible trial changes a design point: refold that one design
+            rows.setdefault(key, []).append(n)
+            p = counted(design_points(g[rows[key]].drop("_n")))
+            points[key] = (p["paper_fraction"][0], p["metric"][0]) if not p.is_empty() else None
+            kept = [v for v in points.values() if v is not None]
+            hv = hypervolume([f for f, _ in kept], [m for _, m in kept], higher, ref_metric)
+        out.append((n + 1, hv))
     return out
 
 
@@ -234,6 +243,10 @@ def design_points(group: pl.DataFrame, *, full: bool = False) -> pl.DataFrame:
     - `metric`: the mean over seeds (what the frontier uses), `metric_std`, `metric_lo` /
       `metric_hi` (Student-t 95 % interval; null with one seed), `n_seeds`;
     - `seed_values` / `seed_list`: the per-seed metrics and seeds (JSON lists, paired by seed);
+    - `metric_later`: for a sampled design (not a named method), the mean over its seeds after
+      the first: the search gave extra seeds to the points on its first seed's front, so that
+      seed is the one that chose it, and the mean over all seeds keeps some of its luck (a
+      winner's curse); null for named methods (always re-seeded) and single-seed points;
     - `n_failed`: seeds of the design that ran and gave no metric (`failed_runs`; a seed retried
       with success is not counted) — left out of the mean, so the report must say so;
     - `beats_baseline`: whether the mean clears the trivial baseline by more than the eval set's
@@ -244,7 +257,7 @@ def design_points(group: pl.DataFrame, *, full: bool = False) -> pl.DataFrame:
     fine-tuning trials (`eligible(full=True)`) instead.
     """
     ok = eligible(group, full=full).with_columns(pl.coalesce("parent", "trial").alias("_design"))
-    extra = {"metric_std": pl.Float64, "metric_lo": pl.Float64, "metric_hi": pl.Float64, "n_seeds": pl.Int64,
+    extra = {"metric_std": pl.Float64, "metric_lo": pl.Float64, "metric_hi": pl.Float64, "n_seeds": pl.Int64, "metric_later": pl.Float64,
              "seed_values": pl.Utf8, "seed_list": pl.Utf8, "n_failed": pl.Int64, "beats_baseline": pl.Boolean}
     if ok.is_empty():
         return ok.drop("_design").with_columns([pl.lit(None, t).alias(c) for c, t in extra.items()])
@@ -267,7 +280,9 @@ def design_points(group: pl.DataFrame, *, full: bool = False) -> pl.DataFrame:
             if len({v for v in g[c].to_list() if v is not None}) > 1:
                 row[f"{c}_lo"] = row[f"{c}_hi"] = None
         seeds = g["seed"].to_list()
+        later = [v for v, sd in zip(values, seeds, strict=True) if sd != base["seed"]] if not base.get("named") else []
         row.update(metric=summ.mean, metric_std=summ.std, metric_lo=summ.lo, metric_hi=summ.hi, n_seeds=summ.n,
+                   metric_later=sum(later) / len(later) if later else None,
                    seed_values=json.dumps(values), seed_list=json.dumps(seeds),
                    n_failed=len({s for s in failed.get(tuple(key), []) if s not in seeds}),
                    beats_baseline=beats_baseline(summ.mean, base.get("baseline_metric"), base.get("eval_examples"), higher=higher))

@@ -82,7 +82,9 @@ def sentences(section: dict[str, Any]) -> list[str]:
     b = s["best"]
     key = ("source", "study", "trial")  # trial numbers restart in every study: the study and its source too
     like = next((f" ({r['like']})" for r in front.iter_rows(named=True) if r["like"] and all(r[k] == b[k] for k in key)), "")
-    out.append(f"Best {m}: {interval(b)} at {pct(b['paper_fraction'])} with {b['description']}{like}{lr_text(b)}.")
+    later = (f"; {num(b['metric_later'])} over its later seeds alone (its first seed is the one that put it on the front the search re-ran)"
+             if b.get("metric_later") is not None else "")
+    out.append(f"Best {m}: {interval(b)} at {pct(b['paper_fraction'])} with {b['description']}{like}{lr_text(b)}{later}.")
     full = s.get("full_ft_point")
     if full is not None:
         gap = (b["metric"] - full["metric"]) * (1 if s["higher_is_better"] else -1)
@@ -115,7 +117,7 @@ def provenance(s: dict[str, Any]) -> list[str]:
                    + "; ".join(f"{how} ({n} point{'s' if n != 1 else ''})" for how, n in setups) + ".")
     ev = s.get("eval_examples") or []
     if ev:
-        out.append(f"{s['main_metric']} on {' / '.join(str(n) for n in ev)} held-out examples"
+        out.append(f"Every {s['main_metric']} is on {' / '.join(str(n) for n in ev)} held-out examples"
                    + (" (different eval sets in one group: their values are not comparable)" if len(ev) > 1 else "") + ".")
     if s.get("failed_seeds"):
         n = s["failed_seeds"]

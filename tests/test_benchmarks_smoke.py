@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, peak_memory, reproduce_sst2, rung_signal, search_efficiency  # noqa: E402
+from benchmarks import common, findings_null, peak_memory, reproduce_sst2, rung_signal, search_efficiency  # noqa: E402
 
 
 def _rec(acc: float | None, scale: float = 1.0, seed: int = 0, kind: str = "adapter", status: str = "ok") -> dict:
@@ -332,3 +332,14 @@ def test_peak_memory_quick(tmp_path: Path) -> None:
         assert [r["design"] for r in rows] == list(peak_memory.SEQUENCE)
         assert all(r["kind"] == "peak_rss_since_reset" and r["peak_bytes"] >= 0.9 * r["start_bytes"] > 0 for r in rows)
     assert "spread" in (tmp_path / "peak_memory_quick.md").read_text()
+
+
+def test_findings_null_counts_verdicts_with_wilson_intervals(tmp_path: Path) -> None:
+    lo, hi = findings_null.wilson(29, 1000)  # 2.9 %: Wilson's interval, by hand
+    assert (round(lo, 4), round(hi, 4)) == (0.0203, 0.0413)
+    assert findings_null.wilson(0, 20) == (0.0, pytest.approx(0.1611, abs=1e-4))
+    assert findings_null.main(["--quick", "--k", "2", "--out", str(tmp_path)]) == 0
+    cells = json.loads((tmp_path / "findings_null.json").read_text())["cells"]
+    assert [(c["k"], c["rule"], c["studies"]) for c in cells] == [(2, "current", 20), (2, "same seeds", 20)]
+    assert all(c["holds"] + c["reversed"] <= c["studies"] and c["holds_rate"] == c["holds"] / 20 for c in cells)
+    assert "| 2 | 4 | current | 20 |" in (tmp_path / "findings_null.md").read_text()

@@ -189,6 +189,17 @@ def _mbart_dir(tmp_path: Path, tokenizer_class: str) -> Path:
     return d
 
 
+def test_mbart_on_a_task_without_languages_starts_the_decoder_where_training_does(tmp_path: Path) -> None:
+    """XSum (no languages) on mBART cc25: the labels end with the tokenizer's own code (en_XX), so training's decoder
+    starts there, and generation must too (it started from <s>)."""
+    task = get_task("xsum")
+    assert task.languages is None
+    loaded = load_model(str(_mbart_dir(tmp_path, "MBartTokenizer")), task)
+    en = loaded.tokenizer.convert_tokens_to_ids("en_XX")
+    labels = loaded.tokenizer(text_target="a short summary")["input_ids"]
+    assert labels[-1] == en and loaded.model.generation_config.decoder_start_token_id == en
+
+
 @pytest.mark.parametrize("tokenizer_class", ["MBartTokenizer", "MBart50Tokenizer"])
 def test_mbart_trains_and_generates_in_the_target_language(tmp_path: Path, tokenizer_class: str) -> None:
     """en→ro on mBART: the labels carried the source code (en_XX) and generation started from <s>; now training and
@@ -226,8 +237,13 @@ def test_task_languages_are_checked(tmp_path: Path) -> None:
     (tmp_path / "ok.yaml").write_text(base + "languages: [en, de]\n")
     assert get_task(str(tmp_path / "ok.yaml")).languages == ("en", "de")
     (tmp_path / "bad.yaml").write_text(base + "languages: [en]\n")
-    with pytest.raises(UnipetlError, match=r"`languages` must be \[source, target\] language names .*got \['en'\]"):
+    with pytest.raises(UnipetlError, match=r"`languages` must be \[source, target\] language names .*got \('en',\)"):
         get_task(str(tmp_path / "bad.yaml"))
+    from unipetl.evaluators.tasks import Task
+
+    with pytest.raises(UnipetlError, match="`languages` must be"):
+        Task(name="t", kind="seq2seq", text_fields=("a",), target_field="b", metrics=("rouge",), main_metric="rouge2", languages="en")  # type: ignore[arg-type]
+    assert Task(name="t", kind="seq2seq", text_fields=("a",), target_field="b", metrics=("rouge",), main_metric="rouge2", languages=["en", "ro"]).languages == ("en", "ro")  # type: ignore[arg-type]
     (tmp_path / "cls.yaml").write_text("data_files: {train: t.csv, eval: t.csv}\ntext_fields: [src]\nlabel_field: tgt\nlanguages: [en, ro]\n")
     with pytest.raises(UnipetlError, match="`languages` is for seq2seq tasks"):
         get_task(str(tmp_path / "cls.yaml"))

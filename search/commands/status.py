@@ -21,16 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _point(t: Any, attrs: dict[str, Any]) -> dict[str, Any]:
-    rec = t.user_attrs.get("record") or {}
-    return {"number": t.number, "metric": rec.get("metric", t.values[0] if t.values else None),
-            "paper_params": t.user_attrs.get("paper_params"), "paper_fraction": t.user_attrs.get("paper_fraction"),
-            "variant": t.user_attrs.get("variant_description"), "preset": t.user_attrs.get("preset")}
-
-
 def _point(row: dict[str, Any]) -> dict[str, Any]:
     return {"number": row["trial"], "metric": row["metric"], "metric_lo": row.get("metric_lo"), "metric_hi": row.get("metric_hi"),
-            "n_seeds": row.get("n_seeds"), "paper_params": row["paper_params"], "paper_fraction": row["paper_fraction"],
+            "n_seeds": row.get("n_seeds"), "n_failed": row.get("n_failed"), "paper_params": row["paper_params"], "paper_fraction": row["paper_fraction"],
             "variant": row["description"], "preset": row["preset"], "vs_cheaper": row.get("vs_cheaper")}
 
 
@@ -40,6 +33,7 @@ def summary(study: Any) -> dict[str, Any]:
     `status` and `report` never disagree."""
     import polars as pl
 
+    from unipetl.reports.frontier import counted as frontier_counted
     from unipetl.reports.frontier import design_points, frontier_of
     from unipetl.reports.load import frame, study_rows
     from unipetl.search.study import state_counts
@@ -48,7 +42,7 @@ def summary(study: Any) -> dict[str, Any]:
     hib = attrs.get("higher_is_better", True)
     df = frame(study_rows(study)).filter(pl.col("task").is_not_null() & pl.col("model").is_not_null())
     pts = design_points(df) if not df.is_empty() else None
-    counted = pts.filter(pl.col("beats_baseline").is_null() | pl.col("beats_baseline")) if pts is not None else None
+    counted = frontier_counted(pts) if pts is not None else None
     best = None
     if counted is not None and not counted.is_empty():
         best = _point(counted.sort("metric", descending=hib).row(0, named=True))

@@ -89,6 +89,8 @@ class TrialConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise UnipetlError(f"`{name}` should be a positive number, got {v!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:  # 2.7 trained as 2, True as 1
+            raise UnipetlError(f"`seed` should be an integer in 0..2**32-1, got {self.seed!r}.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UnipetlError(f"`warmup_ratio` should be in [0, 1), got {self.warmup_ratio!r}.")
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:

@@ -65,9 +65,10 @@ STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 IDENTITY = ("task", "model", "mode", "budget_fraction", "space", "objectives")
 # how a trial is run and judged: a continued study keeps its stored values, so a different value asked
 # for is refused rather than silently ignored (older studies lacking a key keep its stored meaning)
-SETTINGS = ("train", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples", "rung_order")
+SETTINGS = ("train", "data_dir", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples", "rung_order")
 # the MO-ASHA settings a StudySpec leaves None when not asked for, each with what its absence from an older study
 # means (the worker runs it so), in words: only a value asked for is compared, with the stored or the legacy one
+HEARTBEAT_ATTR = "heartbeat_interval"  # study user attr: the longest heartbeat interval (s) of any process that opened the study
 LEGACY_SETTINGS = {"rung_order": (LEGACY_ORDER, "created before the order was a setting"),
                    "rung_examples": (None, "its rungs rank the main metric: created before rungs measured the dev loss")}
 
@@ -87,6 +88,9 @@ class StudySpec:
     sampler: str = "tpe"  # tpe | random
     max_failures: int | None = None  # replacement tickets for failed trials (default: trials)
     seeds: int = 3  # seeds per frontier point and named method (1 = no re-runs); extra seeds are trials of their own
+    # whether the user asked for `seeds` (a flag, their own study file): a continued study keeps its stored seeds unless
+    # asked, takes a larger number, and refuses a smaller one (its points already re-run would keep more seeds than the rest)
+    seeds_asked: bool = True
     objectives: str | list[str] | None = None  # frontier mode: what the front trades (reports.objectives); None: metric, params
     reduction_factor: int = 3  # mo-asha: keep the top 1/η at each rung
     # mo-asha: a rung ranks the dev loss on this many dev examples (evaluators.reporting) and orders the designs inside
@@ -256,7 +260,8 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def model_shape(model: str) -> ModelShape:
-    """The shape used for budgets: the card for packaged / hub models, the config for tiny ones."""
+    """The shape used for budgets: the card for packaged / hub models, the config for tiny ones and
+    local directories (a directory named like a card is not that card: its own config.json counts)."""
     from unipetl.evaluators.models import resolve
 
     spec = resolve(model)
@@ -266,6 +271,8 @@ def model_shape(model: str) -> ModelShape:
         return shape_from_config(tiny_config(spec.ref), name=spec.name)
     if spec.source == "packaged":
         return resolve_shape(spec.name)
+    if Path(spec.ref).is_dir():
+        return resolve_shape(str(Path(spec.ref).resolve()))
     return resolve_shape(spec.ref.split("/")[-1] if spec.ref.split("/")[-1] in _card_names() else spec.ref)
 
 
@@ -362,7 +369,20 @@ def load(storage_url: str, name: str, *, heartbeat_interval: int = 10, grace_per
             stored_rungs(attrs)
         except UnipetlError as err:
             raise UnipetlError(f"`study` {name!r} has a stored MO-ASHA setting it cannot run with: {err}") from None
+    # a trial is stale after 3 beats of the slowest worker that ever opened the study, not of this process's own interval:
+    # a driver with a shorter one failed live trials of slower workers as stale (and re-ran them)
+    slowest = int(attrs.get(HEARTBEAT_ATTR) or 0)  # loading writes nothing: each worker notes its own (note_heartbeat)
+    grace = grace_period or 3 * heartbeat_interval
+    if grace < 3 * slowest:
+        storage = make_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=3 * slowest)
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(attrs, seed), pruner=make_pruner(attrs))
+
+
+def note_heartbeat(study: optuna.Study, heartbeat_interval: int) -> None:
+    """Store a worker's heartbeat interval with the study when it is the longest yet (HEARTBEAT_ATTR),
+    so every process that loads the study later waits 3 of that worker's beats before calling a trial stale."""
+    if heartbeat_interval > int(study.user_attrs.get(HEARTBEAT_ATTR) or 0):
+        study.set_user_attr(HEARTBEAT_ATTR, heartbeat_interval)
 
 
 def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_period: int | None = None) -> optuna.Study:
@@ -400,11 +420,17 @@ def _create_or_continue(spec: StudySpec, name: str, attrs: dict[str, Any], stora
                 f"study {name!r} exists with {key}={_short(stored)}{words}, not {_short(asked)}; its trials are run with the "
                 "stored settings: continue it with `unipetl resume` or the same options, or choose another --study name (the existing study was not changed)."
             )
+        stored_seeds = int(existing.get("seeds", 1))
+        if spec.seeds_asked and spec.seeds < stored_seeds:
+            raise UnipetlError(f"study {name!r} exists with seeds={stored_seeds}, not {spec.seeds}: fewer seeds would leave the points already "
+                               "re-run with more than the rest; continue it without --seeds, or choose another --study name (the existing study was not changed).")
         study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if spec.trials > existing.get("trials", 0):
             study.set_user_attr("trials", spec.trials)
-        if spec.seeds != existing.get("seeds", 1):
+        if spec.seeds_asked and spec.seeds > stored_seeds:
             study.set_user_attr("seeds", spec.seeds)
+        if spec.max_failures is not None and spec.max_failures != existing.get("max_failures"):  # how many replacements: the user's to change
+            study.set_user_attr("max_failures", spec.max_failures)
         top_up(study)
         return study
     study = optuna.create_study(study_name=name, storage=storage, directions=directions(attrs), sampler=make_sampler(attrs), pruner=make_pruner(attrs))
@@ -539,15 +565,18 @@ def finished(study: optuna.Study) -> int:
 
 
 def seed_candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Design trials that get extra seeds: every named method and every point of the (paper
-    fraction ↓, metric) Pareto front, among COMPLETE trials whose metric clears the trivial
-    baseline (a point at chance is not worth more seeds). Full fine-tuning is the 100 % reference
-    and is not re-run. Distinct designs tied on the front all get seeds; a design the sampler
-    proposed again (the same variant and learning rates) gets them once, at its first trial."""
-    from unipetl.reports.frontier import pareto_mask
+    """Design trials that get extra seeds: every named method and every point of the Pareto front
+    the study trades (metric and paper fraction; in frontier mode the costs of its `objectives`,
+    e.g. latency), among COMPLETE trials whose metric clears the trivial baseline (a point at
+    chance is not worth more seeds). Full fine-tuning is the 100 % reference and is not re-run.
+    Distinct designs tied on the front all get seeds; a design the sampler proposed again (the
+    same variant and learning rates) gets them once, at its first trial."""
+    from unipetl.reports.frontier import nondominated
     from unipetl.reports.stats import beats_baseline
 
-    higher = bool(study.user_attrs.get("higher_is_better", True))
+    attrs = study.user_attrs
+    higher = bool(attrs.get("higher_is_better", True))
+    costs = objectives_of(attrs)[1:] if attrs.get("mode") == "frontier" else DEFAULT_OBJECTIVES[1:]
     done, seen = [], set()
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         rec = t.user_attrs.get("record") or {}
@@ -561,11 +590,16 @@ def seed_candidates(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             continue
         if beats_baseline(rec["metric"], rec.get("baseline_metric"), rec.get("eval_examples"), higher=higher) is False:
             continue
-        done.append((t, float(rec["paper_fraction"]), float(rec["metric"])))
-    if not done:
-        return []
-    mask = pareto_mask([f for _, f, _ in done], [m for _, _, m in done], higher)
-    return [t for (t, _, _), front in zip(done, mask, strict=True) if front or t.user_attrs.get("preset")]
+        values = [COSTS[c].of_record(rec) for c in costs]
+        if any(v is None for v in values):  # a cost not measured: not a point of this front (named methods still get seeds)
+            if t.user_attrs.get("preset"):
+                done.append((t, float(rec["metric"]), None))
+            continue
+        done.append((t, float(rec["metric"]), values))
+    placed = [d for d in done if d[2] is not None]
+    mask = nondominated([[m for _, m, _ in placed], *([v[i] for _, _, v in placed] for i in range(len(costs)))], [higher] + [False] * len(costs))
+    front = {t.number for (t, _, _), on in zip(placed, mask, strict=True) if on}
+    return [t for t, _, _ in done if t.number in front or t.user_attrs.get("preset")]
 
 
 def enqueue_seed_trials(study: optuna.Study) -> int:
@@ -589,11 +623,11 @@ def _enqueue_seed_trials(study: optuna.Study) -> int:
     for t in study.get_trials(deepcopy=False):
         if is_seed_trial(t) and t.state != TrialState.FAIL:
             have.add((int(t.user_attrs["parent"]), int(t.user_attrs.get("seed_index", 0))))
-    wanted = 0
+    wanted: set[tuple[int, int]] = set()
     added = 0
     for parent in seed_candidates(study):
         for i in range(1, k):
-            wanted += 1
+            wanted.add((parent.number, i))
             if (parent.number, i) in have:
                 continue
             attrs = {"parent": parent.number, "seed_index": i}
@@ -601,9 +635,9 @@ def _enqueue_seed_trials(study: optuna.Study) -> int:
                 attrs["preset"] = parent.user_attrs["preset"]
             study.enqueue_trial(dict(parent.params), user_attrs=attrs, skip_if_exists=False)
             added += 1
-    # "wanted" only grows: pairs that exist stay counted even if a later result changes the front
-    done_pairs = len(have)
-    study.set_user_attr("seed_trials", max(wanted, done_pairs, int(study.user_attrs.get("seed_trials", 0))))
+    # pairs that exist stay counted even if a later result changed the front, and every pair wanted now is added to them
+    # (counting only the larger of the two left a new front point's tickets WAITING while the study reported itself done)
+    study.set_user_attr("seed_trials", max(len(have | wanted), int(study.user_attrs.get("seed_trials", 0))))
     if added:
         logger.info("study %s: %d extra-seed tickets (seeds per point: %d)", study.study_name, added, k)
     return added

@@ -161,7 +161,8 @@ def _claim_ticket(study: optuna.Study, preset: str | None) -> int:
     def order(waiting: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
         return [t for t in waiting if t.user_attrs.get("preset") == preset] + [t for t in waiting if not t.user_attrs.get("preset")]
 
-    tid = optuna_ext.claim_waiting(study, order)
+    _interval, beat = optuna_ext.heartbeat(study)
+    tid = optuna_ext.claim_waiting(study, order, before=beat)  # a RUNNING ticket always has a heartbeat: a driver that dies here leaves it stale, not stuck
     if tid is not None:
         return tid
     study.enqueue_trial({}, user_attrs={"preset": preset} if preset else None)
@@ -216,19 +217,22 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
         record, state = json.loads(result["record"]), TrialState.COMPLETE
     else:
         record, state = _partial_record({**attrs, "train": trial_train(config, attrs)}, variant, counts, result, preset), TrialState.PRUNED
+    fraction = counts.paper_params / counts.base_params
+    values = studies.objective_values(attrs, {"paper_fraction": fraction, **record}) if state == TrialState.COMPLETE else None
+    if state == TrialState.COMPLETE and values is None:  # a frontier objective the trial did not measure: it cannot be placed
+        record, state = {**record, "status": "failed", "error": "the record lacks a frontier objective of the study"}, TrialState.FAIL
     trial_id = _claim_ticket(study, preset)
     for name, value in params.items():
         optuna_ext.set_param(study, trial_id, name, value, dists[name])
     if attrs["mode"] == "budget":  # the evaluations as intermediate values, as Optuna workers report them
         for step, value in json.loads(result.get("curve") or "[]"):
             optuna_ext.set_intermediate(study, trial_id, step, value)
-    fraction = counts.paper_params / counts.base_params
     for key, value in {"record": record, "tune_trial_id": tune_trial_id, "tune_round": round_, "paper_params": counts.paper_params,
                        "paper_fraction": fraction, "variant_description": variant.describe(), **({"preset": preset} if preset else {})}.items():
         optuna_ext.set_user_attr(study, trial_id, key, value)
     trial = optuna_ext.live(study, trial_id)
-    if state == TrialState.COMPLETE:
-        study.tell(trial, [record["metric"]] if attrs["mode"] == "budget" else [record["metric"], fraction])
+    if values is not None:  # what the study trades, as the Optuna workers tell it (it was always [metric, paper fraction])
+        study.tell(trial, values)
     else:
         study.tell(trial, state=state)
     logger.info("tune trial %s → study trial %d %s", tune_trial_id, trial.number, state.name)
@@ -239,12 +243,20 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
 
 
 def default_tune_dir(storage_url: str, study_name: str) -> str:
-    """Next to the study: <folder of the SQLite file's real path>/tune/<study> (the same folder
-    for every spelling of one file, `locks.sqlite_place`); runs/tune/<study> for a database
-    server or an in-memory SQLite database."""
+    """Next to the study: <folder of the SQLite file's real path>/tune/<file stem>/<study> (the
+    same folder for every spelling of one file, `locks.sqlite_place`); runs/tune/<digest of the
+    URL>/<study> for a database server or an in-memory SQLite database — two databases holding a
+    study of the same name never share (or restore) one Tune run."""
     place = sqlite_place(storage_url)
-    base = Path(place[1]).parent if place is not None and place[0] == "file" else Path("runs")
-    return str((base / "tune" / study_name).resolve())
+    if place is not None and place[0] == "file":
+        base, where = Path(place[1]).parent, Path(place[1]).stem
+    else:  # a server (or memory): the database's identity, so two databases with a study of one name never share a run
+        import hashlib
+
+        from unipetl.reports.load import mask_url
+
+        base, where = Path("runs"), hashlib.sha256(mask_url(storage_url).encode()).hexdigest()[:12]
+    return str((base / "tune" / where / study_name).resolve())
 
 
 def _round_state(study: optuna.Study) -> tuple[list[int], list[int]]:
@@ -318,7 +330,8 @@ def _new_tuner(study: optuna.Study, round_: int, storage_url: str, *, cpus_per_t
     space = TuneSpace(studies.model_shape(attrs["model"]), attrs["budget_fraction"], attrs["space"], presets, search_lr=attrs["train"].get("lr") is None)
     hib = "max" if attrs["higher_is_better"] else "min"
     metric, mode = ("value", hib) if attrs["mode"] == "budget" else (["value", "paper_fraction"], [hib, "min"])
-    searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=studies.make_sampler(attrs, seed))
+    # each round its own sampler seed: one seed for every round proposed round 0's points again
+    searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=studies.make_sampler(attrs, None if seed is None else seed + round_))
     study.set_user_attr("tune_rounds", [*attrs.get("tune_rounds", []), len(waiting)])
     return tune.Tuner(
         _trainable(attrs, cpus_per_trial, gpus_per_trial),
@@ -358,6 +371,7 @@ def run_tune(storage_url: str, study_name: str, *, address: str | None = None, c
             if failed > study.user_attrs.get("max_failures", study.user_attrs["trials"]):
                 logger.warning("study %s: %d failed trials, no more rounds", study_name, failed)
                 return False
+            _retry_failed_presets(study)
             studies.top_up(study)
             round_ = len(study.user_attrs.get("tune_rounds", []))
             tuner = _new_tuner(study, round_, storage_url, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
@@ -372,6 +386,19 @@ def run_tune(storage_url: str, study_name: str, *, address: str | None = None, c
             import ray
 
             ray.shutdown()
+
+
+def _retry_failed_presets(study: optuna.Study) -> None:
+    """A named method whose trial failed gets its ticket once more, as the workers' replacement
+    does (search.worker._replace_failed); after a second failure its gap is left to top_up's
+    blank ticket. Runs in the driver only, between rounds."""
+    trials = study.get_trials(deepcopy=False)
+    with studies.driver_lock(study):
+        for preset in dict.fromkeys(t.user_attrs.get("preset") for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("preset")):
+            failures = sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("preset") == preset and not t.user_attrs.get("interrupted"))
+            alive = any(t.state != TrialState.FAIL and t.user_attrs.get("preset") == preset for t in trials)
+            if failures < 2 and not alive:
+                study.enqueue_trial({}, user_attrs={"preset": preset})
 
 
 def _round_done(study: optuna.Study) -> bool:

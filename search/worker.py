@@ -17,6 +17,7 @@ fine-tunes with `unipetl.evaluators.trial.run_trial`. Load tests use it to measu
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import logging
 import math
@@ -150,7 +151,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, *, runner: Runner | None =
             # (the mark first: a finished trial's attributes can no longer be written)
             optuna_ext.set_user_attr(study, optuna_ext.trial_id(trial), "interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
-            studies.retry_callback(max_retry=None)(study, optuna_ext.frozen(study, trial))
+            again = copy.deepcopy(optuna_ext.frozen(study, trial))
+            again.user_attrs = {k: v for k, v in again.user_attrs.items() if k != "interrupted"}  # a fresh try: its own failure counts
+            studies.retry_callback(max_retry=None)(study, again)
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             return _lost(trial)
@@ -281,13 +284,21 @@ def _remember_parent_latency(trial: optuna.Trial) -> None:
 
 
 def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:
-    """A fresh ticket for a failed trial, up to `max_failures` in the study's life: a blank one for
-    a design trial, the same parameters and seed for an extra seed (its pair must still be run)."""
-    failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "interrupted" not in t.user_attrs)
+    """A fresh ticket for a failed trial, up to `max_failures` in the study's life: for an extra
+    seed its parent's parameters and the same seed (the failed try may have stored only the
+    parameters drawn before it failed: the pair must still be run on the parent's design and
+    learning rate); for a named method the same preset once (a second failure of it gets a blank
+    ticket: a method that cannot run must not use up the failures); for a sampled design a blank one."""
+    failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if not t.user_attrs.get("interrupted"))
     if failed <= study.user_attrs.get("max_failures", study.user_attrs["trials"]):
         if studies.is_seed_trial(trial):
             keep = {k: trial.user_attrs[k] for k in ("parent", "seed_index", "preset") if k in trial.user_attrs}
-            study.enqueue_trial(dict(trial.params), user_attrs=keep)
+            parent = next((t for t in study.get_trials(deepcopy=False) if t.number == int(keep["parent"])), None)
+            study.enqueue_trial(dict(parent.params if parent is not None else trial.params), user_attrs=keep)
+        elif (preset := trial.user_attrs.get("preset")) and sum(
+                1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if t.user_attrs.get("preset") == preset and not studies.is_seed_trial(t) and not t.user_attrs.get("interrupted")) < 2:
+            study.enqueue_trial({}, user_attrs={"preset": preset})  # once more: a reference point is not dropped for one failure
         else:
             study.enqueue_trial({})
     else:
@@ -316,6 +327,7 @@ def run_worker(storage_url: str, study_name: str, *, heartbeat_interval: int = 1
     workers died, its trial turns stale and comes back as a WAITING retry that this worker runs."""
     runner = runner or resolve_runner(os.environ.get(RUNNER_ENV))
     study = studies.load(storage_url, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    _retry_locked(lambda: studies.note_heartbeat(study, heartbeat_interval), "note heartbeat")  # others wait 3 of this worker's beats
     ran = 0
     while max_trials is None or ran < max_trials:
         with studies.driver_lock(study), warnings.catch_warnings():  # a reaped trial's retry fills its gap, not a driver's top-up too

@@ -161,9 +161,9 @@ def test_failed_variant_gets_a_replacement_ticket(tmp_path: Path, backend: backe
     url = _study(tmp_path, backend, trials=3, max_failures=2, fail_presets=["lora"])
     assert _run(url, backend) is True
     study = _check(url, tmp_path, backend, trials=3)
-    (failed,) = study.get_trials(states=(TrialState.FAIL,))
-    assert failed.user_attrs["record"]["error"] == "stub failure" and failed.user_attrs["preset"].startswith("lora")
-    assert len(study.get_trials()) == 4  # the three tickets and one replacement
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs["record"]["error"] for t in failed] == ["stub failure"] * 2 and all(t.user_attrs["preset"].startswith("lora") for t in failed)
+    assert len(study.get_trials()) == 5  # the three tickets, the named method once more, then a blank ticket
 
 
 @pytest.mark.parametrize("backend", BACKEND_CASES, indirect=True)

@@ -309,3 +309,47 @@ def test_the_driver_lock_closes_the_read_then_write_windows(tmp_path: Path, monk
 
     assert two_drivers(spec) == alone
     assert two_drivers(dataclasses.replace(spec, trials=6)) == alone + [None] * 3
+
+
+def test_a_local_model_directory_is_budgeted_on_its_own_config_even_when_named_like_a_card(tmp_path: Path) -> None:
+    """A folder named bert-base-uncased holding a small model was budgeted on the 110 M card, while its records
+    counted the model trained: trials over the budget entered the frontier."""
+    from unipetl.spaces.testing import tiny_config
+
+    d = tmp_path / "bert-base-uncased"
+    d.mkdir()
+    tiny_config("bert").save_pretrained(d)
+    shape = studies.model_shape(str(d))
+    assert shape.base_params == studies.model_shape("tiny-bert").base_params < 1_000_000
+    assert studies.model_shape("bert-base-uncased").base_params > 100_000_000  # the hub id still means the card
+
+
+def test_a_trials_seed_must_be_an_integer() -> None:
+    from unipetl.evaluators.trial import TrialConfig
+    from unipetl.spaces.variant import Variant
+
+    for bad in (2.7, True, "7", -1):
+        with pytest.raises(studies.UnipetlError, match=r"`seed` should be an integer in 0..2\*\*32-1, got"):
+            TrialConfig(task="sst2", model="tiny-bert", variant=Variant(), seed=bad)  # type: ignore[arg-type]
+
+
+def test_a_driver_with_a_shorter_heartbeat_does_not_fail_a_slower_workers_live_trial(tmp_path: Path) -> None:
+    """Stale means 3 beats of the slowest worker that opened the study: a driver beating every second failed the live
+    trial of a worker beating every 4 s as stale, and its training was thrown away."""
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/hb.db"
+    studies.create_or_check(studies.StudySpec(seeds=1, task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="h"))
+    worker = studies.load(url, "h", heartbeat_interval=4)
+    studies.note_heartbeat(worker, 4)  # what run_worker does first
+    trial = worker.ask()
+    from unipetl.search import optuna_ext
+
+    optuna_ext.heartbeat(worker)[1](optuna_ext.trial_id(trial))  # what the worker's heartbeat thread writes
+    driver = studies.load(url, "h", heartbeat_interval=1)
+    time.sleep(3.5)  # past the driver's own grace (3 s), within the worker's (12 s)
+    optuna.storages.fail_stale_trials(driver)
+    assert driver.get_trials(deepcopy=False)[0].state == optuna.trial.TrialState.RUNNING
+    assert driver.user_attrs["heartbeat_interval"] == 4

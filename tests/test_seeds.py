@@ -125,6 +125,9 @@ def test_kill_during_the_seed_phase_resumes_without_duplicates(tmp_path: Path) -
     with pytest.raises(KeyboardInterrupt):
         run_worker(url, "z", runner=stub)
     KILL_AT.clear()
+    (killed,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    (retry,) = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if t.system_attrs.get("failed_trial") == killed.number]
+    assert killed.user_attrs["interrupted"] is True and "interrupted" not in retry.user_attrs  # a fresh try: its own failure counts
     # resume = the driver again: enqueue (idempotent) and run workers
     assert studies.enqueue_seed_trials(study) == 0
     run_worker(url, "z", runner=stub)
@@ -182,3 +185,75 @@ def test_seed_candidates_take_every_tied_design_but_a_reproposed_design_once() -
     add("lora:r=8", 0.85, scale=2.0)  # at another learning rate: a design of its own
     add("pa-ffn:r=4", 0.80)           # dominated
     assert [t.number for t in studies.seed_candidates(study)] == [0, 1, 3]
+
+
+def _front_study() -> tuple[optuna.Study, Any]:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("seeds", 2)
+
+    def add(variant: str, metric: float, fraction: float, **attrs: Any) -> None:
+        from unipetl.spaces.presets import parse_preset
+
+        rec = {"metric": metric, "paper_fraction": fraction, "variant": parse_preset(variant).to_dict(), "lr": {"scale": 1.0}}
+        study.add_trial(optuna.trial.create_trial(values=[metric, fraction], params={"x": metric}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                                                  user_attrs={"record": rec, **attrs}))
+
+    return study, add
+
+
+def test_seed_trials_count_every_pair_a_new_front_point_adds() -> None:
+    """After a resume whose new trial joins the front, the study counted max(wanted now, pairs it had): one new point's
+    ticket stayed WAITING while the study reported itself done."""
+    study, add = _front_study()
+    add("lora:r=4", 0.80, 0.001)
+    add("lora:r=8", 0.85, 0.002)
+    assert studies.enqueue_seed_trials(study) == 2 and study.user_attrs["seed_trials"] == 2
+    add("lora:r=2", 0.81, 0.0005)  # dominates lora:r=4, joins the front: 2 pairs existed, 2 are wanted, 3 in all
+    assert studies.enqueue_seed_trials(study) == 1 and study.user_attrs["seed_trials"] == 3
+
+
+def test_a_failed_seed_is_replaced_on_its_parents_design_and_a_failed_named_method_by_itself() -> None:
+    from unipetl.search.worker import _replace_failed
+
+    study, add = _front_study()
+    study.set_user_attr("trials", 4)
+    add("lora:r=4", 0.80, 0.001)  # trial 0: params {"x": 0.8}
+    failed_seed = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"parent": 0, "seed_index": 1})  # failed before its params were stored
+    study.add_trial(failed_seed)
+    _replace_failed(study, study.get_trials()[-1])
+    ticket = study.get_trials(states=(TrialState.WAITING,))[-1]
+    assert ticket.system_attrs["fixed_params"] == {"x": 0.8} and ticket.user_attrs == {"parent": 0, "seed_index": 1}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"preset": "lora:r=5,s=2.0"}))
+    _replace_failed(study, study.get_trials()[-1])
+    assert study.get_trials(states=(TrialState.WAITING,))[-1].user_attrs == {"preset": "lora:r=5,s=2.0"}  # not a blank ticket
+
+
+def test_a_continued_study_keeps_its_seeds_unless_asked_and_refuses_fewer(tmp_path: Path) -> None:
+    url, study = _study(tmp_path, trials=2, seeds=5)
+    base = dict(task="sst2", model="tiny-bert", budget="5%", mode="frontier", trials=2, storage=url, study="z", train={"max_steps": 1},
+                space={"presets": ["lora", "pa-ffn"]})
+    studies.create_or_check(studies.StudySpec(**base, seeds=3, seeds_asked=False))  # the default of a run that did not ask
+    assert studies.load(url, "z").user_attrs["seeds"] == 5
+    with pytest.raises(studies.UnipetlError, match="exists with seeds=5, not 3: fewer seeds"):
+        studies.create_or_check(studies.StudySpec(**base, seeds=3))
+    studies.create_or_check(studies.StudySpec(**base, seeds=7, max_failures=9))
+    assert (studies.load(url, "z").user_attrs["seeds"], studies.load(url, "z").user_attrs["max_failures"]) == (7, 9)
+    with pytest.raises(studies.UnipetlError, match="exists with data_dir="):  # the trials would run on the stored data
+        studies.create_or_check(studies.StudySpec(**base, seeds=7, data_dir=str(tmp_path)))
+
+
+def test_seed_candidates_come_from_the_front_the_study_trades() -> None:
+    """A study trading latency re-seeded the (paper fraction, metric) front: a slow small design got seeds and the
+    fast point of its own front did not."""
+    from unipetl.spaces.presets import parse_preset
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for k, v in {"mode": "frontier", "objectives": ["metric", "latency"], "seeds": 2}.items():
+        study.set_user_attr(k, v)
+    for variant, metric, fraction, latency in (("lora:r=4", 0.85, 0.004, 1.0), ("pa-ffn:r=2", 0.85, 0.001, 1.2), ("pa-ffn:r=8", 0.80, 0.002, 1.3)):
+        rec = {"metric": metric, "paper_fraction": fraction, "variant": parse_preset(variant).to_dict(), "lr": {"scale": 1.0},
+               "latency": {"batch1_ratio": latency}}
+        study.add_trial(optuna.trial.create_trial(values=[metric, latency], user_attrs={"record": rec}))
+    assert [t.number for t in studies.seed_candidates(study)] == [0]  # merged LoRA: as accurate and faster; not the smaller adapter
+    study.set_user_attr("objectives", None)  # the default frontier: metric and paper params
+    assert [t.number for t in studies.seed_candidates(study)] == [1]

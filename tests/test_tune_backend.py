@@ -114,8 +114,11 @@ def test_schedulers_and_run_dir(tmp_path: Path) -> None:
     assert asha._max_t == TRAIN["max_steps"] + 1 and asha._brackets[0]._rungs[-1][0] == TRAIN["eval_every"]  # grace period: the first report
     assert type(tb.make_scheduler({**study.user_attrs, "mode": "frontier"})) is FIFOScheduler
     assert type(tb.make_scheduler({**study.user_attrs, "pruner": "none"})) is FIFOScheduler
-    assert study.user_attrs["tune_dir"] == str((tmp_path / "tune" / "t").resolve()) and study.user_attrs["backend"] == "tune"
-    assert tb.default_tune_dir("postgresql://h/db", "x") == str(Path("runs/tune/x").resolve())
+    assert study.user_attrs["tune_dir"] == str((tmp_path / "tune" / "t" / "t").resolve()) and study.user_attrs["backend"] == "tune"
+    # a server: one folder per database, so two databases' studies of one name never share (or restore) a Tune run
+    a, b = tb.default_tune_dir("postgresql://h/db", "x"), tb.default_tune_dir("postgresql://h/other", "x")
+    assert a != b and Path(a).parent.parent == Path("runs/tune").resolve() and Path(a).name == "x"
+    assert tb.default_tune_dir("postgresql://u:secret@h/db", "x") == tb.default_tune_dir("postgresql://u:other@h/db", "x")  # passwords do not count
 
 
 def test_default_tune_dir_is_one_folder_for_every_spelling_of_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,10 +127,10 @@ def test_default_tune_dir_is_one_folder_for_every_spelling_of_one_file(tmp_path:
     (tmp_path / "link").mkdir()
     (tmp_path / "link" / "s.db").symlink_to(tmp_path / "real" / "s.db")
     monkeypatch.chdir(tmp_path / "link")
-    want = str((tmp_path / "real" / "tune" / "x").resolve())
+    want = str((tmp_path / "real" / "tune" / "s" / "x").resolve())
     spellings = [f"sqlite:///{tmp_path}/real/s.db", f"sqlite:///{tmp_path}/link/s.db", "sqlite:///s.db", "sqlite:///../real/./s.db"]
     assert [tb.default_tune_dir(u, "x") for u in spellings] == [want] * 4
-    assert tb.default_tune_dir("sqlite:///:memory:", "x") == tb.default_tune_dir("sqlite://", "x") == str(Path("runs/tune/x").resolve())
+    assert tb.default_tune_dir("sqlite:///:memory:", "x") != tb.default_tune_dir(f"sqlite:///{tmp_path}/real/s.db", "x")
 
 
 def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,6 +142,24 @@ def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, cap
     assert [(t.number, t.state, t.user_attrs) for t in studies.load(url, "k").get_trials()] == before
     assert main([*argv, "--backend", "tune", "--cpus-per-trial", "0"]) == 2
     assert "`cpus-per-trial` must be > 0" in capsys.readouterr().err
+    # Tune's searcher trades the metric and paper params only: another frontier is refused before anything is stored
+    other = ["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "lat",
+             "--mode", "frontier", "--objectives", "accuracy,latency", "--backend", "tune", "--data-dir", data_dir]
+    assert main(other) == 2
+    assert "`objectives` 'accuracy,latency': --backend tune's searcher trades the metric and paper params only" in capsys.readouterr().err
+    assert "lat" not in studies.study_names(studies.make_storage(url))
+
+
+def test_a_mirrored_ticket_has_a_heartbeat_so_a_dead_driver_leaves_it_stale(tmp_path: Path) -> None:
+    """The mirror claimed its ticket without a heartbeat: a driver dying between claim and tell left it RUNNING for ever
+    (Optuna fails as stale only a trial that has a heartbeat)."""
+    url, study = _study(tmp_path, trials=3)
+    tid = tb._claim_ticket(study, study.get_trials()[0].user_attrs["preset"])
+    watcher = studies.load(url, "t", heartbeat_interval=1, grace_period=1)
+    time.sleep(2.5)  # the driver died: no beat since the claim
+    optuna.storages.fail_stale_trials(watcher)
+    (claimed,) = [t for t in watcher.get_trials(deepcopy=False) if t.number == 0]
+    assert claimed.state == optuna.trial.TrialState.FAIL and tid is not None
 
 
 # --- real Tune runs (local Ray, 2 CPUs) -------------------------------------------------------
@@ -202,7 +223,7 @@ def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir
     (done,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert done.user_attrs["preset"] == done.user_attrs["record"]["preset"] and done.number == 0
     assert all(t.params and "attn.method" in t.params for t in study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))
-    assert (tmp_path / "tune" / "s" / "round-0").is_dir() and study.user_attrs["tune_rounds"] == [3]
+    assert (tmp_path / "tune" / "s" / "s" / "round-0").is_dir() and study.user_attrs["tune_rounds"] == [3]
     # the CLI on the finished study: same search, same backend → nothing more runs
     (tmp_path / "s.yaml").write_text("space:\n  presets: [lora]\n")
     assert main(["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "s",

@@ -97,7 +97,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     data["train"] = train
     if data.get("data_dir"):
         data["data_dir"] = os.path.abspath(str(data["data_dir"]))
-    return StudySpec(**data)
+    return StudySpec(**data, seeds_asked=seeds_given)
 
 
 def check_workers(args: argparse.Namespace) -> None:
@@ -256,12 +256,17 @@ def check_backend(spec: Any, backend: str) -> None:
     backend without a seed phase (Tune) takes no extra seeds; checked before anything is written."""
     import optuna
 
+    from unipetl.reports.objectives import DEFAULT as DEFAULT_OBJECTIVES
+    from unipetl.reports.objectives import parse_objectives
     from unipetl.search import backends
     from unipetl.search import study as studies
 
     if backend == "tune" and not backends.get("tune").seed_phase and spec.seeds > 1:
         raise UnipetlError(f"`seeds` {spec.seeds} needs a seed phase, which --backend tune does not run; "
                            "give --seeds 1, or use the optuna backend (local or Ray workers) for extra seeds.")
+    if backend == "tune" and spec.mode == "frontier" and spec.objectives is not None and parse_objectives(spec.objectives) != DEFAULT_OBJECTIVES:
+        raise UnipetlError(f"`objectives` {spec.objectives!r}: --backend tune's searcher trades the metric and paper params only; "
+                           "use the optuna backend (local or Ray workers) for other costs.")
     if backend == "tune" and spec.pruner == "mo-asha":
         raise UnipetlError("`pruner` mo-asha runs in the optuna backend's workers (local or Ray); Ray Tune's schedulers do not "
                            "prune multi-objective studies: use --backend optuna, or --pruner none with --backend tune.")

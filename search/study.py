@@ -23,6 +23,7 @@ import importlib.resources
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from contextlib import AbstractContextManager
@@ -65,7 +66,7 @@ STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 IDENTITY = ("task", "model", "mode", "budget_fraction", "space", "objectives")
 # how a trial is run and judged: a continued study keeps its stored values, so a different value asked
 # for is refused rather than silently ignored (older studies lacking a key keep its stored meaning)
-SETTINGS = ("train", "data_dir", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples", "rung_order")
+SETTINGS = ("train", "pruner", "sampler", "with_full", "reduction_factor", "rung_examples", "rung_order")
 # the MO-ASHA settings a StudySpec leaves None when not asked for, each with what its absence from an older study
 # means (the worker runs it so), in words: only a value asked for is compared, with the stored or the legacy one
 HEARTBEAT_ATTR = "heartbeat_interval"  # study user attr: the longest heartbeat interval (s) of any process that opened the study
@@ -108,6 +109,9 @@ class StudySpec:
             raise UnipetlError(f"`trials` should be a positive integer, got {self.trials!r}.")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 20:
             raise UnipetlError(f"`seeds` should be an integer in 1..20, got {self.seeds!r}.")
+        first = self.train.get("seed", 0) if isinstance(self.train, dict) else 0
+        if isinstance(first, int) and not isinstance(first, bool) and first + self.seeds - 1 >= 2**32:  # extra seeds train at seed + i
+            raise UnipetlError(f"`train.seed` {first} leaves no room for {self.seeds} seeds (seed + {self.seeds - 1} must stay below 2**32).")
         if self.pruner not in PRUNERS:
             raise UnipetlError(f"`pruner` must be one of {', '.join(PRUNERS)}, got {self.pruner!r}.{did_you_mean(str(self.pruner), PRUNERS)}")
         if self.pruner == "mo-asha":
@@ -381,8 +385,9 @@ def load(storage_url: str, name: str, *, heartbeat_interval: int = 10, grace_per
 def note_heartbeat(study: optuna.Study, heartbeat_interval: int) -> None:
     """Store a worker's heartbeat interval with the study when it is the longest yet (HEARTBEAT_ATTR),
     so every process that loads the study later waits 3 of that worker's beats before calling a trial stale."""
-    if heartbeat_interval > int(study.user_attrs.get(HEARTBEAT_ATTR) or 0):
-        study.set_user_attr(HEARTBEAT_ATTR, heartbeat_interval)
+    with driver_lock(study):  # read, compare, write: two workers starting together keep the larger
+        if heartbeat_interval > int(study.user_attrs.get(HEARTBEAT_ATTR) or 0):
+            study.set_user_attr(HEARTBEAT_ATTR, heartbeat_interval)
 
 
 def create_or_check(spec: StudySpec, *, heartbeat_interval: int = 10, grace_period: int | None = None) -> optuna.Study:
@@ -420,10 +425,12 @@ def _create_or_continue(spec: StudySpec, name: str, attrs: dict[str, Any], stora
                 f"study {name!r} exists with {key}={_short(stored)}{words}, not {_short(asked)}; its trials are run with the "
                 "stored settings: continue it with `unipetl resume` or the same options, or choose another --study name (the existing study was not changed)."
             )
+        _check_data_dir(name, existing.get("data_dir"), spec.data_dir)
         stored_seeds = int(existing.get("seeds", 1))
         if spec.seeds_asked and spec.seeds < stored_seeds:
             raise UnipetlError(f"study {name!r} exists with seeds={stored_seeds}, not {spec.seeds}: fewer seeds would leave the points already "
-                               "re-run with more than the rest; continue it without --seeds, or choose another --study name (the existing study was not changed).")
+                               "re-run with more than the rest; continue it without --seeds (or the study file's `seeds`), or choose another "
+                               "--study name (the existing study was not changed).")
         study = load(spec.storage, name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if spec.trials > existing.get("trials", 0):
             study.set_user_attr("trials", spec.trials)
@@ -442,6 +449,17 @@ def _create_or_continue(spec: StudySpec, name: str, attrs: dict[str, Any], stora
     top_up(study)
     logger.info("created study %s with %d tickets", name, attrs["trials"])
     return study
+
+
+def _check_data_dir(name: str, stored: str | None, asked: str | None) -> None:
+    """A continued study reads the data it was created with: a data directory not asked for keeps
+    it; the same folder written another way (relative, a symlink) is the same; another folder, or
+    a folder for a study whose workers read UNIPETL_DATA_DIR, is refused (it would be ignored)."""
+    if asked is None or (stored is not None and os.path.realpath(stored) == os.path.realpath(asked)):
+        return
+    how = repr(stored) if stored is not None else "no data directory (each worker reads UNIPETL_DATA_DIR, else the hub)"
+    raise UnipetlError(f"study {name!r} exists with data_dir {how}, not {asked!r}; its trials read the stored data: continue it without "
+                       "--data-dir, or choose another --study name (the existing study was not changed).")
 
 
 def driver_lock(study: optuna.Study) -> AbstractContextManager[None]:

@@ -243,13 +243,13 @@ def mirror(study: optuna.Study, *, tune_trial_id: str, config: dict[str, Any], r
 
 
 def default_tune_dir(storage_url: str, study_name: str) -> str:
-    """Next to the study: <folder of the SQLite file's real path>/tune/<file stem>/<study> (the
+    """Next to the study: <folder of the SQLite file's real path>/tune/<file name>/<study> (the
     same folder for every spelling of one file, `locks.sqlite_place`); runs/tune/<digest of the
     URL>/<study> for a database server or an in-memory SQLite database — two databases holding a
     study of the same name never share (or restore) one Tune run."""
     place = sqlite_place(storage_url)
     if place is not None and place[0] == "file":
-        base, where = Path(place[1]).parent, Path(place[1]).stem
+        base, where = Path(place[1]).parent, Path(place[1]).name  # the file's whole name: a.db and a.sqlite are two databases
     else:  # a server (or memory): the database's identity, so two databases with a study of one name never share a run
         import hashlib
 
@@ -389,16 +389,25 @@ def run_tune(storage_url: str, study_name: str, *, address: str | None = None, c
 
 
 def _retry_failed_presets(study: optuna.Study) -> None:
-    """A named method whose trial failed gets its ticket once more, as the workers' replacement
-    does (search.worker._replace_failed); after a second failure its gap is left to top_up's
-    blank ticket. Runs in the driver only, between rounds."""
-    trials = study.get_trials(deepcopy=False)
+    """A named method whose trial failed gets a ticket once more, as the workers' replacement does
+    (search.worker._replace_failed); after a second failure its gap is left to top_up's blank
+    ticket. The retry takes a gap: a blank WAITING ticket becomes the method's (a resumed study's
+    top-up may have filled the gap already), else a new ticket while the design trials in play
+    fall short of the study's `trials` — never one more trial than the budget. Driver only."""
     with studies.driver_lock(study):
-        for preset in dict.fromkeys(t.user_attrs.get("preset") for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("preset")):
-            failures = sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("preset") == preset and not t.user_attrs.get("interrupted"))
-            alive = any(t.state != TrialState.FAIL and t.user_attrs.get("preset") == preset for t in trials)
-            if failures < 2 and not alive:
+        trials = study.get_trials(deepcopy=False)
+        designs = [t for t in trials if not studies.is_seed_trial(t)]
+        in_play = sum(1 for t in designs if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING))
+        blank = [t for t in designs if t.state == TrialState.WAITING and not t.user_attrs.get("preset")]
+        for preset in dict.fromkeys(t.user_attrs.get("preset") for t in designs if t.state == TrialState.FAIL and t.user_attrs.get("preset")):
+            failures = sum(1 for t in designs if t.state == TrialState.FAIL and t.user_attrs.get("preset") == preset and not t.user_attrs.get("interrupted"))
+            if failures >= 2 or any(t.state != TrialState.FAIL and t.user_attrs.get("preset") == preset for t in designs):
+                continue
+            if blank:
+                optuna_ext.set_user_attr(study, optuna_ext.trial_id(blank.pop(0)), "preset", preset)
+            elif in_play < int(study.user_attrs["trials"]):
                 study.enqueue_trial({}, user_attrs={"preset": preset})
+                in_play += 1
 
 
 def _round_done(study: optuna.Study) -> bool:

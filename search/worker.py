@@ -294,7 +294,10 @@ def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:
         if studies.is_seed_trial(trial):
             keep = {k: trial.user_attrs[k] for k in ("parent", "seed_index", "preset") if k in trial.user_attrs}
             parent = next((t for t in study.get_trials(deepcopy=False) if t.number == int(keep["parent"])), None)
-            study.enqueue_trial(dict(parent.params if parent is not None else trial.params), user_attrs=keep)
+            if parent is None:  # cannot happen for a stored study; a seed of nothing is not enqueued
+                logger.warning("study %s: extra seed %d has no parent trial %s; not replaced", study.study_name, trial.number, keep["parent"])
+                return
+            study.enqueue_trial(dict(parent.params), user_attrs=keep)
         elif (preset := trial.user_attrs.get("preset")) and sum(
                 1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                 if t.user_attrs.get("preset") == preset and not studies.is_seed_trial(t) and not t.user_attrs.get("interrupted")) < 2:

@@ -238,8 +238,23 @@ def test_a_continued_study_keeps_its_seeds_unless_asked_and_refuses_fewer(tmp_pa
         studies.create_or_check(studies.StudySpec(**base, seeds=3))
     studies.create_or_check(studies.StudySpec(**base, seeds=7, max_failures=9))
     assert (studies.load(url, "z").user_attrs["seeds"], studies.load(url, "z").user_attrs["max_failures"]) == (7, 9)
-    with pytest.raises(studies.UnipetlError, match="exists with data_dir="):  # the trials would run on the stored data
-        studies.create_or_check(studies.StudySpec(**base, seeds=7, data_dir=str(tmp_path)))
+    with pytest.raises(studies.UnipetlError, match="exists with data_dir no data directory .*UNIPETL_DATA_DIR.*, not '"):
+        studies.create_or_check(studies.StudySpec(**base, seeds=7, data_dir=str(tmp_path)))  # its workers read the environment's
+
+
+def test_a_continued_study_reads_the_data_it_was_created_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "link").symlink_to(data)
+    url = f"sqlite:///{tmp_path}/d.db"
+    base = dict(task="sst2", model="tiny-bert", budget="5%", trials=1, storage=url, study="d", seeds=1)
+    studies.create_or_check(studies.StudySpec(**base, data_dir=str(data)))
+    monkeypatch.chdir(tmp_path)
+    for same in (None, "data", str(data) + "/", str(tmp_path / "link")):  # not asked, relative, trailing slash, a symlink
+        studies.create_or_check(studies.StudySpec(**base, data_dir=same))
+    with pytest.raises(studies.UnipetlError, match=r"exists with data_dir '.*/data', not '.*/other'; its trials read the stored data"):
+        studies.create_or_check(studies.StudySpec(**base, data_dir=str(tmp_path / "other")))
+    assert studies.load(url, "d").user_attrs["data_dir"] == str(data)
 
 
 def test_seed_candidates_come_from_the_front_the_study_trades() -> None:

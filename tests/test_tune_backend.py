@@ -114,7 +114,7 @@ def test_schedulers_and_run_dir(tmp_path: Path) -> None:
     assert asha._max_t == TRAIN["max_steps"] + 1 and asha._brackets[0]._rungs[-1][0] == TRAIN["eval_every"]  # grace period: the first report
     assert type(tb.make_scheduler({**study.user_attrs, "mode": "frontier"})) is FIFOScheduler
     assert type(tb.make_scheduler({**study.user_attrs, "pruner": "none"})) is FIFOScheduler
-    assert study.user_attrs["tune_dir"] == str((tmp_path / "tune" / "t" / "t").resolve()) and study.user_attrs["backend"] == "tune"
+    assert study.user_attrs["tune_dir"] == str((tmp_path / "tune" / "t.db" / "t").resolve()) and study.user_attrs["backend"] == "tune"
     # a server: one folder per database, so two databases' studies of one name never share (or restore) a Tune run
     a, b = tb.default_tune_dir("postgresql://h/db", "x"), tb.default_tune_dir("postgresql://h/other", "x")
     assert a != b and Path(a).parent.parent == Path("runs/tune").resolve() and Path(a).name == "x"
@@ -127,7 +127,7 @@ def test_default_tune_dir_is_one_folder_for_every_spelling_of_one_file(tmp_path:
     (tmp_path / "link").mkdir()
     (tmp_path / "link" / "s.db").symlink_to(tmp_path / "real" / "s.db")
     monkeypatch.chdir(tmp_path / "link")
-    want = str((tmp_path / "real" / "tune" / "s" / "x").resolve())
+    want = str((tmp_path / "real" / "tune" / "s.db" / "x").resolve())
     spellings = [f"sqlite:///{tmp_path}/real/s.db", f"sqlite:///{tmp_path}/link/s.db", "sqlite:///s.db", "sqlite:///../real/./s.db"]
     assert [tb.default_tune_dir(u, "x") for u in spellings] == [want] * 4
     assert tb.default_tune_dir("sqlite:///:memory:", "x") != tb.default_tune_dir(f"sqlite:///{tmp_path}/real/s.db", "x")
@@ -148,6 +148,20 @@ def test_backend_of_an_existing_study_is_kept(tmp_path: Path, data_dir: str, cap
     assert main(other) == 2
     assert "`objectives` 'accuracy,latency': --backend tune's searcher trades the metric and paper params only" in capsys.readouterr().err
     assert "lat" not in studies.study_names(studies.make_storage(url))
+
+
+def test_a_failed_named_method_is_retried_in_a_gap_never_past_the_budget(tmp_path: Path) -> None:
+    """After a stop, the driver's top-up fills a failed named method's gap with a blank ticket; the retry then took a
+    ticket of its own too, and the study ran one trial more than --trials."""
+    url, study = _study(tmp_path, trials=3)
+    preset = study.get_trials()[0].user_attrs["preset"]
+    assert tb.mirror(study, tune_trial_id="a", config={"preset": preset}, result={}, error="RuntimeError: boom") == optuna.trial.TrialState.FAIL
+    studies.top_up(study)  # what run_study does first on resume
+    tb._retry_failed_presets(study)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 3 and [t.user_attrs.get("preset") for t in waiting].count(preset) == 1  # the blank became the method's
+    tb._retry_failed_presets(study)  # idempotent: the method has a ticket in play
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 3
 
 
 def test_a_mirrored_ticket_has_a_heartbeat_so_a_dead_driver_leaves_it_stale(tmp_path: Path) -> None:
@@ -223,7 +237,7 @@ def test_tune_study_mirrors_finished_and_stopped_trials(tmp_path: Path, data_dir
     (done,) = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert done.user_attrs["preset"] == done.user_attrs["record"]["preset"] and done.number == 0
     assert all(t.params and "attn.method" in t.params for t in study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))
-    assert (tmp_path / "tune" / "s" / "s" / "round-0").is_dir() and study.user_attrs["tune_rounds"] == [3]
+    assert (tmp_path / "tune" / "s.db" / "s" / "round-0").is_dir() and study.user_attrs["tune_rounds"] == [3]
     # the CLI on the finished study: same search, same backend → nothing more runs
     (tmp_path / "s.yaml").write_text("space:\n  presets: [lora]\n")
     assert main(["search", "--task", "sst2", "--model", "tiny-bert", "--budget", "5%", "--trials", "3", "--storage", url, "--study", "s",

@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["optuna", "tune"], default="optuna",
                    help="optuna: workers claim the study's tickets (default); tune: Ray Tune with OptunaSearch + ASHA, "
                         "results mirrored into the study (only finished trials COMPLETE)")
-    p.add_argument("--tune-dir", default=None, help="Tune run directory with --backend tune (default: tune/STUDY next to the SQLite file, symlinks resolved; else runs/tune/STUDY)")
+    p.add_argument("--tune-dir", default=None, help="Tune run directory with --backend tune (default: tune/<file name>/STUDY next to the SQLite file, symlinks resolved; "
+                        "else runs/tune/<digest of the database URL>/STUDY)")
     add_setting_arguments(p.add_argument_group("training settings (TrialConfig fields; override the study file's train: keys)"))
     add_worker_arguments(p)
 

@@ -540,6 +540,17 @@ def enqueue_presets(study: optuna.Study, attrs: dict[str, Any]) -> list[str]:
     return presets
 
 
+NAMED_TRIES = 2  # failed trials of one named method before a sampled design takes its place
+
+
+def named_retry_due(trials: list[optuna.trial.FrozenTrial], preset: str) -> bool:
+    """Whether a named method (`preset`) that failed gets its ticket once more: fewer than
+    NAMED_TRIES of its design trials failed (a Ctrl-C is not a failure). One rule for the workers'
+    replacement (search.worker) and the Tune driver (search.tune_backend)."""
+    return sum(1 for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("preset") == preset and not is_seed_trial(t)
+               and not t.user_attrs.get("interrupted")) < NAMED_TRIES
+
+
 def is_seed_trial(trial: optuna.trial.FrozenTrial) -> bool:
     """An extra seed of an earlier trial (user attr `parent`), not a new design point."""
     return trial.user_attrs.get("parent") is not None

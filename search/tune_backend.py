@@ -400,8 +400,7 @@ def _retry_failed_presets(study: optuna.Study) -> None:
         in_play = sum(1 for t in designs if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING))
         blank = [t for t in designs if t.state == TrialState.WAITING and not t.user_attrs.get("preset")]
         for preset in dict.fromkeys(t.user_attrs.get("preset") for t in designs if t.state == TrialState.FAIL and t.user_attrs.get("preset")):
-            failures = sum(1 for t in designs if t.state == TrialState.FAIL and t.user_attrs.get("preset") == preset and not t.user_attrs.get("interrupted"))
-            if failures >= 2 or any(t.state != TrialState.FAIL and t.user_attrs.get("preset") == preset for t in designs):
+            if not studies.named_retry_due(designs, preset) or any(t.state != TrialState.FAIL and t.user_attrs.get("preset") == preset for t in designs):
                 continue
             if blank:
                 optuna_ext.set_user_attr(study, optuna_ext.trial_id(blank.pop(0)), "preset", preset)

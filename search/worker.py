@@ -298,9 +298,7 @@ def _replace_failed(study: optuna.Study, trial: optuna.Trial) -> None:
                 logger.warning("study %s: extra seed %d has no parent trial %s; not replaced", study.study_name, trial.number, keep["parent"])
                 return
             study.enqueue_trial(dict(parent.params), user_attrs=keep)
-        elif (preset := trial.user_attrs.get("preset")) and sum(
-                1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                if t.user_attrs.get("preset") == preset and not studies.is_seed_trial(t) and not t.user_attrs.get("interrupted")) < 2:
+        elif (preset := trial.user_attrs.get("preset")) and studies.named_retry_due(study.get_trials(deepcopy=False), preset):
             study.enqueue_trial({}, user_attrs={"preset": preset})  # once more: a reference point is not dropped for one failure
         else:
             study.enqueue_trial({})
